@@ -1,0 +1,311 @@
+"""The deployment model: the `agentctl:` namespace of `Pulumi.<stack>.yaml`, typed.
+
+Every command and both Pulumi programs read a deployment through this model, so a
+config that passes here is one that every consumer accepts. agentctl's own keys are
+camelCase (Pulumi's convention); an agent's `egress` block is a fragment in the
+proxy's own (iron-proxy) format and keeps its snake_case keys verbatim.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+HOSTNAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
+DURATION = r"^[0-9]+(s|m|h)$"
+HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --- secrets -------------------------------------------------------------------------
+
+class ConfigSecretRef(Strict):
+    """A Pulumi config secret of this stack (`pulumi config set --secret KEY`)."""
+
+    config: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
+
+
+class EnvSource(Strict):
+    type: Literal["env"]
+    var: str
+    ttl: Annotated[str, Field(pattern=DURATION)] = "15m"
+    failure_ttl: Annotated[str, Field(pattern=DURATION)] = "30s"
+
+
+class FileSource(Strict):
+    type: Literal["file"]
+    path: Annotated[str, Field(pattern=r"^/")]
+    ttl: Annotated[str, Field(pattern=DURATION)] = "15m"
+    failure_ttl: Annotated[str, Field(pattern=DURATION)] = "30s"
+
+
+class SsmSource(Strict):
+    type: Literal["aws_ssm"]
+    name: Annotated[str, Field(pattern=r"^/")]
+    region: str | None = None
+    with_decryption: bool = True
+    ttl: Annotated[str, Field(pattern=DURATION)] = "15m"
+    failure_ttl: Annotated[str, Field(pattern=DURATION)] = "30s"
+
+
+SecretSource = Annotated[Union[EnvSource, FileSource, SsmSource], Field(discriminator="type")]
+
+
+# --- egress policy (proxy format) ---------------------------------------------------
+
+class Rule(Strict):
+    host: Annotated[str, Field(min_length=1)]
+    methods: Annotated[list[str], Field(min_length=1)]
+    paths: list[str] = ["/*"]
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] | None = None
+    cidr: str | None = None
+    allow_encoded_slashes: bool = False
+    rate_limit: Annotated[int, Field(ge=1)] | None = None
+    name: str | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host_glob(cls, host: str) -> str:
+        bare = host[2:] if host.startswith("*.") else host
+        if host != "*" and ("*" in bare or not re.fullmatch(r"[A-Za-z0-9.-]+\.?", bare)):
+            raise ValueError(f"host pattern {host!r} is not allowed; expected an exact name, '*' or '*.example.com'")
+        return host
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: list[str]) -> list[str]:
+        bad = [m for m in methods if m.upper() not in HTTP_METHODS]
+        if bad:
+            raise ValueError(f"unknown HTTP method {bad[0]!r}; expected one of {sorted(HTTP_METHODS)}")
+        return [m.upper() for m in methods]
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, paths: list[str]) -> list[str]:
+        for p in paths:
+            if not p.startswith("/"):
+                raise ValueError(f"path {p!r} must start with '/'")
+        return paths
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, cidr: str | None) -> str | None:
+        if cidr is not None:
+            ipaddress.ip_network(cidr, strict=False)
+        return cidr
+
+
+class Inject(Strict):
+    header: str | None = None
+    query_param: str | None = None
+    formatter: str = "{{ .Value }}"
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "Inject":
+        if (self.header is None) == (self.query_param is None):
+            raise ValueError("set exactly one of 'header' or 'query_param'")
+        return self
+
+
+class Secret(Strict):
+    """A credential the proxy injects. `from` is a Pulumi secret that the stack
+    materialises (SSM on AWS, pushed over SSH on Hetzner); `source` is an existing
+    reference handed to the proxy as it is. Never a value."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+    from_: Annotated[ConfigSecretRef | None, Field(alias="from")] = None
+    source: SecretSource | None = None
+    inject: Inject
+    rules: Annotated[list[Rule], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "Secret":
+        if (self.from_ is None) == (self.source is None):
+            raise ValueError("set exactly one of 'from' (a Pulumi config secret) or 'source' (an existing reference)")
+        return self
+
+
+class Egress(Strict):
+    rules: list[Rule] = []
+    secrets: list[Secret] = []
+
+
+class Bootstrap(Strict):
+    """Grants needed only while the host installs its runtime; the proxy closes them
+    when the host reports ready, or after maxDuration, whichever is first."""
+
+    rules: list[Rule] = []
+    max_duration: Annotated[str, Field(alias="maxDuration", pattern=DURATION)] = "30m"
+
+
+# --- runtime -------------------------------------------------------------------------
+
+class Hermes(Strict):
+    repo: str = "https://github.com/NousResearch/hermes-agent"
+    version: str | None = None
+    commit: Annotated[str, Field(pattern=r"^[0-9a-f]{7,40}$")] | None = None
+
+    @model_validator(mode="after")
+    def _pinned(self) -> "Hermes":
+        if (self.version is None) == (self.commit is None):
+            raise ValueError("pin Hermes with exactly one of 'version' or 'commit'")
+        return self
+
+    @property
+    def ref(self) -> str:
+        return self.commit or self.version or ""
+
+
+class Command(Strict):
+    exec: Annotated[str, Field(min_length=1)]
+    environment: dict[str, str] = {}
+
+
+class Runtime(Strict):
+    hermes: Hermes | None = None
+    command: Command | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Runtime":
+        if (self.hermes is None) == (self.command is None):
+            raise ValueError("set exactly one of 'hermes' or 'command'")
+        return self
+
+
+# --- hosts ---------------------------------------------------------------------------
+
+class Agent(Strict):
+    name: Annotated[str, Field(pattern=HOSTNAME)]
+    size: str | None = None
+    runtime: Runtime
+    egress: Egress = Egress()
+    bootstrap: Bootstrap = Bootstrap()
+    backups: bool = False
+
+
+class Listen(Strict):
+    tunnel: Annotated[int, Field(ge=1, le=65535)] = 8080
+    https: Annotated[int, Field(ge=1, le=65535)] = 443
+    http: Annotated[int, Field(ge=1, le=65535)] = 80
+    dns: Annotated[int, Field(ge=1, le=65535)] = 53
+
+
+class ProxyInstall(Strict):
+    """How the proxy host gets agentctl-proxy: a pip requirement, installed in a venv."""
+
+    pip: str = "agentctl-proxy"
+
+
+class DnsRecord(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+$")]
+    type: Literal["A", "AAAA", "CNAME"] = "A"
+    value: str
+
+
+class ProxyHost(Strict):
+    name: Annotated[str, Field(pattern=HOSTNAME)] = "proxy"
+    size: str | None = None
+    listen: Listen = Listen()
+    install: ProxyInstall = ProxyInstall()
+    max_request_body_bytes: Annotated[int, Field(alias="maxRequestBodyBytes", ge=1)] = 1048576
+    apt_mirrors: Annotated[list[str] | None, Field(alias="aptMirrors")] = None
+    # Static answers the proxy also uses to resolve upstreams (internal services, the lab).
+    dns_records: Annotated[list[DnsRecord], Field(alias="dnsRecords")] = []
+    upstream_ca_bundle: Annotated[str | None, Field(alias="upstreamCaBundle", pattern=r"^/")] = None
+
+
+class Network(Strict):
+    cidr: str = "10.0.0.0/16"
+    admin_cidrs: Annotated[list[str], Field(alias="adminCidrs")] = []
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, cidr: str) -> str:
+        net = ipaddress.ip_network(cidr)
+        if net.version != 4 or net.prefixlen > 22:
+            raise ValueError(f"{cidr} is too small; expected an IPv4 network of /22 or larger")
+        return str(net)
+
+    @field_validator("admin_cidrs")
+    @classmethod
+    def _admin(cls, cidrs: list[str]) -> list[str]:
+        return [str(ipaddress.ip_network(c, strict=False)) for c in cidrs]
+
+
+class Maintenance(Strict):
+    reboot_time: Annotated[str, Field(alias="rebootTime", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "03:30"
+    auto_reboot: Annotated[bool, Field(alias="autoReboot")] = True
+
+
+class Watchdog(Strict):
+    interval_minutes: Annotated[int, Field(alias="intervalMinutes", ge=1, le=60)] = 2
+    failure_threshold: Annotated[int, Field(alias="failureThreshold", ge=1, le=20)] = 3
+    disk_max_percent: Annotated[int, Field(alias="diskMaxPercent", ge=50, le=99)] = 90
+    backup_max_age_hours: Annotated[int | None, Field(alias="backupMaxAgeHours", ge=1)] = None
+
+
+class Tailscale(Strict):
+    auth_key: Annotated[ConfigSecretRef, Field(alias="authKey")]
+
+
+# --- the deployment --------------------------------------------------------------------
+
+class Deployment(Strict):
+    cloud: Literal["aws", "hcloud", "lab"]
+    region: str
+    distro: Literal["ubuntu-24.04", "debian-12"] = "ubuntu-24.04"
+    admin_ssh_keys: Annotated[list[str], Field(alias="adminSshKeys", min_length=1)]
+    network: Network = Network()
+    proxy: ProxyHost = ProxyHost()
+    agents: Annotated[list[Agent], Field(min_length=1)]
+    maintenance: Maintenance = Maintenance()
+    watchdog: Watchdog = Watchdog()
+    tailscale: Tailscale | None = None
+    heartbeat_url: Annotated[str | None, Field(alias="heartbeatUrl", pattern=r"^https://")] = None
+    ami: str | None = None
+    image: str | None = None
+    # Which top-level config keys are Pulumi secrets; filled by the loader, not by users.
+    secure_keys: Annotated[frozenset[str], Field(alias="secureKeys")] = frozenset()
+
+    @field_validator("admin_ssh_keys")
+    @classmethod
+    def _ssh_keys(cls, keys: list[str]) -> list[str]:
+        for k in keys:
+            if not re.fullmatch(r"(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|ssh-rsa) [A-Za-z0-9+/=]+( [^\n]*)?", k):
+                raise ValueError(f"{k[:24]!r}... is not an OpenSSH public key line")
+        return keys
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Deployment":
+        if len(self.agents) > 200:
+            raise ValueError("more than 200 agents in one deployment; split it into several stacks")
+        return self
+
+    # Addressing is pure and shared by every cloud and the lab, so a test of it holds everywhere.
+    @property
+    def proxy_subnet(self) -> ipaddress.IPv4Network:
+        return list(ipaddress.ip_network(self.network.cidr).subnets(new_prefix=24))[1]
+
+    @property
+    def agent_subnet(self) -> ipaddress.IPv4Network:
+        return list(ipaddress.ip_network(self.network.cidr).subnets(new_prefix=24))[2]
+
+    @property
+    def proxy_ip(self) -> str:
+        return str(self.proxy_subnet.network_address + 10)
+
+    def agent_ip(self, agent: Agent) -> str:
+        return str(self.agent_subnet.network_address + 11 + self.agents.index(agent))
+
+    def secret_refs(self) -> list[tuple[str, ConfigSecretRef]]:
+        """Every (key path, reference) to a Pulumi config secret in the model."""
+        refs = [(f"agents[{i}].egress.secrets[{j}].from", s.from_)
+                for i, a in enumerate(self.agents) for j, s in enumerate(a.egress.secrets) if s.from_]
+        if self.tailscale:
+            refs.append(("tailscale.authKey", self.tailscale.auth_key))
+        return refs
