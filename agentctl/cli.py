@@ -1,0 +1,57 @@
+"""The operator CLI: thin commands over the library. Domain errors become one line and
+their exit code; tracebacks only with --debug; locals never printed (they hold secrets)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from agentctl.errors import AgentctlError
+from agentctl.lab.cli import app as lab_app
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
+                  help="Dedicated hardened hosts for AI agents, with an egress proxy as their only way out.")
+app.add_typer(lab_app, name="lab")
+
+StackOpt = typer.Option(..., "--stack", help="Stack name: reads Pulumi.<stack>.yaml")
+ProjectDirOpt = typer.Option(Path("."), "--project-dir", help="Folder that holds Pulumi.yaml and the stack files")
+
+
+@app.command()
+def render(stack: str = StackOpt, out: Path = typer.Option(..., "--out", help="Folder to write, one sub-folder per host"),
+           project_dir: Path = ProjectDirOpt) -> None:
+    """Write cloud-init user-data for every host, and the proxy config."""
+    from agentctl.render import render_stack
+    for host in render_stack(project_dir, stack, out):
+        typer.echo(f"{out / host.name}  ({host.role}, {host.private_ip}, {len(host.user_data)} bytes of user-data)")
+
+
+@app.command()
+def plan(stack: str = StackOpt, json_out: bool = typer.Option(False, "--json", help="Print {type, name, inputs} as JSON"),
+         project_dir: Path = ProjectDirOpt) -> None:
+    """Evaluate the Pulumi program offline under Pulumi's mocks and show what it declares."""
+    from agentctl.plan import run_plan
+    run_plan(project_dir, stack, json_out)
+
+
+@app.command()
+def verify(stack: str = StackOpt, host: List[str] = typer.Option(..., "--host", help="NAME=SPEC, e.g. scout=paramiko://admin@10.0.2.11"),
+           project_dir: Path = ProjectDirOpt, ssh_key: Optional[Path] = typer.Option(None, "--ssh-key", help="Private key for SSH")) -> None:
+    """Run each host's role suite (testinfra) against converged hosts."""
+    from agentctl.verify import run_verify
+    raise typer.Exit(run_verify(project_dir, stack, host, ssh_key))
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        app()
+    except AgentctlError as exc:
+        if debug:
+            raise
+        print(f"agentctl: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
