@@ -11,7 +11,7 @@ import typer
 from agentctl.errors import AgentctlError
 from agentctl.lab.cli import app as lab_app
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, pretty_exceptions_enable=False, add_completion=False,
                   help="Dedicated hardened hosts for AI agents, with an egress proxy as their only way out.")
 app.add_typer(lab_app, name="lab")
 
@@ -55,3 +55,9 @@ def main() -> None:
             raise
         print(f"agentctl: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug: say what, keep locals (secrets) out of sight
+        if debug:
+            raise
+        print(f"agentctl: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        sys.exit(1)

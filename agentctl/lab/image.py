@@ -1,0 +1,191 @@
+"""The lab image: a distro rootfs with every role package baked in.
+
+Lab hosts have no route to a mirror, so cloud-init's `packages:` cannot run there;
+whatever a role installs must already be in the image. The image is a plain rootfs
+directory (the read-only lower layer of each host's overlay), cached under a key made
+of the distro, the package list, the proxy venv's requirements, this recipe's version
+and the ISO week (so security updates arrive at least weekly).
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Callable
+
+from agentctl.errors import AgentctlError
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("AGENTCTL_LAB_CACHE", "/var/cache/agentctl/lab"))
+# Bump when the build steps below change in a way the key would not see.
+RECIPE_VERSION = "3"
+PROXY_VENV = "/opt/agentctl-proxy/venv"
+
+# What the lab itself needs on top of the roles: an init, cloud-init, tools the
+# lab's checks call (lynis for `lab verify --score`, iproute2/procps for escape).
+LAB_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "iproute2", "procps", "cloud-init",
+                "locales", "lynis", "netbase", "python3", "ca-certificates"]
+PROXY_VENV_PINS = ["mitmproxy==11.0.2", "bcrypt<5"]
+
+DISTROS = {
+    "debian-12": {"suite": "bookworm", "mirrors": [
+        "deb http://deb.debian.org/debian bookworm main",
+        "deb http://deb.debian.org/debian bookworm-updates main",
+        "deb http://deb.debian.org/debian-security bookworm-security main"], "keyring": None},
+    "ubuntu-24.04": {"suite": "noble", "mirrors": [
+        "deb http://archive.ubuntu.com/ubuntu noble main universe",
+        "deb http://archive.ubuntu.com/ubuntu noble-updates main universe",
+        "deb http://security.ubuntu.com/ubuntu noble-security main universe"],
+        "keyring": "/usr/share/keyrings/ubuntu-archive-keyring.gpg"},
+}
+
+Progress = Callable[[str], None]
+
+
+class ImageBuildError(AgentctlError):
+    exit_code = 1
+
+
+def read_package_file(path: Path) -> list[str]:
+    """One package per line; `#` starts a comment."""
+    names = []
+    for line in path.read_text().splitlines():
+        name = line.split("#", 1)[0].strip()
+        if name:
+            names.append(name)
+    return names
+
+
+def package_list(project_dir: Path) -> list[str]:
+    """The union of every role's packages and the lab's own, sorted (the key must not
+    depend on file order)."""
+    names = set(LAB_PACKAGES)
+    for path in sorted((Path(project_dir) / "roles").glob("*/packages.txt")):
+        names.update(read_package_file(path))
+    return sorted(names)
+
+
+def proxy_requirements(project_dir: Path) -> list[str]:
+    """The proxy venv's third-party requirements: the proxy's own dependencies plus the
+    pins known to be needed (DESIGN.md). The proxy itself is installed at `lab up`."""
+    reqs = list(PROXY_VENV_PINS)
+    pyproject = Path(project_dir) / "proxy" / "pyproject.toml"
+    if pyproject.is_file():
+        deps = tomllib.loads(pyproject.read_text()).get("project", {}).get("dependencies", [])
+        pinned = {re.split(r"[<>=!~ \[]", p, maxsplit=1)[0].lower() for p in PROXY_VENV_PINS}
+        reqs += [d for d in deps if re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower() not in pinned]
+    return reqs
+
+
+def cache_key(distro: str, packages: list[str], requirements: list[str], today: datetime.date) -> str:
+    year, week, _ = today.isocalendar()
+    digest = hashlib.sha256("\n".join([RECIPE_VERSION, distro, *sorted(packages), "--", *sorted(requirements)])
+                            .encode()).hexdigest()[:12]
+    return f"{distro}-{year}w{week:02d}-{digest}"
+
+
+def image_path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / key
+
+
+def ensure_image(project_dir: Path, distro: str = "debian-12", cache_dir: Path = DEFAULT_CACHE_DIR,
+                 progress: Progress = lambda _msg: None, today: datetime.date | None = None) -> Path:
+    """Return the cached rootfs for this package list and week, building it if missing."""
+    packages, reqs = package_list(project_dir), proxy_requirements(project_dir)
+    key = cache_key(distro, packages, reqs, today or datetime.date.today())
+    target = image_path(cache_dir, key)
+    if (target / "etc" / "os-release").exists():
+        return target
+    build_image(target, distro, packages, reqs, progress)
+    prune_old_images(Path(cache_dir), keep=target)
+    return target
+
+
+def build_image(target: Path, distro: str, packages: list[str], reqs: list[str], progress: Progress) -> None:
+    """Build into a temporary folder beside the target and rename it into place, so a
+    killed build never leaves something that looks like a finished image."""
+    if distro not in DISTROS:
+        raise ImageBuildError(f"lab image: unknown distro {distro!r}; expected one of {', '.join(DISTROS)}")
+    spec = DISTROS[distro]
+    if spec["keyring"] and not Path(spec["keyring"]).is_file():
+        raise ImageBuildError(f"lab image: {distro} needs {spec['keyring']} (apt-get install ubuntu-keyring)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".tmp-{target.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed build
+    work = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    rootfs, wheels = work / "rootfs", work / "wheels"
+    try:
+        progress("downloading proxy venv wheels from PyPI")
+        _run(["python3", "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", str(wheels), *reqs],
+             "pip download")
+        progress(f"mmdebstrap {spec['suite']} ({len(packages)} packages)")
+        hook = work / "customize.sh"
+        hook.write_text(_customize_script(reqs))
+        cmd = ["mmdebstrap", "--mode=root", "--variant=apt", "--quiet",
+               "--include=" + ",".join(packages),
+               "--customize-hook=copy-in " + str(wheels) + " /tmp",
+               "--customize-hook=" + f"{hook} \"$1\""]
+        if spec["keyring"]:
+            cmd.append("--keyring=" + spec["keyring"])
+        cmd += [spec["suite"], str(rootfs), *spec["mirrors"]]
+        hook.chmod(0o755)
+        _run(cmd, "mmdebstrap")
+        if target.exists():
+            shutil.rmtree(target)
+        rootfs.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def prune_old_images(cache_dir: Path, keep: Path) -> None:
+    """Old weeks' images are never used again; keep the cache to one image per distro."""
+    distro = keep.name.split("-20", 1)[0]
+    for old in cache_dir.iterdir():
+        if old != keep and old.is_dir() and not old.name.startswith(".") and old.name.startswith(distro + "-20"):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _customize_script(reqs: list[str]) -> str:
+    quoted = " ".join("'" + r.replace("'", "") + "'" for r in reqs)
+    return f"""#!/bin/sh
+set -eu
+root="$1"
+# mmdebstrap copied the build machine's resolv.conf; a lab host must not inherit it.
+rm -f "$root/etc/resolv.conf"
+printf '# agentctl lab: DNS is set by the role (the proxy for agents)\\n' > "$root/etc/resolv.conf"
+# Host keys made at package install would be shared by every host; cloud-init makes new ones.
+rm -f "$root"/etc/ssh/ssh_host_*
+# The lab sets each namespace's addresses from outside; cloud-init must not touch them.
+mkdir -p "$root/etc/cloud/cloud.cfg.d"
+cat > "$root/etc/cloud/cloud.cfg.d/05-agentctl-lab.cfg" <<'EOF'
+datasource_list: [NoCloud, None]
+network: {{config: disabled}}
+EOF
+# cloud-init's locale step needs a generated locale (else it runs locale-gen at boot).
+sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' "$root/etc/locale.gen"
+chroot "$root" locale-gen >/dev/null
+# The proxy's third-party dependencies, from wheels fetched on the build machine
+# (the lab proxy has no route to PyPI); agentctl-proxy itself is added at `lab up`.
+chroot "$root" python3 -m venv {PROXY_VENV}
+chroot "$root" {PROXY_VENV}/bin/pip install --quiet --no-index --find-links /tmp/wheels {quoted}
+rm -rf "$root/tmp/wheels"
+# A container has no hardware clock or real consoles; these units only fail there.
+for unit in systemd-timesyncd.service getty@tty1.service serial-getty@console.service; do
+  ln -sf /dev/null "$root/etc/systemd/system/$unit"
+done
+echo agentctl-lab > "$root/etc/hostname"
+: > "$root/etc/machine-id"
+apt-get -o Dir="$root" clean 2>/dev/null || rm -rf "$root"/var/cache/apt/archives/*.deb
+"""
+
+
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
+        raise ImageBuildError(f"lab image: {what} failed (exit {proc.returncode}): " + " | ".join(tail))

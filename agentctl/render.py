@@ -1,0 +1,273 @@
+"""Render cloud-init user-data for every host of a deployment, and the proxy config.
+
+Each file a host receives is a jinja2 template (StrictUndefined: a missing value is
+an error, never an empty string); the cloud-config document around them is built
+as data and dumped as YAML, so no template can break its syntax.
+"""
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from agentctl import firewall, hardening
+from agentctl.ca import ensure_ca
+from agentctl.model import Agent, Deployment
+from agentctl.proxyconfig import proxy_config
+from agentctl.stackfile import load
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "templates"
+ROLES = ROOT / "roles"
+EC2_USER_DATA_LIMIT = 16384
+PROXY_BIN = "/opt/agentctl-proxy/venv/bin/agentctl-proxy"
+AGENT_SERVICE = "agentctl-agent.service"
+PROXY_SERVICE = "agentctl-proxy.service"
+
+
+class _Dumper(yaml.SafeDumper):
+    """Readable user-data: file contents as literal blocks, no YAML anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump_yaml(doc: Any) -> str:
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000, default_flow_style=False)
+
+
+@dataclass(frozen=True)
+class RenderedHost:
+    name: str
+    role: str  # "proxy" | "agent"
+    private_ip: str
+    user_data: str
+    meta_data: str
+    proxy_config: str | None = None
+
+
+@lru_cache(maxsize=None)
+def _env(role: str) -> jinja2.Environment:
+    loader = jinja2.FileSystemLoader([str(TEMPLATES), str(ROLES / role / "templates")])
+    return jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              autoescape=False)
+
+
+@lru_cache(maxsize=None)
+def _manifest(path: Path) -> tuple[dict[str, str], ...]:
+    return tuple(yaml.safe_load(path.read_text()))
+
+
+def _packages(role: str) -> list[str]:
+    names: list[str] = []
+    for path in (ROLES / "base" / "packages.txt", ROLES / role / "packages.txt"):
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line and line not in names:
+                names.append(line)
+    return names
+
+
+def role_packages(role: str) -> list[str]:
+    """The packages a role installs; the lab image bakes the union of all roles."""
+    return _packages(role)
+
+
+def _common(d: Deployment, *, name: str, role: str, private_ip: str, stack: str, project: str,
+            ca_cert_pem: str) -> dict[str, Any]:
+    proxy_url = f"http://{d.proxy_ip}:{d.proxy.listen.tunnel}"
+    return {
+        "role": role, "host": name, "stack": stack, "project": project, "cloud": d.cloud, "distro": d.distro,
+        "private_ip": private_ip, "proxy_ip": d.proxy_ip, "proxy_url": proxy_url,
+        "agent_subnet": str(d.agent_subnet), "ca_cert_pem": ca_cert_pem,
+        "ssh_users": hardening.SSH_USERS,
+        "ssh": {"kex": hardening.SSH_KEX, "ciphers": hardening.SSH_CIPHERS, "macs": hardening.SSH_MACS,
+                "host_key_algorithms": hardening.SSH_HOST_KEY_ALGORITHMS},
+        # The proxy is the jump host to the agents; agents forward nothing.
+        "ssh_tcp_forwarding": "local" if role == "proxy" else "no",
+        "guarded_commands": hardening.GUARDED_COMMANDS,
+        "upgrade_origins": hardening.UPGRADE_ORIGINS[d.distro],
+        "maintenance": d.maintenance, "watchdog": d.watchdog,
+        "watched_service": AGENT_SERVICE if role == "agent" else PROXY_SERVICE,
+        "tailscale_enabled": role == "proxy" and d.tailscale is not None,
+        "heartbeat_url": d.heartbeat_url,
+        "heartbeat_curl_proxy": f"--proxy {proxy_url}" if role == "agent" else "",
+        "ufw_rules": firewall.agent_rules(d) if role == "agent" else firewall.proxy_rules(d),
+    }
+
+
+def _proxy_env(d: Deployment) -> dict[str, str]:
+    url = f"http://{d.proxy_ip}:{d.proxy.listen.tunnel}"
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    return {"HTTPS_PROXY": url, "HTTP_PROXY": url, "https_proxy": url, "http_proxy": url,
+            "NO_PROXY": "localhost,127.0.0.1,::1", "no_proxy": "localhost,127.0.0.1,::1",
+            "SSL_CERT_FILE": bundle, "REQUESTS_CA_BUNDLE": bundle,
+            "NODE_EXTRA_CA_CERTS": "/usr/local/share/ca-certificates/agentctl-proxy-ca.crt"}
+
+
+def _agent_exec(agent: Agent) -> str:
+    if agent.runtime.hermes:
+        return "/home/agentuser/hermes-agent/venv/bin/hermes gateway"
+    assert agent.runtime.command is not None
+    return agent.runtime.command.exec
+
+
+def _agent_context(d: Deployment, agent: Agent) -> dict[str, Any]:
+    env = _proxy_env(d)
+    agent_env = dict(env)
+    if agent.runtime.command:
+        agent_env.update(agent.runtime.command.environment)
+    return {"agent": agent, "proxy_env": env, "agent_env": agent_env, "agent_exec": _agent_exec(agent),
+            "shell_proxy_env": " ".join(f"{k}={v}" for k, v in env.items())}
+
+
+def _users(d: Deployment, role: str) -> list[Any]:
+    keys = list(d.admin_ssh_keys)
+    users: list[Any] = [
+        {"name": "admin", "gecos": "break-glass administrator", "shell": "/bin/bash", "lock_passwd": True,
+         "groups": ["adm", "systemd-journal"], "ssh_authorized_keys": keys},
+        {"name": "operator", "gecos": "day-to-day operator (sudo with a guard list)", "shell": "/bin/bash",
+         "lock_passwd": True, "groups": ["adm", "systemd-journal"], "ssh_authorized_keys": keys},
+        {"name": "agentuser", "gecos": "runs the agent; no sudo, no SSH", "shell": "/bin/bash",
+         "lock_passwd": True},
+    ]
+    if role == "proxy":
+        users.append({"name": "agentctl-proxy", "gecos": "egress proxy", "system": True,
+                      "shell": "/usr/sbin/nologin", "lock_passwd": True, "homedir": "/var/lib/agentctl-proxy",
+                      "no_create_home": True})
+    return users
+
+
+def _write_files(role: str, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    env = _env(role)
+    entries = []
+    for item in (*_manifest(TEMPLATES / "files.yaml"), *_manifest(ROLES / role / "files.yaml")):
+        content = env.get_template(item["template"]).render(ctx)
+        entries.append({"path": item["path"], "permissions": item["mode"], "owner": "root:root",
+                        "content": content})
+    return entries
+
+
+def _cloud_config(d: Deployment, role: str, name: str, ctx: dict[str, Any]) -> str:
+    doc: dict[str, Any] = {
+        "hostname": name,
+        "preserve_hostname": False,
+        "timezone": "Etc/UTC",
+        "disable_root": True,
+        "ssh_pwauth": False,
+        "ssh_deletekeys": True,
+        "ssh_genkeytypes": ["ed25519", "rsa"],
+        "users": _users(d, role),
+        "write_files": _write_files(role, ctx),
+    }
+    if d.cloud != "lab":
+        # The lab bakes packages into its image: `packages:` always runs apt-get update.
+        doc.update(package_update=True, package_upgrade=True, packages=_packages(role))
+    if role == "agent" and d.cloud != "lab":
+        # apt goes through the proxy, which may still be starting: wait for it (10 min).
+        ip, port = d.proxy_ip, d.proxy.listen.tunnel
+        doc["bootcmd"] = [["bash", "-c", f"for i in $(seq 120); do (exec 3<>/dev/tcp/{ip}/{port}) 2>/dev/null "
+                                         f"&& exit 0; sleep 5; done; exit 0"]]
+    doc["runcmd"] = [["/usr/local/sbin/agentctl-converge"]]
+    doc["power_state"] = {"mode": "reboot", "delay": "now", "condition": "test -e /run/agentctl/reboot-required",
+                          "message": "agentctl: reboot once so sshd starts with the hardened config"}
+    doc["final_message"] = f"agentctl: {role} host {name} converged after $UPTIME s"
+    header = f"#cloud-config\n# agentctl {role} host '{name}' of stack '{ctx['stack']}'. Rendered: do not edit.\n"
+    return header + dump_yaml(doc)
+
+
+def render_hosts(d: Deployment, ca_cert_pem: str, *, stack: str, project: str = "agentctl") -> list[RenderedHost]:
+    hosts = []
+    pconf = dump_yaml(proxy_config(d, project=project, stack=stack))
+    ctx = _common(d, name=d.proxy.name, role="proxy", private_ip=d.proxy_ip, stack=stack, project=project,
+                  ca_cert_pem=ca_cert_pem)
+    ctx.update(proxy_config=pconf, proxy_bin=PROXY_BIN,
+               proxy_install_spec=None if d.cloud == "lab" else d.proxy.install.pip,
+               host_facts=_facts(d, "proxy", d.proxy.name, d.proxy_ip, stack))
+    hosts.append(RenderedHost(d.proxy.name, "proxy", d.proxy_ip, _cloud_config(d, "proxy", d.proxy.name, ctx),
+                              _meta_data(d.proxy.name, stack), pconf))
+    for agent in d.agents:
+        ip = d.agent_ip(agent)
+        ctx = _common(d, name=agent.name, role="agent", private_ip=ip, stack=stack, project=project,
+                      ca_cert_pem=ca_cert_pem)
+        ctx.update(_agent_context(d, agent))
+        ctx["host_facts"] = _facts(d, "agent", agent.name, ip, stack)
+        hosts.append(RenderedHost(agent.name, "agent", ip, _cloud_config(d, "agent", agent.name, ctx),
+                                  _meta_data(agent.name, stack)))
+    return hosts
+
+
+def _facts(d: Deployment, role: str, name: str, ip: str, stack: str) -> dict[str, Any]:
+    return {"name": name, "role": role, "stack": stack, "cloud": d.cloud, "distro": d.distro,
+            "private_ip": ip, "proxy_ip": d.proxy_ip,
+            "watched_service": AGENT_SERVICE if role == "agent" else PROXY_SERVICE}
+
+
+def _meta_data(name: str, stack: str) -> str:
+    return json.dumps({"instance-id": f"agentctl-{stack}-{name}", "local-hostname": name}) + "\n"
+
+
+def ec2_user_data_base64(user_data: str) -> str:
+    """EC2 takes at most 16 KB; cloud-init reads gzip user-data as it is."""
+    raw = user_data.encode()
+    if len(base64.b64encode(raw)) > EC2_USER_DATA_LIMIT:
+        raw = gzip.compress(raw, compresslevel=9, mtime=0)
+    encoded = base64.b64encode(raw).decode()
+    if len(encoded) > EC2_USER_DATA_LIMIT:
+        raise ValueError(f"user-data is {len(encoded)} bytes after compression; EC2 takes {EC2_USER_DATA_LIMIT}")
+    return encoded
+
+
+def write(hosts: list[RenderedHost], out: Path) -> None:
+    """Write all hosts at once: into a sibling temp folder, then swap it in."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for h in hosts:
+            folder = staging / h.name
+            folder.mkdir()
+            (folder / "user-data").write_text(h.user_data)
+            (folder / "meta-data").write_text(h.meta_data)
+            if h.proxy_config is not None:
+                (folder / "proxy.yaml").write_text(h.proxy_config)
+        os.chmod(staging, 0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def render_stack(project_dir: Path, stack: str, out: Path) -> list[RenderedHost]:
+    deployment = load(project_dir, stack)  # raises ConfigError before anything is written
+    ca = ensure_ca(project_dir, stack)
+    hosts = render_hosts(deployment, ca.cert_pem, stack=stack, project=_project_name(project_dir))
+    write(hosts, out)
+    return hosts
+
+
+def _project_name(project_dir: Path) -> str:
+    try:
+        return str(yaml.safe_load((Path(project_dir) / "Pulumi.yaml").read_text())["name"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return "agentctl"

@@ -1,0 +1,21 @@
+"""Where a deployment's secrets live, by cloud. Names only: values never pass here."""
+from __future__ import annotations
+
+SECRETS_DIR = "/etc/agentctl-proxy/secrets"
+CA_KEY_PATH = "/etc/agentctl-proxy/ca.key"
+
+
+def ssm_parameter_name(project: str, stack: str, agent: str, secret: str) -> str:
+    return f"/{project}/{stack}/{agent}/{secret}"
+
+
+def ssm_prefix(project: str, stack: str) -> str:
+    return f"/{project}/{stack}/"
+
+
+def ca_key_parameter_name(project: str, stack: str) -> str:
+    return f"/{project}/{stack}/proxy/ca-key"
+
+
+def secret_file_path(agent: str, secret: str) -> str:
+    return f"{SECRETS_DIR}/{agent}/{secret}"
