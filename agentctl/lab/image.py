@@ -120,9 +120,10 @@ def build_image(target: Path, distro: str, packages: list[str], reqs: list[str],
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     rootfs, wheels = work / "rootfs", work / "wheels"
     try:
-        progress("downloading proxy venv wheels from PyPI")
-        _run(["python3", "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", str(wheels), *reqs],
-             "pip download")
+        # `pip wheel`, not `pip download`: a few dependencies are sdists only
+        # (pyperclip), and the image's pip has no index to build them from.
+        progress("fetching the proxy venv's wheels from PyPI")
+        _run(["python3", "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), *reqs], "pip wheel")
         progress(f"mmdebstrap {spec['suite']} ({len(packages)} packages)")
         hook = work / "customize.sh"
         hook.write_text(_customize_script(reqs))

@@ -1,0 +1,41 @@
+"""Pure parts of the deployment model: addressing and secret references."""
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentctl.stackfile import from_config, load
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = yaml.safe_load((ROOT / "Pulumi.lab.yaml").read_text())["config"]
+
+
+def _deployment(cidr: str, n_agents: int):
+    agent = BASE["agentctl:agents"][0]
+    agents = [dict(agent, name=f"agent{i}") for i in range(n_agents)]
+    return from_config({**BASE, "agentctl:network": {"cidr": cidr}, "agentctl:agents": agents}, "t")
+
+
+@settings(max_examples=40, deadline=None)
+@given(second=st.integers(0, 255), prefix=st.sampled_from([16, 20, 22]), n=st.integers(1, 200))
+def test_addresses_are_unique_and_inside_their_subnets(second, prefix, n):
+    net = ipaddress.ip_network(f"10.{second}.0.0/{prefix}", strict=False)
+    d = _deployment(str(net), n)
+    ips = [ipaddress.ip_address(d.agent_ip(a)) for a in d.agents]
+    assert len(set(ips)) == n
+    assert all(ip in d.agent_subnet for ip in ips)
+    assert ipaddress.ip_address(d.proxy_ip) in d.proxy_subnet
+    assert not d.proxy_subnet.overlaps(d.agent_subnet)
+    assert d.proxy_subnet.subnet_of(net) and d.agent_subnet.subnet_of(net)
+    # AWS reserves the first four and the last address of a subnet.
+    assert all(4 <= int(ip) - int(d.agent_subnet.network_address) < 255 for ip in ips)
+
+
+def test_secret_refs_lists_every_pulumi_secret():
+    d = load(ROOT, "example-hcloud")
+    assert [(p, r.config) for p, r in d.secret_refs()] == [
+        ("agents[0].egress.secrets[0].from", "githubPat"), ("tailscale.authKey", "tailscaleAuthKey")]

@@ -1,0 +1,325 @@
+"""What the rendered user-data means, read back the way the host will read it: YAML
+parsed, sudoers through visudo, sshd settings through the real `sshd -T`, unit files
+through an ini parser. Expected values come from the same model that rendered them."""
+from __future__ import annotations
+
+import base64
+import configparser
+import gzip
+import ipaddress
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agentctl import firewall, hardening
+from agentctl.render import EC2_USER_DATA_LIMIT, ec2_user_data_base64
+from agentctl.stackfile import load
+
+from .conftest import ROOT
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-agentctl.conf"
+ALL_HOSTS = [("lab", "proxy"), ("lab", "scout"), ("example-aws", "proxy"), ("example-aws", "scout"),
+             ("example-hcloud", "proxy"), ("example-hcloud", "scout"), ("example-hcloud", "scribe")]
+AGENTS = [h for h in ALL_HOSTS if h[1] != "proxy"]
+
+
+def _unit(text: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None, empty_lines_in_values=False,
+                                       dict_type=_MultiDict)
+    parser.optionxform = str  # type: ignore[assignment]
+    parser.read_string(text)
+    return parser
+
+
+class _MultiDict(dict):
+    """systemd allows a key many times; keep every value, joined by newlines."""
+
+    def __setitem__(self, key, value):
+        if isinstance(value, list) and key in self:
+            self[key].extend(value)
+        else:
+            super().__setitem__(key, value)
+
+
+def _values(unit: configparser.ConfigParser, section: str, key: str) -> list[str]:
+    return unit.get(section, key, raw=True).split("\n")
+
+
+# --- users and sudo -----------------------------------------------------------------
+
+@pytest.mark.parametrize("stack,name", ALL_HOSTS)
+def test_three_users_only_admin_and_operator_have_keys(hosts, stack, name):
+    users = {u["name"]: u for u in hosts[stack, name].doc["users"] if isinstance(u, dict)}
+    assert {"admin", "operator", "agentuser"} <= set(users)
+    keys = load(ROOT, stack).admin_ssh_keys
+    assert users["admin"]["ssh_authorized_keys"] == keys
+    assert users["operator"]["ssh_authorized_keys"] == keys
+    assert "ssh_authorized_keys" not in users["agentuser"]
+    assert all(u.get("lock_passwd") for u in users.values())
+    assert not any("sudo" in u.get("groups", []) or u.get("sudo") for u in users.values()), \
+        "sudo rights come only from the validated sudoers file"
+    assert hosts[stack, name].doc["disable_root"] is True and hosts[stack, name].doc["ssh_pwauth"] is False
+
+
+def _sudo_rules(text: str) -> dict[str, str]:
+    logical = re.sub(r"\\\n", " ", text)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^(admin|operator|agentuser)\s+(.*)$", logical, re.M)}
+
+
+@pytest.mark.parametrize("stack,name", [("lab", "scout"), ("example-aws", "proxy")])
+def test_sudoers_grants_and_guard_list(hosts, stack, name, tmp_path):
+    text = hosts[stack, name].file("/etc/agentctl/sudoers")
+    rules = _sudo_rules(text)
+    assert rules == {"admin": "ALL=(ALL:ALL) NOPASSWD: ALL", "operator": "ALL=(ALL:ALL) NOPASSWD: ALL, !AGENTCTL_GUARDED"}
+    assert re.search(r"^Defaults use_pty$", text, re.M) and re.search(r'^Defaults logfile="/var/log/sudo.log"$', text, re.M)
+    guarded = re.search(r"Cmnd_Alias AGENTCTL_GUARDED = (.*?)\n\n", re.sub(r"\\\n", " ", text), re.S).group(1)
+    listed = [c.strip() for c in guarded.split(",")]
+    assert listed == hardening.GUARDED_COMMANDS
+    for must in ("/usr/bin/rm -rf *", "/usr/bin/dd", "/usr/sbin/mkfs.*", "/usr/sbin/wipefs", "/usr/bin/shred",
+                 "/usr/sbin/fdisk", "/usr/sbin/parted", "/usr/sbin/shutdown", "/usr/sbin/reboot"):
+        assert must in listed
+    sudoers = tmp_path / "sudoers"
+    sudoers.write_text(text)
+    check = subprocess.run(["visudo", "-cf", str(sudoers)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr + check.stdout
+
+
+# --- sshd, read through the real sshd -----------------------------------------------
+
+def _effective_sshd(dropins: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    folder = tmp_path / "sshd_config.d"
+    folder.mkdir()
+    for name, text in dropins.items():
+        (folder / name).write_text(text)
+    main = tmp_path / "sshd_config"
+    main.write_text(f"Include {folder}/*.conf\nPasswordAuthentication yes\nPermitRootLogin yes\nUsePAM yes\n")
+    key = tmp_path / "hostkey"
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd -T insists on its privsep folder
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    out = subprocess.run([SSHD, "-T", "-f", str(main), "-h", str(key),
+                          "-C", "user=admin,host=client,addr=192.0.2.7"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    values: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        k, _, v = line.partition(" ")
+        if k in {"allowusers", "denyusers"} and k in values:  # sshd -T prints one line per user
+            values[k] += f" {v}"
+        values.setdefault(k, v)
+    return values
+
+
+CLOUD_INIT_DROPIN = "PasswordAuthentication yes\nKbdInteractiveAuthentication yes\nPermitRootLogin yes\n"
+
+
+@pytest.mark.parametrize("stack,name", [("lab", "scout"), ("example-aws", "proxy")])
+def test_sshd_effective_settings_win_over_cloud_init(hosts, stack, name, tmp_path):
+    ours = hosts[stack, name].file(SSHD_DROPIN)
+    eff = _effective_sshd({"00-agentctl.conf": ours, "50-cloud-init.conf": CLOUD_INIT_DROPIN}, tmp_path)
+    assert eff["passwordauthentication"] == "no"
+    assert eff["kbdinteractiveauthentication"] == "no"
+    assert eff["permitrootlogin"] == "no"
+    assert eff["pubkeyauthentication"] == "yes"
+    assert eff["authenticationmethods"] == "publickey"
+    assert eff["allowusers"].split() == hardening.SSH_USERS
+    assert int(eff["maxauthtries"]) <= 3
+    assert int(eff["logingracetime"]) <= 60
+    assert eff["x11forwarding"] == "no" and eff["allowagentforwarding"] == "no"
+    assert eff["allowtcpforwarding"] == ("local" if name == "proxy" else "no")
+    assert eff["loglevel"] == "VERBOSE"
+    assert eff["kexalgorithms"].split(",") == hardening.SSH_KEX
+    assert eff["ciphers"].split(",") == hardening.SSH_CIPHERS
+    assert eff["macs"].split(",") == hardening.SSH_MACS
+
+
+def test_sshd_dropin_order_matters(hosts, tmp_path):
+    """The guard above can fail: named to sort after cloud-init's file, ours loses."""
+    ours = hosts["lab", "scout"].file(SSHD_DROPIN)
+    eff = _effective_sshd({"99-agentctl.conf": ours, "50-cloud-init.conf": CLOUD_INIT_DROPIN}, tmp_path)
+    assert eff["passwordauthentication"] == "yes"
+
+
+# --- firewall, egress, DNS, CA ------------------------------------------------------
+
+def _ufw(host) -> list[str]:
+    return [l for l in host.file("/etc/agentctl/ufw-rules").splitlines() if l and not l.startswith("#")]
+
+
+@pytest.mark.parametrize("stack,name", AGENTS)
+def test_agent_firewall_lets_out_only_to_the_proxy(hosts, stack, name):
+    d = load(ROOT, stack)
+    rules = _ufw(hosts[stack, name])
+    assert rules == firewall.agent_rules(d)
+    for rule in rules:
+        if " out " in f" {rule} ":
+            target = re.search(r"\bto (\S+)", rule).group(1)
+            assert target == d.proxy_ip or rule.startswith("allow out proto udp to any port 67 "), rule
+    assert not any(r.startswith("allow in") and "from any" in r for r in rules)
+    assert "ufw default deny outgoing" in hosts[stack, name].file("/usr/local/sbin/agentctl-converge")
+
+
+@pytest.mark.parametrize("stack", ["lab", "example-aws", "example-hcloud"])
+def test_proxy_firewall_accepts_agents_and_limits_ssh(hosts, stack):
+    d = load(ROOT, stack)
+    rules = _ufw(hosts[stack, d.proxy.name])
+    ins = [r for r in rules if " in " in f" {r} "]
+    for r in ins:
+        src = re.search(r"from (\S+)", r)
+        if src:
+            assert ipaddress.ip_network(src.group(1)).subnet_of(ipaddress.ip_network(d.network.cidr)) \
+                or src.group(1) in d.network.admin_cidrs, r
+    assert all(r.startswith("limit in") for r in ins if "port 22 " in r)
+    assert ("allow out proto tcp to 169.254.169.254 port 80 comment 'imds'" in rules) == (d.cloud == "aws")
+
+
+@pytest.mark.parametrize("stack,name", AGENTS)
+def test_agent_points_dns_apt_time_and_trust_at_the_proxy(hosts, stack, name, ca_cert_pem):
+    d = load(ROOT, stack)
+    h = hosts[stack, name]
+    url = f"http://{d.proxy_ip}:{d.proxy.listen.tunnel}"
+    assert f'Acquire::http::Proxy "{url}";' in h.file("/etc/apt/apt.conf.d/90agentctl-proxy")
+    resolved = configparser.ConfigParser()
+    resolved.read_string(h.file("/etc/systemd/resolved.conf.d/agentctl.conf"))
+    assert resolved["Resolve"]["DNS"] == d.proxy_ip and resolved["Resolve"]["FallbackDNS"] == ""
+    assert f"nameserver {d.proxy_ip}" in h.file("/usr/local/sbin/agentctl-converge")
+    servers = [l.split()[1] for l in h.file("/etc/chrony/chrony.conf").splitlines() if l.startswith(("server", "pool"))]
+    assert servers == [d.proxy_ip]
+    assert h.file("/etc/agentctl/proxy-ca.crt").strip() == ca_cert_pem.strip()
+
+
+@pytest.mark.parametrize("stack,name", AGENTS)
+def test_agent_unit_is_sandboxed_and_fenced_to_the_proxy(hosts, stack, name):
+    d = load(ROOT, stack)
+    unit = _unit(hosts[stack, name].file("/etc/systemd/system/agentctl-agent.service"))
+    s = "Service"
+    assert unit[s]["User"] == "agentuser"
+    for key, want in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes",
+                      "CapabilityBoundingSet": "", "AmbientCapabilities": "", "IPAddressDeny": "any"}.items():
+        assert unit.get(s, key, raw=True) == want, key
+    assert "@system-service" in _values(unit, s, "SystemCallFilter")
+    assert _values(unit, s, "IPAddressAllow") == [f"{d.proxy_ip}/32", "localhost"]
+    env = dict(v.strip('"').split("=", 1) for v in _values(unit, s, "Environment"))
+    assert env["HTTPS_PROXY"] == f"http://{d.proxy_ip}:{d.proxy.listen.tunnel}"
+    for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
+        assert env[var].startswith("/")
+    config = yaml.safe_load(hosts[stack, name].file("/etc/agentctl/agent-config.yaml"))
+    assert config["approvals"]["mode"] == "manual" and config["checkpoints"]["enabled"] is True
+    excluded = hosts[stack, name].file("/etc/agentctl/backup-exclude.txt")
+    assert "/home/agentuser/.hermes/.env" in excluded and "/home/agentuser/.hermes/auth.json" in excluded
+
+
+# --- upgrades, sysctl, watchdog -----------------------------------------------------
+
+@pytest.mark.parametrize("stack,name", ALL_HOSTS)
+def test_unattended_upgrades_reboot_in_the_window(hosts, stack, name):
+    d = load(ROOT, stack)
+    text = hosts[stack, name].file("/etc/apt/apt.conf.d/52agentctl-unattended-upgrades")
+    assert f'Unattended-Upgrade::Automatic-Reboot-Time "{d.maintenance.reboot_time}";' in text
+    assert 'Unattended-Upgrade::Automatic-Reboot "true";' in text
+    assert all(o in text for o in hardening.UPGRADE_ORIGINS[d.distro])
+    assert 'APT::Periodic::Unattended-Upgrade "1";' in hosts[stack, name].file("/etc/apt/apt.conf.d/21agentctl-auto-upgrades")
+
+
+def test_sysctl_network_hardening(hosts):
+    values = dict(l.split(" = ") for l in hosts["lab", "scout"].file("/etc/sysctl.d/90-agentctl-net.conf").splitlines()
+                  if l and not l.startswith("#"))
+    assert values["net.ipv4.ip_forward"] == "0"
+    assert values["net.ipv4.conf.all.accept_redirects"] == "0"
+    assert values["net.ipv4.conf.all.send_redirects"] == "0"
+    assert values["net.ipv4.tcp_syncookies"] == "1"
+    assert values["net.ipv4.conf.all.rp_filter"] == "1"
+    assert not any(k.startswith("kernel.") for k in values)
+
+
+@pytest.mark.parametrize("threshold", [3, 2])
+def test_watchdog_restarts_after_consecutive_failures(hosts, tmp_path, threshold):
+    """Runs the rendered script for real, with systemctl/logger replaced by recorders."""
+    script = hosts["lab", "scout"].file("/usr/local/sbin/agentctl-watchdog")
+    script = script.replace("-ge 3 ]", f"-ge {threshold} ]")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n[ "$1" = is-active ] && exit 3\nexit 0\n')
+    (bin_dir / "logger").write_text("#!/bin/sh\nexit 0\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    path = tmp_path / "watchdog"
+    path.write_text(script)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "AGENTCTL_WATCHDOG_STATE": str(tmp_path / "state")}
+    restarts = []
+    for _ in range(threshold * 2):
+        subprocess.run(["bash", str(path)], env=env, check=True)
+        restarts.append(calls.read_text().count("restart agentctl-agent.service"))
+    assert restarts == [0] * (threshold - 1) + [1] * threshold + [2]
+
+
+# --- proxy host, secrets ------------------------------------------------------------
+
+@pytest.mark.parametrize("stack", ["lab", "example-aws", "example-hcloud"])
+def test_proxy_config_grants_each_agent_its_own_rules(rendered, hosts, stack):
+    d = load(ROOT, stack)
+    proxy = next(h for h in rendered[stack] if h.role == "proxy")
+    conf = yaml.safe_load(proxy.proxy_config)
+    assert yaml.safe_load(hosts[stack, d.proxy.name].file("/etc/agentctl-proxy/config.yaml")) == conf
+    assert [a["name"] for a in conf["agents"]] == [a.name for a in d.agents]
+    for entry, agent in zip(conf["agents"], d.agents):
+        assert entry["sources"] == [f"{d.agent_ip(agent)}/32"]
+        allow = next(t for t in entry["transforms"] if t["name"] == "allowlist")["config"]["rules"]
+        assert [r["host"] for r in allow] == [r.host for r in agent.egress.rules]
+    assert all(r["methods"] == ["GET", "HEAD"] for r in conf["transforms"][0]["config"]["rules"]
+               if r["name"].startswith("apt-"))
+    assert conf["proxy"]["tunnel_listen"] == f"{d.proxy_ip}:{d.proxy.listen.tunnel}"
+    assert conf["dns"]["proxy_ip"] == d.proxy_ip
+
+
+def test_secret_sources_by_cloud(rendered):
+    def sources(stack):
+        conf = yaml.safe_load(next(h for h in rendered[stack] if h.role == "proxy").proxy_config)
+        return [s["source"] for a in conf["agents"] for t in a["transforms"] if t["name"] == "secrets"
+                for s in t["config"]["secrets"]], conf["tls"]
+
+    aws, aws_tls = sources("example-aws")
+    assert {s["type"] for s in aws} == {"aws_ssm"}
+    assert {s["name"] for s in aws} == {"/agentctl/example-aws/scout/anthropic-key", "/agentctl/example-aws/scout/github-pat"}
+    assert "ca_key" not in aws_tls and aws_tls["ca_key_source"]["name"] == "/agentctl/example-aws/proxy/ca-key"
+    hc, hc_tls = sources("example-hcloud")
+    assert hc == [{"type": "file", "path": "/etc/agentctl-proxy/secrets/scout/github-pat", "ttl": "15m",
+                   "failure_ttl": "30s"}]
+    assert hc_tls["ca_key"] == "/etc/agentctl-proxy/ca.key"
+
+
+@pytest.mark.parametrize("stack", ["lab", "example-aws", "example-hcloud"])
+def test_no_secret_or_ca_key_in_user_data(rendered, stack):
+    for h in rendered[stack]:
+        assert "placeholder" not in h.user_data  # the ciphertext of Pulumi secrets
+        assert "PRIVATE KEY" not in h.user_data
+
+
+def test_lab_has_no_packages_clouds_do(hosts):
+    assert "packages" not in hosts["lab", "scout"].doc
+    cloud = hosts["example-aws", "scout"].doc
+    assert cloud["package_update"] is True and {"ufw", "fail2ban", "openssh-server"} <= set(cloud["packages"])
+
+
+@pytest.mark.parametrize("stack,name", ALL_HOSTS)
+def test_scripts_parse(hosts, stack, name, tmp_path):
+    for path in ("/usr/local/sbin/agentctl-converge", "/usr/local/sbin/agentctl-watchdog"):
+        script = tmp_path / "s.sh"
+        script.write_text(hosts[stack, name].file(path))
+        check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert check.returncode == 0, f"{path}: {check.stderr}"
+
+
+# --- size ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stack,name", ALL_HOSTS)
+def test_fits_ec2_user_data_limit(hosts, stack, name):
+    encoded = ec2_user_data_base64(hosts[stack, name].rendered.user_data)
+    assert len(encoded) <= EC2_USER_DATA_LIMIT
+    raw = base64.b64decode(encoded)
+    text = gzip.decompress(raw).decode() if raw[:2] == b"\x1f\x8b" else raw.decode()
+    assert text == hosts[stack, name].rendered.user_data
