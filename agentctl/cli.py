@@ -61,3 +61,7 @@ def main() -> None:
         print(f"agentctl: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
               file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Lab hosts: systemd-nspawn containers booted on an overlay of the lab image.
+
+Each host's root is an overlayfs (the image read-only below, the host's own upper
+layer above), mounted by the lab rather than by nspawn's `--overlay`, so the lab can
+write the NoCloud seed and out-of-band files (the proxy's CA key, secret files) into
+it before boot, exactly where a cloud's provisioning would have put them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from agentctl.errors import AgentctlError
+from agentctl.lab import netns, state
+
+SEED_DIR = "var/lib/cloud/seed/nocloud"
+PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class LabHostError(AgentctlError):
+    exit_code = 1
+
+
+def host_dir(state_dir: Path, name: str) -> Path:
+    return state_dir / "hosts" / name
+
+
+def root_of(state_dir: Path, name: str) -> Path:
+    return host_dir(state_dir, name) / "root"
+
+
+def mount_overlay(image: Path, state_dir: Path, name: str) -> Path:
+    """A fresh host root: any upper layer left by an earlier run is thrown away."""
+    base = host_dir(state_dir, name)
+    if base.exists():
+        shutil.rmtree(base)
+    for sub in ("upper", "work", "root"):
+        (base / sub).mkdir(parents=True, mode=0o755)
+    root = base / "root"
+    opts = f"lowerdir={image},upperdir={base / 'upper'},workdir={base / 'work'}"
+    proc = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(root)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabHostError(f"lab host {name}: overlay mount failed: {proc.stderr.strip()}")
+    return root
+
+
+def write_file(root: Path, path: str, content: str | bytes, mode: int = 0o644, owner: tuple[int, int] = (0, 0)) -> Path:
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = content.encode() if isinstance(content, str) else content
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(target, mode)
+    os.chown(target, *owner)
+    return target
+
+
+def write_seed(root: Path, user_data: str, meta_data: str) -> None:
+    write_file(root, f"{SEED_DIR}/user-data", user_data, 0o600)
+    write_file(root, f"{SEED_DIR}/meta-data", meta_data, 0o600)
+
+
+def boot(state_dir: Path, name: str, ns: str) -> int:
+    """Start the container in the background; its console goes to console.log."""
+    root = root_of(state_dir, name)
+    log = open(host_dir(state_dir, name) / "console.log", "ab")
+    cmd = ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet",
+           "--directory", str(root), "--machine", f"agentctl-{name}", "--hostname", name,
+           f"--network-namespace-path={netns.NETNS_DIR / ns}",
+           # ufw (iptables-nft), net.* sysctls and fail2ban need these inside; never
+           # CAP_SYS_TIME or CAP_SYS_MODULE (the machine's clock and kernel are shared).
+           "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
+           "--link-journal=no", "--console=read-only", "--resolv-conf=off", "--timezone=off"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    state.record_process(state_dir, proc.pid, f"nspawn {name}")
+    return proc.pid
+
+
+def leader(ns: str) -> int | None:
+    """The container's init: the process in the host's namespace that is PID 1 in its
+    own PID namespace."""
+    for pid in netns.pids_in(ns):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if len(nspid) > 1 and nspid[-1] == "1":
+            return pid
+    return None
+
+
+def wait_leader(ns: str, nspawn_pid: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = leader(ns)
+        if pid:
+            return pid
+        if state.start_time(nspawn_pid) is None:
+            raise LabHostError(f"lab host in {ns}: systemd-nspawn exited before the container started")
+        time.sleep(0.1)
+    raise LabHostError(f"lab host in {ns}: no container init after {timeout:.0f} s")
+
+
+def enter_cmd(ns: str, *cmd: str, user: str | None = None) -> list[str]:
+    """A command line that runs `cmd` inside the host (all its namespaces), as root or
+    as `user` with no capabilities left."""
+    pid = leader(ns)
+    if pid is None:
+        raise LabHostError(f"lab host in {ns} is not running (agentctl lab up)")
+    base = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "--", "env", "-i", PATH_ENV, "LANG=C.UTF-8"]
+    if user:
+        base += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--inh-caps=-all",
+                 "--bounding-set=-all", "--no-new-privs", "--", "env", f"HOME=/home/{user}", f"USER={user}"]
+    return base + list(cmd)
+
+
+def run_in(ns: str, *cmd: str, user: str | None = None, timeout: float = 120,
+           input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(enter_cmd(ns, *cmd, user=user), capture_output=True, text=True, timeout=timeout,
+                          input=input)
+
+
+def wait_cloud_init(ns: str, timeout: float = 180) -> tuple[bool, str]:
+    """Block until cloud-init has finished; (done without error, its status text)."""
+    deadline = time.monotonic() + timeout
+    # Until systemd inside has mounted /run and started cloud-init, `status` can fail.
+    while True:
+        try:
+            proc = run_in(ns, "cloud-init", "status", "--wait", "--long",
+                          timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False, f"cloud-init not done after {timeout:.0f} s"
+        text = proc.stdout + proc.stderr
+        if "status: done" in text:
+            return True, text.strip()
+        if "status: error" in text or "status: disabled" in text or time.monotonic() > deadline:
+            return False, text.strip()
+        time.sleep(0.5)
+
+
+def stop(pid: int, timeout: float = 15) -> None:
+    """Ask nspawn to shut the container down cleanly; kill it if it will not."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if state.start_time(pid) is None or _is_zombie(pid):
+            return
+        time.sleep(0.2)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

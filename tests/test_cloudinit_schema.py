@@ -1,0 +1,42 @@
+"""The real cloud-init accepts what we render, for both distro generations, and
+reads the compressed form EC2 gets."""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from agentctl import cloudinit_check
+from agentctl.render import ec2_user_data_base64, render_hosts
+from agentctl.stackfile import load
+
+from .conftest import EXAMPLE_STACKS, ROOT
+
+DISTROS = ["debian-12", "ubuntu-24.04"]
+
+
+@pytest.mark.parametrize("distro", DISTROS)
+@pytest.mark.parametrize("stack", EXAMPLE_STACKS)
+def test_schema_valid(stack, distro, ca_cert_pem, tmp_path):
+    deployment = load(ROOT, stack).model_copy(update={"distro": distro})
+    for host in render_hosts(deployment, ca_cert_pem, stack=stack):
+        path = tmp_path / f"{host.name}.yaml"
+        path.write_text(host.user_data)
+        assert cloudinit_check.schema_errors(path, distro) is None, host.name
+
+
+@pytest.mark.parametrize("distro", DISTROS)
+def test_schema_check_can_fail(distro, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("#cloud-config\npower_state: {mode: explode}\n")
+    assert "power_state.mode" in cloudinit_check.schema_errors(path, distro)
+
+
+@pytest.mark.parametrize("distro", DISTROS)
+def test_cloud_init_reads_compressed_user_data(rendered, distro, tmp_path):
+    host = next(h for h in rendered["example-aws"] if h.role == "agent")
+    blob = base64.b64decode(ec2_user_data_base64(host.user_data))
+    assert blob[:2] == b"\x1f\x8b", "this host's user-data is over 16 KB, so it must be compressed"
+    (tmp_path / "ud").write_bytes(blob)
+    assert cloudinit_check.read_as_cloud_init(tmp_path / "ud", distro) == host.user_data
