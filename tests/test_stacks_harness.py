@@ -23,6 +23,10 @@ from pathlib import Path
 import pulumi, pulumi_aws, pulumi_hcloud
 import agentctl.plan, agentctl.render
 from agentctl_stacks import program, aws_deployment, hcloud_deployment, policy
+# The provider SDKs load submodules lazily: load them once here, not in every child.
+for _mod in ("ec2", "vpc", "iam", "kms", "ssm", "route53", "cloudwatch", "sns", "ec2transitgateway"):
+    getattr(pulumi_aws, _mod).__dict__
+pulumi_hcloud.Server, pulumi_hcloud.Firewall
 
 def override(module, cls_name, name_part, **changes):
     """Mutation: every `cls_name` whose resource name contains name_part gets changes."""

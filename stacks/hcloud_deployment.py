@@ -1,0 +1,101 @@
+"""Hetzner Cloud: the proxy has the only public address; agents live on the private
+network with no public IPv4 or IPv6 at all (Hetzner has no route out without one).
+
+hcloud ids are integers in the SDK, resource ids are strings: convert with `_int_id`.
+Child names are this component's API (`f"{name}-..."`).
+"""
+from __future__ import annotations
+
+import pulumi
+import pulumi_hcloud as hcloud
+
+from agentctl.secrets import CA_KEY_PATH, secret_file_path
+from agentctl_stacks import policy
+from agentctl_stacks.args import DeploymentArgs
+from agentctl_stacks.proxy_secrets import ProxySecrets
+
+DEFAULT_SIZE = "cx22"
+PROXY_USER = "agentctl-proxy"  # owner of the proxy's secret files (roles/proxy service unit)
+ADMIN_USER = "admin"
+
+
+def _int_id(resource: pulumi.CustomResource) -> pulumi.Output[int]:
+    return resource.id.apply(int)
+
+
+class HcloudDeployment(pulumi.ComponentResource):
+    def __init__(self, name: str, args: DeploymentArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("agentctl:hcloud:Deployment", name, None, opts)
+        self._name, self._args, self._d = name, args, args.deployment
+        self._child = pulumi.ResourceOptions(parent=self)
+        self._network()
+        self._firewall()
+        self._servers()
+        self._push_secrets()
+        self.register_outputs(self.outputs())
+
+    def _opts(self, **kw) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions.merge(self._child, pulumi.ResourceOptions(**kw))
+
+    def _labels(self, role: str) -> dict[str, str]:
+        return {"agentctl-stack": self._args.stack, "agentctl-role": role}
+
+    def _network(self) -> None:
+        n, d = self._name, self._d
+        zone = policy.hcloud_network_zone(d.region)
+        self.network = hcloud.Network(f"{n}-network", ip_range=d.network.cidr, labels=self._labels("network"),
+                                      opts=self._opts())
+        self.subnets = [hcloud.NetworkSubnet(f"{n}-{role}-subnet", network_id=_int_id(self.network), type="cloud",
+                                             network_zone=zone, ip_range=str(cidr), opts=self._opts())
+                        for role, cidr in (("proxy", d.proxy_subnet), ("agent", d.agent_subnet))]
+
+    def _firewall(self) -> None:
+        # Applied at creation through firewall_ids, so no host ever boots unfiltered.
+        self.firewall = hcloud.Firewall(f"{self._name}-firewall", rules=policy.hcloud_firewall_rules(self._d),
+                                        labels=self._labels("firewall"), opts=self._opts())
+        # Hetzner mails a root password for servers created without an SSH key.
+        self.ssh_keys = [hcloud.SshKey(f"{self._name}-admin-key-{i}", public_key=key, labels=self._labels("admin"),
+                                       opts=self._opts()) for i, key in enumerate(self._d.admin_ssh_keys)]
+
+    def _server(self, role: str, host_name: str, size: str | None, ip: str, public_nets: list, extra_deps: list):
+        d = self._d
+        return hcloud.Server(
+            f"{self._name}-{role}", server_type=size or DEFAULT_SIZE, image=d.image or d.distro, location=d.region,
+            ssh_keys=[k.id for k in self.ssh_keys], user_data=self._args.host(host_name).user_data,
+            public_nets=public_nets, networks=[{"network_id": _int_id(self.network), "ip": ip}],
+            firewall_ids=[_int_id(self.firewall)], labels=self._labels(role),
+            opts=self._opts(depends_on=[*self.subnets, *extra_deps]))
+
+    def _servers(self) -> None:
+        n, d = self._name, self._d
+        # A Primary IP outlives the server: rebuilds keep the address admins and DNS use.
+        self.primary_ip = hcloud.PrimaryIp(f"{n}-proxy-ip", type="ipv4", assignee_type="server", auto_delete=False,
+                                           location=d.region, labels=self._labels("proxy"), opts=self._opts())
+        self.proxy = self._server("proxy", d.proxy.name, d.proxy.size, d.proxy_ip,
+                                  [{"ipv4_enabled": True, "ipv4": _int_id(self.primary_ip), "ipv6_enabled": False}], [])
+        self.agents = {agent.name: self._server(f"agent-{agent.name}", agent.name, agent.size, d.agent_ip(agent),
+                                                policy.agent_public_nets(), [self.proxy])
+                       for agent in d.agents}
+
+    def _push_secrets(self) -> None:
+        a = self._args
+        files = [{"path": secret_file_path(agent.name, secret), "owner": PROXY_USER, "content": value}
+                 for agent, secret, value in a.agent_secrets()]
+        files.append({"path": CA_KEY_PATH, "owner": PROXY_USER, "content": a.ca.key_pem})
+        self.secrets = ProxySecrets(f"{self._name}-proxy-secrets", host=self.primary_ip.ip_address,
+                                    server_id=self.proxy.id, user=ADMIN_USER, files=files,
+                                    opts=self._opts(depends_on=[self.proxy]))
+
+    def outputs(self) -> dict[str, pulumi.Input]:
+        d, a = self._d, self._args
+        proxy_ip = self.primary_ip.ip_address
+        return {
+            "proxyPublicIp": proxy_ip,
+            "proxyPrivateIp": d.proxy_ip,
+            "agentPrivateIps": {agent.name: d.agent_ip(agent) for agent in d.agents},
+            "caFingerprintSha256": a.ca.fingerprint_sha256,
+            "proxyHostKey": self.secrets.hostKey,
+            "ssh": {d.proxy.name: pulumi.Output.concat("ssh ", ADMIN_USER, "@", proxy_ip),
+                    **{agent.name: pulumi.Output.concat("ssh -J ", ADMIN_USER, "@", proxy_ip, " ",
+                                                        ADMIN_USER, "@", d.agent_ip(agent)) for agent in d.agents}},
+        }

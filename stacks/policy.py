@@ -1,0 +1,175 @@
+"""Pure rule tables and documents for both clouds: no Pulumi, no I/O.
+
+Every network opening the programs declare comes from a function here, so the tables
+can be tested on their own and the components stay a thin mapping onto resources.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentctl.model import Deployment
+
+ANYWHERE_V4 = "0.0.0.0/0"
+SSH_PORT = 22
+NTP_PORT = 123
+CANONICAL_OWNER = "099720109477"
+DEBIAN_OWNER = "136693071363"
+
+
+@dataclass(frozen=True)
+class PortRule:
+    """One opening: protocol ('tcp'|'udp'), a single port, and why it exists."""
+
+    protocol: str
+    port: int
+    purpose: str
+
+
+def agent_to_proxy_ports(deployment: Deployment) -> list[PortRule]:
+    """What an agent host may send to the proxy, and nothing else anywhere."""
+    listen = deployment.proxy.listen
+    return [
+        PortRule("tcp", listen.http, "plain HTTP routed by Host (DNS mode)"),
+        PortRule("tcp", listen.https, "TLS routed by SNI (DNS mode)"),
+        PortRule("tcp", listen.tunnel, "explicit proxy (CONNECT)"),
+        PortRule("tcp", listen.dns, "DNS answered by the proxy"),
+        PortRule("udp", listen.dns, "DNS answered by the proxy"),
+        # TLS needs a correct clock; the proxy serves time (DESIGN.md, "Time").
+        PortRule("udp", NTP_PORT, "time from the proxy's chrony"),
+    ]
+
+
+def proxy_upstream_ports() -> list[PortRule]:
+    """What the proxy host may send to the internet."""
+    return [
+        PortRule("tcp", 80, "upstream HTTP"),
+        PortRule("tcp", 443, "upstream HTTPS, SSM and package mirrors"),
+        # The VPC resolver answers nothing (DNS Firewall blocks all), so the proxy
+        # resolves upstream names through public resolvers.
+        PortRule("udp", 53, "upstream DNS"),
+        PortRule("tcp", 53, "upstream DNS"),
+    ]
+
+
+def agent_route_destinations() -> list[str]:
+    """Routes of the agent subnet's route table beyond the implicit local route: none."""
+    return []
+
+
+def proxy_route_destinations() -> list[str]:
+    """The proxy subnet reaches the internet through the internet gateway."""
+    return [ANYWHERE_V4]
+
+
+def agent_metadata_options() -> dict[str, str]:
+    # Security groups do not filter IMDS: an agent with IMDS could read user-data and
+    # any credentials of an instance role. The agent has neither, and no IMDS at all.
+    return {"http_endpoint": "disabled", "http_tokens": "required"}
+
+
+def proxy_metadata_options() -> dict[str, object]:
+    # IMDSv2 only, hop limit 1: a request relayed by the proxy process (or from a
+    # container) can never reach the instance credentials.
+    return {"http_endpoint": "enabled", "http_tokens": "required",
+            "http_put_response_hop_limit": 1, "instance_metadata_tags": "disabled"}
+
+
+def root_volume(size_gb: int = 20) -> dict[str, object]:
+    return {"volume_type": "gp3", "encrypted": True, "volume_size": size_gb, "delete_on_termination": True}
+
+
+def parameter_path_arn(region: str, account: str, project: str, stack: str) -> str:
+    return f"arn:aws:ssm:{region}:{account}:parameter/{project}/{stack}/*"
+
+
+def proxy_role_policy(*, region: str, account: str, project: str, stack: str, key_arn: str) -> dict:
+    """The proxy's workload identity: read its own parameters, decrypt with its own key."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "ReadOwnParameters", "Effect": "Allow",
+             "Action": ["ssm:GetParameter", "ssm:GetParameters"],
+             "Resource": [parameter_path_arn(region, account, project, stack)]},
+            {"Sid": "DecryptOwnParameters", "Effect": "Allow", "Action": ["kms:Decrypt"],
+             "Resource": [key_arn],
+             # Only when SSM asks on the proxy's behalf, not for arbitrary ciphertext.
+             "Condition": {"StringEquals": {"kms:ViaService": f"ssm.{region}.amazonaws.com"}}},
+        ],
+    }
+
+
+def assume_role_policy(service: str, account: str | None = None) -> dict:
+    statement: dict = {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
+    if account:
+        # Confused-deputy guard: only this account's resources may use the role.
+        statement["Condition"] = {"StringEquals": {"aws:SourceAccount": account}}
+    return {"Version": "2012-10-17", "Statement": [statement]}
+
+
+def flow_log_policy(log_group_arn: str) -> dict:
+    return {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+        "Resource": [log_group_arn, f"{log_group_arn}:*"]}]}
+
+
+def rejected_egress_pattern(deployment: Deployment) -> str:
+    """CloudWatch Logs filter for REJECT records whose source is an agent host.
+
+    The agent subnet is always a /24, so the first three octets name it exactly."""
+    net = deployment.agent_subnet
+    assert net.prefixlen == 24, "agent subnet is a /24 by construction"
+    prefix = ".".join(str(net.network_address).split(".")[:3])
+    return ("[version, account_id, interface_id, srcaddr=\"" + prefix + ".*\", dstaddr, srcport, dstport, "
+            "protocol, packets, bytes, start, end, action=\"REJECT\", log_status]")
+
+
+def dns_firewall_block_domains() -> list[str]:
+    return ["*"]
+
+
+def ami_filters(distro: str, instance_type: str) -> tuple[str, list[dict]]:
+    """Owner and filters of the official image for distro and the type's architecture."""
+    arch = "arm64" if _is_graviton(instance_type) else "amd64"
+    if distro == "debian-12":
+        name = f"debian-12-{arch}-*"
+        owner = DEBIAN_OWNER
+    else:
+        name = f"ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-*"
+        owner = CANONICAL_OWNER
+    return owner, [{"name": "name", "values": [name]},
+                   {"name": "architecture", "values": ["arm64" if arch == "arm64" else "x86_64"]},
+                   {"name": "virtualization-type", "values": ["hvm"]}]
+
+
+def _is_graviton(instance_type: str) -> bool:
+    family = instance_type.split(".")[0]
+    # t4g, m7g, c7gn, r8g...: a 'g' after the generation digit means Graviton.
+    digits = [i for i, ch in enumerate(family) if ch.isdigit()]
+    return bool(digits) and "g" in family[digits[0] + 1:]
+
+
+HCLOUD_NETWORK_ZONES = {"fsn1": "eu-central", "nbg1": "eu-central", "hel1": "eu-central",
+                        "ash": "us-east", "hil": "us-west", "sin": "ap-southeast"}
+
+
+def hcloud_network_zone(location: str) -> str:
+    """Raises ValueError for a location Hetzner does not have; the caller names the key."""
+    try:
+        return HCLOUD_NETWORK_ZONES[location]
+    except KeyError:
+        raise ValueError(f"{location!r} is not a Hetzner location") from None
+
+
+def hcloud_firewall_rules(deployment: Deployment) -> list[dict]:
+    """Inbound SSH from the admin CIDRs only (break-glass). Hetzner firewalls deny every
+    inbound packet no rule allows, so an empty list closes the host completely."""
+    if not deployment.network.admin_cidrs:
+        return []
+    return [{"direction": "in", "protocol": "tcp", "port": str(SSH_PORT),
+             "source_ips": list(deployment.network.admin_cidrs),
+             "description": "break-glass SSH from admin CIDRs"}]
+
+
+def agent_public_nets() -> list[dict]:
+    return [{"ipv4_enabled": False, "ipv6_enabled": False}]
