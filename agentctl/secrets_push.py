@@ -55,12 +55,16 @@ class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
 
 def write_command(item: PushFile, *, use_sudo: bool) -> str:
     """Shell command that writes stdin to item.path atomically, with owner and mode set
-    before the content exists under its final name."""
-    path, folder = shlex.quote(item.path), shlex.quote(posixpath.dirname(item.path))
+    before the content exists under its final name. A folder that already exists
+    (/etc/agentctl-proxy) keeps its owner: the proxy user must not own its own policy.
+    A new leaf folder (secrets/<agent>) belongs to the proxy user, 0700."""
+    folder = posixpath.dirname(item.path)
+    q_path, q_folder, q_parent = (shlex.quote(p) for p in (item.path, folder, posixpath.dirname(folder)))
     tmp = shlex.quote(item.path + ".agentctl-tmp")
     owner = shlex.quote(item.owner)
-    script = (f"set -e; umask 077; mkdir -p {folder}; chown {owner}: {folder}; chmod 0700 {folder}; "
-              f"cat > {tmp}; chown {owner}: {tmp}; chmod {item.mode:04o} {tmp}; mv -f {tmp} {path}")
+    script = (f"set -e; umask 022; mkdir -p {q_parent}; umask 077; "
+              f"if [ ! -d {q_folder} ]; then mkdir {q_folder}; chown {owner}: {q_folder}; chmod 0700 {q_folder}; fi; "
+              f"cat > {tmp}; chown {owner}: {tmp}; chmod {item.mode:04o} {tmp}; mv -f {tmp} {q_path}")
     return ("sudo -n " if use_sudo else "") + "sh -c " + shlex.quote(script)
 
 

@@ -21,6 +21,21 @@ SEED_DIR = "var/lib/cloud/seed/nocloud"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+# A container that reboots makes nspawn exit with 133 (systemd-nspawn@.service restarts
+# it on that code); with no systemd outside, this loop does the same. SIGTERM is passed
+# on, so nspawn shuts the container down cleanly.
+SUPERVISE = """
+child=
+trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0' TERM INT
+while :; do
+  "$@" &
+  child=$!
+  wait "$child"; rc=$?
+  [ "$rc" -eq 133 ] || exit "$rc"
+done
+"""
+
+
 class LabHostError(AgentctlError):
     exit_code = 1
 
@@ -76,9 +91,9 @@ def boot(state_dir: Path, name: str, ns: str) -> int:
            # CAP_SYS_TIME or CAP_SYS_MODULE (the machine's clock and kernel are shared).
            "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
            "--link-journal=no", "--console=read-only", "--resolv-conf=off", "--timezone=off"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    state.record_process(state_dir, proc.pid, f"nspawn {name}")
+    proc = subprocess.Popen(["sh", "-c", SUPERVISE, "agentctl-lab-host", *cmd], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    state.record_process(state_dir, proc.pid, f"host {name}")
     return proc.pid
 
 
@@ -128,21 +143,30 @@ def run_in(ns: str, *cmd: str, user: str | None = None, timeout: float = 120,
 
 
 def wait_cloud_init(ns: str, timeout: float = 180) -> tuple[bool, str]:
-    """Block until cloud-init has finished; (done without error, its status text)."""
+    """Block until cloud-init has finished and the host is not about to reboot (the
+    converge step may ask for one reboot); (done without error, its status text)."""
     deadline = time.monotonic() + timeout
-    # Until systemd inside has mounted /run and started cloud-init, `status` can fail.
-    while True:
+    text = ""
+    while time.monotonic() < deadline:
         try:
+            # Until systemd inside has started cloud-init (or while the host reboots),
+            # this fails or the container is briefly gone: try again.
             proc = run_in(ns, "cloud-init", "status", "--wait", "--long",
                           timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            return False, f"cloud-init not done after {timeout:.0f} s"
-        text = proc.stdout + proc.stderr
+            break
+        except LabHostError:
+            time.sleep(0.3)
+            continue
+        text = (proc.stdout + proc.stderr).strip()
         if "status: done" in text:
-            return True, text.strip()
-        if "status: error" in text or "status: disabled" in text or time.monotonic() > deadline:
-            return False, text.strip()
+            pending = run_in(ns, "test", "-e", "/run/agentctl/reboot-required", timeout=10)
+            if pending.returncode != 0:
+                return True, text
+        elif "status: error" in text or "status: disabled" in text:
+            return False, text
         time.sleep(0.5)
+    return False, f"cloud-init not done after {timeout:.0f} s: {text[-300:]}"
 
 
 def stop(pid: int, timeout: float = 15) -> None:

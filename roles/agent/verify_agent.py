@@ -1,0 +1,98 @@
+"""What a converged agent host must show beyond the base: its only way out is the
+proxy, it trusts the proxy's CA, and the agent runs sandboxed as agentuser."""
+from __future__ import annotations
+
+import pytest
+
+SERVICE = "agentctl-agent.service"
+
+
+@pytest.fixture(scope="module")
+def unit(root) -> dict[str, str]:
+    props = ("User NoNewPrivileges ProtectSystem PrivateTmp PrivateDevices CapabilityBoundingSet AmbientCapabilities "
+             "SystemCallFilter IPAddressDeny IPAddressAllow RestrictNamespaces Environment ActiveState").split()
+    out = root.check_output(f"systemctl show {SERVICE} " + " ".join(f"-p {p}" for p in props))
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def test_agent_service_running(host):
+    assert host.service(SERVICE).is_running and host.service(SERVICE).is_enabled
+
+
+def test_agent_runs_as_agentuser(unit, host):
+    assert unit["User"] == "agentuser"
+    pid = host.check_output(f"systemctl show -p MainPID --value {SERVICE}")
+    assert host.check_output(f"ps -o user= -p {pid}").strip() == "agentuser"
+
+
+@pytest.mark.parametrize("key,value", [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes"),
+                                       ("PrivateDevices", "yes"), ("CapabilityBoundingSet", ""),
+                                       ("AmbientCapabilities", ""), ("RestrictNamespaces", "yes")])
+def test_agent_sandbox_property(unit, key, value):
+    assert unit[key] == value
+
+
+def test_agent_ip_fence(unit, deployment):
+    assert "0.0.0.0/0" in unit["IPAddressDeny"] and "::/0" in unit["IPAddressDeny"]
+    assert f"{deployment.proxy_ip}/32" in unit["IPAddressAllow"].split()
+
+
+def test_agent_syscall_filter(unit):
+    # systemd expands @system-service into its syscall names; a few it must contain/omit.
+    allowed = unit["SystemCallFilter"].split()
+    assert "read" in allowed and "mount" not in allowed and "reboot" not in allowed
+
+
+def test_agent_environment_points_at_the_proxy(unit, deployment):
+    env = dict(item.split("=", 1) for item in unit["Environment"].split())
+    assert env["HTTPS_PROXY"] == f"http://{deployment.proxy_ip}:{deployment.proxy.listen.tunnel}"
+    assert env["SSL_CERT_FILE"] == env["REQUESTS_CA_BUNDLE"] == "/etc/ssl/certs/ca-certificates.crt"
+    assert env["NODE_EXTRA_CA_CERTS"].endswith("agentctl-proxy-ca.crt")
+    assert not [k for k in env if any(w in k.upper() for w in ("TOKEN", "SECRET", "PASSWORD", "API_KEY"))]
+
+
+def test_proxy_ca_in_system_store(host):
+    assert host.run("openssl verify -CAfile /etc/ssl/certs/ca-certificates.crt /etc/agentctl/proxy-ca.crt").rc == 0
+    assert host.file("/usr/local/share/ca-certificates/agentctl-proxy-ca.crt").exists
+
+
+def test_dns_points_at_the_proxy(host, deployment):
+    resolv = host.file("/etc/resolv.conf").content_string
+    servers = [l.split()[1] for l in resolv.splitlines() if l.startswith("nameserver")]
+    assert servers in ([deployment.proxy_ip], ["127.0.0.53"])
+    if servers == ["127.0.0.53"]:
+        assert f"DNS={deployment.proxy_ip}" in host.file("/etc/systemd/resolved.conf.d/agentctl.conf").content_string
+
+
+def test_apt_goes_through_the_proxy(host, deployment):
+    assert f'Acquire::http::Proxy "http://{deployment.proxy_ip}:{deployment.proxy.listen.tunnel}";' \
+        in host.check_output("apt-config dump")
+
+
+def test_time_from_the_proxy_only(host, deployment):
+    sources = host.check_output("chronyc -n sources 2>/dev/null || true")
+    conf = host.file("/etc/chrony/chrony.conf").content_string
+    assert [l.split()[1] for l in conf.splitlines() if l.startswith(("server", "pool"))] == [deployment.proxy_ip]
+    assert deployment.proxy_ip in sources or sources == ""
+
+
+def test_agent_holds_no_proxy_secrets(host):
+    assert not host.file("/etc/agentctl-proxy").exists
+
+
+def test_agentuser_cannot_use_sudo(host):
+    assert host.run("sudo -n -u agentuser sudo -n true").rc != 0
+
+
+@pytest.mark.destructive
+def test_watchdog_restarts_a_stopped_agent(root, deployment):
+    """Stop the agent, run the watchdog as often as its threshold says; it must be back."""
+    root.check_output(f"systemctl stop {SERVICE}; echo 0 > /var/lib/agentctl-watchdog/failures")
+    try:
+        for i in range(deployment.watchdog.failure_threshold):
+            assert root.run(f"systemctl is-active --quiet {SERVICE}").rc != 0, f"restarted early, after {i} checks"
+            root.check_output("systemctl start agentctl-watchdog.service")
+        assert root.run(f"for i in $(seq 20); do systemctl is-active --quiet {SERVICE} && exit 0; sleep 0.5; done; "
+                        f"exit 1").rc == 0
+    finally:
+        root.run(f"systemctl start {SERVICE}")

@@ -1,0 +1,225 @@
+"""What every converged host (proxy and agent) must show. One test, one fact; the
+expected values come from the stack file that rendered the host."""
+from __future__ import annotations
+
+import re
+import socket
+
+import paramiko
+import pytest
+
+from agentctl import firewall, hardening
+from agentctl.render import AGENT_SERVICE, PROXY_SERVICE
+
+MANAGED = ["/etc/ssh/sshd_config.d/00-agentctl.conf", "/etc/sudoers.d/agentctl", "/etc/fail2ban/jail.d/agentctl.local",
+           "/etc/sysctl.d/90-agentctl-net.conf", "/etc/apt/apt.conf.d/52agentctl-unattended-upgrades",
+           "/usr/local/sbin/agentctl-watchdog", "/etc/agentctl/ufw-rules", "/etc/ufw/user.rules", "/etc/ufw/user6.rules"]
+
+
+# --- cloud-init ---------------------------------------------------------------------
+
+def test_cloud_init_done(root):
+    assert root.run("cloud-init status --wait").stdout.split()[-1] == "done"
+
+
+def test_converge_recorded(host):
+    assert host.file("/var/lib/agentctl/converged").exists
+
+
+def test_converge_is_idempotent(root):
+    """Re-running the modules and the converge script changes no managed file."""
+    digest = "sha256sum " + " ".join(MANAGED) + " && ufw show added && sysctl -a 2>/dev/null | grep '^net.ipv4.conf.all'"
+    before = root.check_output(digest)
+    root.check_output("cloud-init single --name write_files --frequency always >/dev/null 2>&1 || "
+                      "cloud-init single --name write-files --frequency always >/dev/null")
+    root.check_output("/usr/local/sbin/agentctl-converge >/dev/null")
+    assert root.check_output(digest) == before
+
+
+# --- users and sudo -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["admin", "operator", "agentuser"])
+def test_user_exists(host, name):
+    assert host.user(name).exists
+
+
+def test_agentuser_has_no_sudo(root):
+    out = root.run("sudo -l -U agentuser").stdout
+    assert "is not allowed to run sudo" in out
+
+
+def test_agentuser_not_in_privileged_groups(host):
+    assert not {"sudo", "adm", "wheel", "systemd-journal", "docker"} & set(host.user("agentuser").groups)
+
+
+def test_admin_has_full_sudo(root):
+    assert "(ALL : ALL) NOPASSWD: ALL" in root.check_output("sudo -l -U admin")
+
+
+def test_operator_sudo_excludes_the_guard_list(root):
+    out = root.check_output("sudo -l -U operator")
+    for command in ("/usr/bin/dd", "/usr/sbin/wipefs", "/usr/sbin/shutdown"):
+        assert f"!{command}" in out, out
+
+
+@pytest.mark.parametrize("command", ["/usr/bin/dd if=/dev/zero of=/dev/null count=0", "/usr/sbin/reboot",
+                                     "/usr/bin/rm -rf /tmp/agentctl-guard-probe"])
+def test_operator_guard_list_refuses(root, command):
+    result = root.run(f"sudo -u operator sudo -n {command}")
+    assert result.rc != 0 and "not allowed" in (result.stderr + result.stdout), result
+
+
+def test_operator_may_run_other_commands(root):
+    assert root.run("sudo -u operator sudo -n /usr/bin/true").rc == 0
+
+
+def test_sudoers_valid_and_logged(root):
+    assert root.run("visudo -c").rc == 0
+    out = root.check_output("cat /etc/sudoers.d/agentctl")
+    assert re.search(r"^Defaults use_pty$", out, re.M) and 'logfile="/var/log/sudo.log"' in out
+
+
+# --- sshd ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sshd(root) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in root.check_output("sshd -T -C user=admin,host=verifier,addr=192.0.2.1").splitlines():
+        key, _, value = line.partition(" ")
+        values[key] = f"{values[key]} {value}" if key in {"allowusers", "denyusers"} and key in values else \
+            values.get(key, value)
+    return values
+
+
+@pytest.mark.parametrize("key,value", [
+    ("passwordauthentication", "no"), ("kbdinteractiveauthentication", "no"), ("permitrootlogin", "no"),
+    ("pubkeyauthentication", "yes"), ("permitemptypasswords", "no"), ("x11forwarding", "no"),
+    ("allowagentforwarding", "no"), ("loglevel", "VERBOSE"), ("authenticationmethods", "publickey"),
+])
+def test_sshd_effective(sshd, key, value):
+    assert sshd[key] == value
+
+
+def test_sshd_allow_users(sshd):
+    assert sshd["allowusers"].split() == hardening.SSH_USERS
+
+
+def test_sshd_max_auth_tries(sshd):
+    assert int(sshd["maxauthtries"]) <= 3
+
+
+def test_sshd_algorithms(sshd):
+    assert sshd["kexalgorithms"].split(",") == hardening.SSH_KEX
+    assert sshd["ciphers"].split(",") == hardening.SSH_CIPHERS
+    assert sshd["macs"].split(",") == hardening.SSH_MACS
+
+
+def test_sshd_forwarding(sshd, role):
+    assert sshd["allowtcpforwarding"] == ("local" if role == "proxy" else "no")
+
+
+def _auth_types(addr: str, port: int) -> list[str]:
+    sock = socket.create_connection((addr, port), timeout=10)
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=10)
+        try:
+            transport.auth_none("admin")
+        except paramiko.BadAuthenticationType as exc:
+            return list(exc.allowed_types)
+        return ["none"]
+    finally:
+        transport.close()
+
+
+def test_real_password_login_refused(ssh_target):
+    addr, port = ssh_target
+    assert _auth_types(addr, port) == ["publickey"]
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    with pytest.raises((paramiko.AuthenticationException, paramiko.SSHException)):
+        client.connect(addr, port=port, username="admin", password="admin", look_for_keys=False, allow_agent=False,
+                       timeout=10)
+    client.close()
+
+
+def test_real_root_login_refused(ssh_target, ssh_key_file):
+    addr, port = ssh_target
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    with pytest.raises(paramiko.AuthenticationException):
+        client.connect(addr, port=port, username="root", key_filename=ssh_key_file, look_for_keys=False,
+                       allow_agent=False, timeout=10)
+    client.close()
+
+
+# --- fail2ban -----------------------------------------------------------------------
+
+def test_fail2ban_sshd_jail_reads_the_journal(root):
+    assert root.service("fail2ban").is_running
+    assert "sshd" in root.check_output("fail2ban-client status")
+    assert root.check_output("fail2ban-client get sshd journalmatch").strip() != ""
+
+
+@pytest.mark.destructive
+def test_fail2ban_bans_after_repeated_failures(root, private_ip):
+    """Fails logins from the host's own private address (not ignored, unlike loopback),
+    so the verifier's own address is never banned; unbans afterwards."""
+    root.run(f"fail2ban-client set sshd unbanip {private_ip}")
+    try:
+        for _ in range(5):
+            root.run(f"timeout 10 ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o ConnectTimeout=5 "
+                     f"-o PubkeyAuthentication=no -b {private_ip} nosuchuser@{private_ip} true")
+        banned = root.run(f"for i in $(seq 20); do fail2ban-client status sshd | grep -q '{private_ip}' && exit 0; "
+                          f"sleep 1; done; exit 1")
+        assert banned.rc == 0, root.check_output("fail2ban-client status sshd")
+    finally:
+        root.run(f"fail2ban-client set sshd unbanip {private_ip}")
+
+
+# --- firewall -----------------------------------------------------------------------
+
+def test_ufw_active_default_deny_both_ways(root):
+    out = root.check_output("ufw status verbose")
+    assert "Status: active" in out
+    assert re.search(r"Default: deny \(incoming\), deny \(outgoing\), (deny|disabled) \(routed\)", out), out
+
+
+def test_ufw_rules_exactly_as_rendered(root, deployment, role):
+    expected = firewall.agent_rules(deployment) if role == "agent" else firewall.proxy_rules(deployment)
+    added = [l.removeprefix("ufw ") for l in root.check_output("ufw show added").splitlines() if l.startswith("ufw ")]
+    assert added == expected
+
+
+# --- upgrades, sysctl, watchdog -----------------------------------------------------
+
+def test_unattended_upgrades_reboot_window(root, deployment):
+    dump = root.check_output("apt-config dump")
+    assert f'Unattended-Upgrade::Automatic-Reboot-Time "{deployment.maintenance.reboot_time}";' in dump
+    assert 'Unattended-Upgrade::Automatic-Reboot "true";' in dump
+    assert 'APT::Periodic::Unattended-Upgrade "1";' in dump
+
+
+def _sysctl_file(host, path):
+    return [l.split(" = ") for l in host.file(path).content_string.splitlines() if l and not l.startswith("#")]
+
+
+def test_net_sysctls_applied(host):
+    for key, value in _sysctl_file(host, "/etc/sysctl.d/90-agentctl-net.conf"):
+        assert host.sysctl(key) == int(value), key
+
+
+def test_kernel_sysctls_applied(host, in_container):
+    if in_container:
+        pytest.skip("kernel.* sysctls belong to the machine's kernel and are read-only inside a container")
+    for key, value in _sysctl_file(host, "/etc/sysctl.d/91-agentctl-kernel.conf"):
+        assert host.sysctl(key) == int(value), key
+
+
+def test_watchdog_timer_enabled(host):
+    timer = host.service("agentctl-watchdog.timer")
+    assert timer.is_enabled and timer.is_running
+
+
+def test_watchdog_watches_the_role_service(host, role):
+    assert (AGENT_SERVICE if role == "agent" else PROXY_SERVICE) in host.file("/usr/local/sbin/agentctl-watchdog").content_string

@@ -1,0 +1,63 @@
+"""Shared fixtures of the role suites: the deployment the host was rendered from, and
+this host's place in it. Run through `agentctl verify`, which passes the options."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentctl.model import Deployment
+from agentctl.stackfile import load
+
+
+def pytest_addoption(parser):
+    parser.addoption("--agentctl-stack", required=True)
+    parser.addoption("--agentctl-project-dir", default=".")
+    parser.addoption("--agentctl-host", required=True, help="host name in the stack")
+
+
+@pytest.fixture(scope="session")
+def deployment(pytestconfig) -> Deployment:
+    return load(Path(pytestconfig.getoption("--agentctl-project-dir")), pytestconfig.getoption("--agentctl-stack"))
+
+
+@pytest.fixture(scope="session")
+def host_name(pytestconfig) -> str:
+    return pytestconfig.getoption("--agentctl-host")
+
+
+@pytest.fixture(scope="session")
+def role(deployment, host_name) -> str:
+    return "proxy" if host_name == deployment.proxy.name else "agent"
+
+
+@pytest.fixture(scope="session")
+def private_ip(deployment, host_name, role) -> str:
+    if role == "proxy":
+        return deployment.proxy_ip
+    return deployment.agent_ip(next(a for a in deployment.agents if a.name == host_name))
+
+
+@pytest.fixture(scope="session")
+def root(host):
+    """Commands as root (the suites log in as admin)."""
+    return host.sudo()
+
+
+@pytest.fixture(scope="session")
+def in_container(host) -> bool:
+    return host.run("systemd-detect-virt --container --quiet").rc == 0
+
+
+@pytest.fixture(scope="session")
+def ssh_target(pytestconfig):
+    """(address, port) of the host as the verifier reaches it."""
+    from agentctl.verify import SPEC
+    spec = pytestconfig.getoption("--hosts")
+    m = SPEC.match(spec)
+    return m.group("addr"), int(m.group("port") or 22)
+
+
+@pytest.fixture(scope="session")
+def ssh_key_file(pytestconfig):
+    return pytestconfig.getoption("--ssh-identity-file")
