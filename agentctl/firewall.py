@@ -1,4 +1,4 @@
-"""Host firewall rules (ufw syntax), per role. Default deny in and out is set by
+"""Host firewall rules, per role, spelled exactly as `ufw show added` prints them. Default deny in and out is set by
 converge; these are the only exceptions. Pure, so tests compare them directly with
 what `ufw show added` reports on a booted host."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ def management_subnet(d: Deployment) -> str:
 
 def _dhcp() -> list[str]:
     # Lease renewals: without them a cloud host loses its address after the lease.
-    return ["allow out proto udp to any port 67 comment 'dhcp'"]
+    return ["allow out 67/udp comment 'dhcp'"]
 
 
 def agent_rules(d: Deployment) -> list[str]:
@@ -28,8 +28,8 @@ def agent_rules(d: Deployment) -> list[str]:
         f"allow out to {proxy} port {listen.dns} proto udp comment 'dns via proxy'",
         f"allow out to {proxy} port 123 proto udp comment 'ntp via proxy'",
         *_dhcp(),
-        f"allow in proto tcp from {management_subnet(d)} to any port 22 comment 'admin ssh'",
-        f"allow in proto tcp from {proxy} to any port 22 comment 'admin ssh via proxy jump'",
+        f"allow from {management_subnet(d)} to any port 22 proto tcp comment 'admin ssh'",
+        f"allow from {proxy} to any port 22 proto tcp comment 'admin ssh via proxy jump'",
     ]
 
 
@@ -38,22 +38,22 @@ def proxy_rules(d: Deployment) -> list[str]:
     ports = ",".join(str(p) for p in sorted({listen.tunnel, listen.https, listen.http}))
     admin_sources = [management_subnet(d), *d.network.admin_cidrs]
     rules = [
-        f"allow in proto tcp from {agents} to any port {ports} comment 'agents to proxy'",
-        f"allow in proto tcp from {agents} to any port {listen.dns} comment 'agents dns'",
-        f"allow in proto udp from {agents} to any port {listen.dns} comment 'agents dns'",
-        f"allow in proto udp from {agents} to any port 123 comment 'agents ntp'",
-        *[f"limit in proto tcp from {src} to any port 22 comment 'admin ssh'" for src in admin_sources],
-        "allow out proto tcp to any port 80,443 comment 'upstreams'",
-        "allow out proto tcp to any port 53 comment 'dns'",
-        "allow out proto udp to any port 53 comment 'dns'",
-        "allow out proto udp to any port 123 comment 'ntp'",
-        f"allow out proto tcp to {agents} port 22 comment 'ssh jump to agents'",
+        f"allow from {agents} to any port {ports} proto tcp comment 'agents to proxy'",
+        f"allow from {agents} to any port {listen.dns} proto tcp comment 'agents dns'",
+        f"allow from {agents} to any port {listen.dns} proto udp comment 'agents dns'",
+        f"allow from {agents} to any port 123 proto udp comment 'agents ntp'",
+        *[f"limit from {src} to any port 22 proto tcp comment 'admin ssh'" for src in admin_sources],
+        "allow out 80,443/tcp comment 'upstreams'",
+        "allow out 53/tcp comment 'dns'",
+        "allow out 53/udp comment 'dns'",
+        "allow out 123/udp comment 'ntp'",
+        f"allow out to {agents} port 22 proto tcp comment 'ssh jump to agents'",
         *_dhcp(),
     ]
     if d.cloud == "aws":
         # IMDSv2 for the instance profile's credentials (hop limit 1 keeps it on this host).
-        rules.append("allow out proto tcp to 169.254.169.254 port 80 comment 'imds'")
+        rules.append("allow out to 169.254.169.254 port 80 proto tcp comment 'imds'")
     if d.tailscale:
-        rules.append("allow out proto udp to any port 41641 comment 'tailscale'")
+        rules.append("allow out 41641/udp comment 'tailscale'")
         rules.append("allow in on tailscale0 comment 'tailscale admin path'")
     return rules

@@ -1,0 +1,314 @@
+"""The lab's library API: up, down, status, and the pieces verify/escape/ssh share.
+
+`up` is converge (Molecule's create + converge): the rendered user-data of the `lab`
+stack, exactly as a cloud would run it. `down` is destroy, and leaves nothing behind.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from agentctl.ca import ensure_ca
+from agentctl.errors import AgentctlError, ConfigError
+from agentctl.lab import hosts, image, internet, netns, state, topology
+from agentctl.model import Deployment
+from agentctl.secrets import CA_KEY_PATH, secret_file_path
+from agentctl.stackfile import load
+
+AGENT_SCRIPT = "/opt/agentctl-lab/lab_agent.py"
+PROXY_VENV = image.PROXY_VENV
+Progress = Callable[[str], None]
+
+
+class LabError(AgentctlError):
+    exit_code = 1
+
+
+@dataclass
+class HostResult:
+    name: str
+    role: str
+    ip: str
+    converged: bool
+    detail: str
+    services: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class UpResult:
+    image: Path
+    hosts: list[HostResult]
+    seconds: float
+    already_up: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(h.converged and all(v == "active" for v in h.services.values()) for h in self.hosts)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, overlay mounts, systemd-nspawn)")
+
+
+def load_lab(project_dir: Path, stack: str) -> Deployment:
+    d = load(project_dir, stack)
+    if d.cloud != "lab":
+        raise ConfigError(f"Pulumi.{stack}.yaml", "agentctl:cloud", f"is {d.cloud!r}", "'lab' for `agentctl lab`")
+    return d
+
+
+def ssh_key(state_dir: Path) -> Path:
+    """The lab's own admin key: the stack's real admin keys never reach lab hosts."""
+    key = state_dir / "ssh" / "id_ed25519"
+    if not key.is_file():
+        key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "agentctl-lab-admin", "-f", str(key)],
+                       check=True, capture_output=True)
+    return key
+
+
+def lab_deployment(d: Deployment, state_dir: Path) -> Deployment:
+    pub = (ssh_key(state_dir).with_suffix(".pub")).read_text().strip()
+    return d.model_copy(update={"admin_ssh_keys": [pub]})
+
+
+def secret_values(d: Deployment, state_dir: Path) -> dict[str, str]:
+    """A random value per file-sourced secret (e.g. scout/lab-token), kept across runs,
+    so escape can check that the upstream saw exactly this credential."""
+    out = {}
+    for agent in d.agents:
+        for sec in agent.egress.secrets:
+            path = state_dir / "secrets" / agent.name / sec.name
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secrets.token_urlsafe(24))
+            out[secret_file_path(agent.name, sec.name)] = path.read_text()
+    return out
+
+
+def is_up(d: Deployment, state_dir: Path) -> bool:
+    st = state.load(state_dir)
+    live = state.live_processes(st)
+    expected = 1 + len(d.agents) + len(topology.internet_servers(d))
+    return (len(live) == expected and all(netns.exists(ns) for ns in topology.namespaces(d))
+            and all(hosts.leader(topology.host_netns(h)) for h in host_names(d)))
+
+
+def host_names(d: Deployment) -> list[str]:
+    return [d.proxy.name] + [a.name for a in d.agents]
+
+
+def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress: Progress = print,
+       distro: str | None = None, extra_rules: list[str] = (), boot_timeout: float = 240) -> UpResult:
+    require_root()
+    d = load_lab(project_dir, stack)
+    t0 = time.monotonic()
+    st = state.load(state_dir)
+    if st.stack == stack and not extra_rules and is_up(d, state_dir):
+        return UpResult(Path(st.image), [], time.monotonic() - t0, already_up=True)
+    if netns.lab_namespaces_present() or state.lab_mounts(state_dir) or state.live_processes(st):
+        progress("cleaning up what an earlier run left")
+        down(state_dir, progress=lambda _m: None)
+
+    img = image.ensure_image(project_dir, distro or d.distro, cache_dir, progress)
+    st = state.LabState(stack=stack, project_dir=str(Path(project_dir).resolve()), image=str(img))
+    state.save(state_dir, st)
+
+    progress("creating the lab networks (switch, security groups, lab internet)")
+    netns.create(d, list(extra_rules))
+    # Before anything runs in the lab: no lab namespace may have a way out.
+    leaks = netns.routes_out_of_lab(d)
+    if leaks:
+        down(state_dir, progress=lambda _m: None)
+        raise LabError("lab network leaks out of the lab, torn down: " + "; ".join(leaks))
+    for ns, pid in internet.start(d, state_dir).items():
+        state.record_process(state_dir, pid, f"internet {ns}")
+
+    progress("rendering user-data and preparing host overlays")
+    ld = lab_deployment(d, state_dir)
+    ca = ensure_ca(state_dir, stack)
+    from agentctl.render import render_hosts
+    rendered = render_hosts(ld, ca.cert_pem, stack=stack, project=_project_name(project_dir))
+    proxy_wheel = _proxy_wheel(project_dir, state_dir)
+    for host in rendered:
+        root = hosts.mount_overlay(img, state_dir, host.name)
+        hosts.write_seed(root, host.user_data, host.meta_data)
+        hosts.write_file(root, "/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {host.name}\n"
+                                             "::1 localhost ip6-localhost ip6-loopback\n")
+        if host.role == "proxy":
+            _prepare_proxy(d, root, ca.key_path, state_dir, proxy_wheel)
+        else:
+            hosts.write_file(root, AGENT_SCRIPT, (internet.ASSETS / "lab_agent.py").read_text(), 0o755)
+
+    progress(f"booting {len(rendered)} hosts (systemd-nspawn) and waiting for cloud-init")
+    for host in rendered:
+        hosts.boot(state_dir, host.name, topology.host_netns(host.name))
+
+    def converge(host) -> HostResult:
+        ns = topology.host_netns(host.name)
+        ok, text = hosts.wait_cloud_init(ns, boot_timeout)
+        unit = "agentctl-proxy.service" if host.role == "proxy" else "agentctl-agent.service"
+        services = {unit: _unit_state(ns, unit)} if ok else {}
+        return HostResult(host.name, host.role, host.private_ip, ok, text.splitlines()[-1] if text else "", services)
+
+    with ThreadPoolExecutor(max_workers=len(rendered)) as pool:
+        results = list(pool.map(converge, rendered))
+    st = state.load(state_dir)
+    st.up_at = time.time()
+    state.save(state_dir, st)
+    (state_dir / "known_hosts").unlink(missing_ok=True)  # new host keys on every boot
+    return UpResult(img, results, time.monotonic() - t0)
+
+
+def _unit_state(ns: str, unit: str, settle: float = 20) -> str:
+    """The unit's active state once it has had a moment to start (or fail)."""
+    deadline = time.monotonic() + settle
+    while True:
+        out = hosts.run_in(ns, "systemctl", "is-active", unit, timeout=15).stdout.strip()
+        if out == "active" or time.monotonic() > deadline:
+            return out or "unknown"
+        time.sleep(0.5)
+
+
+def _project_name(project_dir: Path) -> str:
+    import yaml
+    p = Path(project_dir) / "Pulumi.yaml"
+    if p.is_file():
+        return str((yaml.safe_load(p.read_text()) or {}).get("name", "agentctl"))
+    return "agentctl"
+
+
+def _proxy_wheel(project_dir: Path, state_dir: Path) -> Path:
+    """agentctl-proxy from this checkout, as a wheel (the image's venv has its deps)."""
+    out = state_dir / "wheels"
+    shutil.rmtree(out, ignore_errors=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                           "--wheel-dir", str(out), str(Path(project_dir) / "proxy")], capture_output=True, text=True)
+    wheels = sorted(out.glob("agentctl_proxy-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise LabError(f"lab: building agentctl-proxy from {project_dir}/proxy failed: {proc.stderr.strip()[-400:]}")
+    return wheels[0]
+
+
+def _prepare_proxy(d: Deployment, root: Path, ca_key: Path, state_dir: Path, wheel: Path) -> None:
+    """What a cloud delivers out of band: the CA key, the secret files, the lab
+    internet's CA as the upstream bundle; and agentctl-proxy itself, from this checkout."""
+    hosts.write_file(root, CA_KEY_PATH, ca_key.read_bytes(), 0o600)
+    for path, value in secret_values(d, state_dir).items():
+        hosts.write_file(root, path, value, 0o600)
+    if d.proxy.upstream_ca_bundle:
+        hosts.write_file(root, d.proxy.upstream_ca_bundle,
+                         (state_dir / "internet" / "ca" / "ca.crt").read_bytes(), 0o644)
+    staged = root / "tmp" / wheel.name
+    shutil.copy(wheel, staged)
+    proc = subprocess.run(["chroot", str(root), f"{PROXY_VENV}/bin/pip", "install", "--quiet", "--no-deps",
+                           "--no-index", "--force-reinstall", f"/tmp/{wheel.name}"], capture_output=True, text=True)
+    staged.unlink()
+    if proc.returncode != 0:
+        raise LabError(f"lab: installing agentctl-proxy into the proxy host failed: {proc.stderr.strip()[-400:]}")
+
+
+@dataclass
+class DownReport:
+    stopped: list[str]
+    unmounted: list[str]
+    namespaces: list[str]
+    leftovers: list[str]
+
+
+def down(state_dir: Path, progress: Progress = print) -> DownReport:
+    """Stop every process the lab started, unmount, delete the namespaces (their links
+    and nftables rules go with them). Safe to run any number of times, after a crash too."""
+    require_root()
+    st = state.load(state_dir)
+    live = state.live_processes(st)
+    stopped = []
+    if live:
+        progress(f"stopping {len(live)} lab processes")
+        with ThreadPoolExecutor(max_workers=max(1, len(live))) as pool:
+            list(pool.map(hosts.stop, live))
+        stopped = [f"{what} (pid {pid})" for pid, what in live.items()]
+    # Anything still running inside a lab namespace was started there by the lab
+    # (a namespace only the lab creates): kill it by id.
+    for ns in netns.lab_namespaces_present():
+        for pid in netns.pids_in(ns):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                stopped.append(f"pid {pid} in {ns}")
+            except ProcessLookupError:
+                pass
+    _wait_gone(netns.lab_namespaces_present())
+    unmounted = state.unmount_all(state_dir)
+    gone = netns.delete_all()
+    shutil.rmtree(state_dir / "hosts", ignore_errors=True)
+    st.processes, st.up_at = {}, None
+    if state_dir.exists():
+        state.save(state_dir, st)
+    leftovers = ([f"namespace {n}" for n in netns.lab_namespaces_present()]
+                 + [f"mount {m}" for m in state.lab_mounts(state_dir)])
+    return DownReport(stopped, unmounted, gone, leftovers)
+
+
+def _wait_gone(namespaces: list[str], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(netns.pids_in(ns) for ns in namespaces):
+        time.sleep(0.1)
+
+
+@dataclass
+class Status:
+    stack: str
+    up: bool
+    namespaces: list[str]
+    processes: dict[int, str]
+    mounts: list[str]
+    route_leaks: list[str]
+    hosts: dict[str, dict[str, str]]
+
+
+def status(project_dir: Path, stack: str, state_dir: Path) -> Status:
+    require_root()
+    d = load_lab(project_dir, stack)
+    st = state.load(state_dir)
+    info: dict[str, dict[str, str]] = {}
+    for name in host_names(d):
+        ns = topology.host_netns(name)
+        row = {"ip": d.proxy_ip if name == d.proxy.name else d.agent_ip(next(a for a in d.agents if a.name == name))}
+        if hosts.leader(ns):
+            ci = hosts.run_in(ns, "cloud-init", "status", timeout=15).stdout.strip().removeprefix("status: ")
+            unit = "agentctl-proxy.service" if name == d.proxy.name else "agentctl-agent.service"
+            row.update(state="running", cloud_init=ci, service=f"{unit} {_unit_state(ns, unit, settle=0)}")
+        else:
+            row.update(state="stopped")
+        info[name] = row
+    return Status(stack, is_up(d, state_dir), netns.lab_namespaces_present(), state.live_processes(st),
+                  state.lab_mounts(state_dir), netns.routes_out_of_lab(d) if netns.exists(topology.SWITCH_NS) else [],
+                  info)
+
+
+def host_ip(d: Deployment, name: str) -> str:
+    if name == d.proxy.name:
+        return d.proxy_ip
+    for agent in d.agents:
+        if agent.name == name:
+            return d.agent_ip(agent)
+    raise ConfigError("HOST", name, "is not a host of this stack", "one of " + ", ".join(host_names(d)))
+
+
+def ssh_argv(d: Deployment, state_dir: Path, name: str, command: list[str], user: str = "admin") -> list[str]:
+    """ssh from the admin namespace, the only place the switch lets SSH come from."""
+    return ["ip", "netns", "exec", topology.ADMIN_NS, "ssh", "-i", str(ssh_key(state_dir)),
+            "-o", f"UserKnownHostsFile={state_dir / 'known_hosts'}", "-o", "StrictHostKeyChecking=accept-new",
+            "-o", "ConnectTimeout=5", f"{user}@{host_ip(d, name)}", *command]

@@ -1,0 +1,100 @@
+"""Pure tables behind the programs: ports, routes, policy documents, images, zones."""
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agentctl.errors import ConfigError
+from agentctl.stackfile import load
+from agentctl_stacks import policy, program
+from tests.test_stacks_harness import ROOT
+
+
+@pytest.fixture(scope="module")
+def aws():
+    return load(ROOT, "example-aws")
+
+
+def test_agent_ports_are_the_proxy_listeners_and_time(aws):
+    ports = {(r.protocol, r.port) for r in policy.agent_to_proxy_ports(aws)}
+    assert ports == {("tcp", 80), ("tcp", 443), ("tcp", 8080), ("tcp", 53), ("udp", 53), ("udp", 123)}
+    assert policy.SSH_PORT not in {r.port for r in policy.agent_to_proxy_ports(aws)}
+
+
+def test_agent_subnet_has_no_routes_and_proxy_one():
+    assert policy.agent_route_destinations() == []
+    assert policy.proxy_route_destinations() == ["0.0.0.0/0"]
+
+
+def test_metadata_options():
+    assert policy.agent_metadata_options()["http_endpoint"] == "disabled"
+    proxy = policy.proxy_metadata_options()
+    assert proxy["http_tokens"] == "required" and proxy["http_put_response_hop_limit"] == 1
+
+
+def test_proxy_role_policy_is_scoped():
+    doc = policy.proxy_role_policy(region="eu-west-1", account="111122223333", project="p", stack="s",
+                                   key_arn="arn:aws:kms:eu-west-1:111122223333:key/k")
+    ssm, kms = doc["Statement"]
+    assert ssm["Action"] == ["ssm:GetParameter", "ssm:GetParameters"]
+    assert ssm["Resource"] == ["arn:aws:ssm:eu-west-1:111122223333:parameter/p/s/*"]
+    assert kms["Action"] == ["kms:Decrypt"] and kms["Resource"] == ["arn:aws:kms:eu-west-1:111122223333:key/k"]
+    assert kms["Condition"]["StringEquals"]["kms:ViaService"] == "ssm.eu-west-1.amazonaws.com"
+    assert "*" not in str([s["Action"] for s in doc["Statement"]])
+
+
+@pytest.mark.parametrize("distro,itype,owner,needle", [
+    ("ubuntu-24.04", "t3.small", "099720109477", "ubuntu-noble-24.04-amd64-server-"),
+    ("ubuntu-24.04", "t4g.small", "099720109477", "ubuntu-noble-24.04-arm64-server-"),
+    ("ubuntu-24.04", "c7gn.large", "099720109477", "arm64"),
+    ("ubuntu-24.04", "g5.xlarge", "099720109477", "amd64"),
+    ("debian-12", "m7g.large", "136693071363", "debian-12-arm64-"),
+])
+def test_ami_filters(distro, itype, owner, needle):
+    got_owner, filters = policy.ami_filters(distro, itype)
+    assert got_owner == owner and needle in filters[0]["values"][0]
+
+
+@given(st.integers(min_value=0, max_value=2**22 - 1).map(lambda n: ipaddress.ip_network((n << 10, 22))))
+def test_rejected_egress_pattern_matches_exactly_the_agent_subnet(net):
+    from agentctl.model import Deployment
+
+    d = Deployment.model_validate({"cloud": "aws", "region": "r", "agents": [{"name": "ab", "runtime": {"command": {"exec": "x"}}}],
+                                   "adminSshKeys": ["ssh-ed25519 AAAA"], "network": {"cidr": str(net)}})
+    prefix = re.search(r'srcaddr="([0-9.]+)\.\*"', policy.rejected_egress_pattern(d)).group(1)
+    assert ipaddress.ip_network(prefix + ".0/24") == d.agent_subnet
+
+
+def test_hcloud_zone_and_firewall():
+    assert policy.hcloud_network_zone("fsn1") == "eu-central"
+    with pytest.raises(ValueError, match="not a Hetzner location"):
+        policy.hcloud_network_zone("us-east-1")
+    hc = load(ROOT, "example-hcloud")
+    assert policy.hcloud_firewall_rules(hc) == [{"direction": "in", "protocol": "tcp", "port": "22",
+                                                 "source_ips": ["203.0.113.0/24"],
+                                                 "description": "break-glass SSH from admin CIDRs"}]
+    assert policy.agent_public_nets() == [{"ipv4_enabled": False, "ipv6_enabled": False}]
+
+
+def test_check_cloud_rejects_lab_and_accepts_examples(aws):
+    program.check_cloud(aws, "f", {"aws:region": "us-east-1"})
+    program.check_cloud(load(ROOT, "example-hcloud"), "f", {})
+    with pytest.raises(ConfigError, match="agentctl lab up"):
+        program.check_cloud(load(ROOT, "lab"), "f", {})
+
+
+def test_config_mapping_from_runtime_restores_the_file_shape():
+    import pulumi
+
+    pulumi.runtime.set_all_config({"agentctl:network": '{"cidr": "10.0.0.0/16"}', "agentctl:region": "fsn1",
+                                   "agentctl:githubPat": "ghp_plain"}, ["agentctl:githubPat"])
+    try:
+        mapping = program.config_mapping_from_runtime()
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+    assert mapping["agentctl:network"] == {"cidr": "10.0.0.0/16"}
+    assert mapping["agentctl:githubPat"] == {"secure": "<runtime secret>"}, "the value never reaches the model"
