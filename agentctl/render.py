@@ -35,7 +35,7 @@ AGENT_SERVICE = "agentctl-agent.service"
 PROXY_SERVICE = "agentctl-proxy.service"
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml: 10x faster
     """Readable user-data: file contents as literal blocks, no YAML anchors."""
 
     def ignore_aliases(self, data: Any) -> bool:

@@ -102,7 +102,7 @@ def is_up(d: Deployment, state_dir: Path) -> bool:
     st = state.load(state_dir)
     live = state.live_processes(st)
     expected = 1 + len(d.agents) + len(topology.internet_servers(d))
-    return (len(live) == expected and all(netns.exists(ns) for ns in topology.namespaces(d))
+    return (st.converged and len(live) == expected and all(netns.exists(ns) for ns in topology.namespaces(d))
             and all(hosts.leader(topology.host_netns(h)) for h in host_names(d)))
 
 
@@ -123,6 +123,8 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
         down(state_dir, progress=lambda _m: None)
 
     img = image.ensure_image(project_dir, distro or d.distro, cache_dir, progress)
+    progress("building agentctl-proxy from this checkout")
+    proxy_wheel = _proxy_wheel(project_dir, state_dir)
     st = state.LabState(stack=stack, project_dir=str(Path(project_dir).resolve()), image=str(img))
     state.save(state_dir, st)
 
@@ -141,7 +143,6 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
     ca = ensure_ca(state_dir, stack)
     from agentctl.render import render_hosts
     rendered = render_hosts(ld, ca.cert_pem, stack=stack, project=_project_name(project_dir))
-    proxy_wheel = _proxy_wheel(project_dir, state_dir)
     for host in rendered:
         root = hosts.mount_overlay(img, state_dir, host.name)
         hosts.write_seed(root, host.user_data, host.meta_data)
@@ -165,11 +166,12 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
 
     with ThreadPoolExecutor(max_workers=len(rendered)) as pool:
         results = list(pool.map(converge, rendered))
+    result = UpResult(img, results, time.monotonic() - t0)
     st = state.load(state_dir)
-    st.up_at = time.time()
+    st.up_at, st.converged = time.time(), result.ok
     state.save(state_dir, st)
     (state_dir / "known_hosts").unlink(missing_ok=True)  # new host keys on every boot
-    return UpResult(img, results, time.monotonic() - t0)
+    return result
 
 
 def _unit_state(ns: str, unit: str, settle: float = 20) -> str:
@@ -194,8 +196,8 @@ def _proxy_wheel(project_dir: Path, state_dir: Path) -> Path:
     """agentctl-proxy from this checkout, as a wheel (the image's venv has its deps)."""
     out = state_dir / "wheels"
     shutil.rmtree(out, ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--wheel-dir", str(out), str(Path(project_dir) / "proxy")], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                           "--wheel-dir", str(out), str((Path(project_dir) / "proxy").resolve())], capture_output=True, text=True)
     wheels = sorted(out.glob("agentctl_proxy-*.whl"))
     if proc.returncode != 0 or not wheels:
         raise LabError(f"lab: building agentctl-proxy from {project_dir}/proxy failed: {proc.stderr.strip()[-400:]}")
@@ -253,7 +255,7 @@ def down(state_dir: Path, progress: Progress = print) -> DownReport:
     unmounted = state.unmount_all(state_dir)
     gone = netns.delete_all()
     shutil.rmtree(state_dir / "hosts", ignore_errors=True)
-    st.processes, st.up_at = {}, None
+    st.processes, st.up_at, st.converged = {}, None, False
     if state_dir.exists():
         state.save(state_dir, st)
     leftovers = ([f"namespace {n}" for n in netns.lab_namespaces_present()]

@@ -24,6 +24,9 @@ class LabState:
     # recycled pid is never taken for ours.
     processes: dict[str, dict] = field(default_factory=dict)
     up_at: float | None = None
+    # Every host converged and its service active at the end of the last `lab up`;
+    # only then does a second `lab up` leave the lab as it is.
+    converged: bool = False
 
 
 def path(state_dir: Path) -> Path:
