@@ -1,0 +1,3 @@
+from agentctl_proxy.cli import main
+
+main()

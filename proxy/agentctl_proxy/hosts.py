@@ -1,0 +1,93 @@
+"""Host names and IP literals: one normal form, and every spelling of an address.
+
+Pure functions. A target host is either a DNS name or an IP literal; anything that
+some resolver would read as an address (decimal 2130706433, octal 0177.0.0.1, hex
+0x7f000001, short 127.1) is an IP literal here too, so it can never pass as a name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_host(host: str) -> str:
+    """Lower-case, without brackets and one trailing dot (DESIGN.md: Hosts)."""
+    host = host.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.endswith(".") and not host.endswith(".."):
+        host = host[:-1]
+    return host
+
+
+def split_host_port(value: str, default_port: int) -> tuple[str, int]:
+    """Split a Host header / authority; raises ValueError on a malformed one."""
+    value = value.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ValueError("unclosed [ in host")
+        host, rest = value[1:end], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError("junk after ]")
+        port_s = rest[1:] if rest else ""
+    elif value.count(":") == 1:
+        host, port_s = value.split(":")
+    else:
+        host, port_s = value, ""
+    if port_s:
+        if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            raise ValueError(f"bad port {port_s!r}")
+        return normalize_host(host), int(port_s)
+    return normalize_host(host), default_port
+
+
+def parse_ip_literal(host: str) -> IPAddress | None:
+    """The address a host denotes if any resolver could read it as one, else None.
+
+    Covers canonical forms and the legacy inet_aton spellings. IPv4-mapped IPv6
+    addresses are returned as their IPv4 address so CIDR checks see the real target.
+    """
+    host = normalize_host(host)
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        ip = None
+    if ip is None:
+        if not re.fullmatch(r"[0-9a-fx.]+", host) or not host[0].isdigit():
+            return None
+        try:  # the libc parser accepts 2130706433, 0177.0.0.1, 0x7f.1 ...
+            ip = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_canonical_ip(host: str) -> bool:
+    """True for the one spelling an address should have (dotted quad, RFC 5952)."""
+    host = normalize_host(host)
+    ip = parse_ip_literal(host)
+    return ip is not None and (str(ip) == host or _mapped_spelling(host, ip))
+
+
+def _mapped_spelling(host: str, ip: IPAddress) -> bool:
+    try:
+        return str(ipaddress.IPv6Address(host)) == host
+    except ValueError:
+        return False
+
+
+def is_valid_name(host: str) -> bool:
+    """A syntactically valid DNS name (already normalised), not an IP literal."""
+    if not host or len(host) > 253 or parse_ip_literal(host) is not None:
+        return False
+    return all(_LABEL.match(label) for label in host.split("."))

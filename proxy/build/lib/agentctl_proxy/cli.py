@@ -1,0 +1,101 @@
+"""Thin commands over the library: run, check, ca init.
+
+Bad input exits 2 with one line on stderr naming the file and key path; no traceback
+(and never local variables: they may hold secrets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import typer
+
+from agentctl_proxy.config import Config, ConfigError, load_config
+
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, no_args_is_help=True,
+                  help="agentctl-proxy: the egress proxy of an agentctl deployment.")
+ca_app = typer.Typer(pretty_exceptions_show_locals=False, no_args_is_help=True, help="Interception CA.")
+app.add_typer(ca_app, name="ca")
+
+ConfigOpt = typer.Option(..., "--config", "-c", help="Proxy config file (YAML).")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    print(message, file=sys.stderr)
+    return typer.Exit(code)
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+
+
+def source_warnings(cfg: Config) -> list[str]:
+    """One line per secret source that cannot be read now (never its value)."""
+    from agentctl_proxy.policy import secret_label
+    from agentctl_proxy.secrets import SecretUnavailable, fetch
+
+    out = []
+    owners = [("system", cfg.transforms)] + [(a.name, a.transforms) for a in cfg.agents or []]
+    for owner, transforms in owners:
+        for t in transforms:
+            if t.name != "secrets":
+                continue
+            for i, s in enumerate(t.config.secrets):
+                try:
+                    fetch(s.source)
+                except SecretUnavailable as e:
+                    out.append(f"warning: secret {secret_label(s, owner, i)!r}: {e}")
+                except Exception as e:
+                    out.append(f"warning: secret {secret_label(s, owner, i)!r}: {type(e).__name__}")
+    return out
+
+
+@app.command()
+def check(config: str = ConfigOpt) -> None:
+    """Validate a config: exit 0, or 2 with the key path. Warns about unreachable secret sources."""
+    cfg = _load(config)
+    for line in source_warnings(cfg):
+        print(line, file=sys.stderr)
+    print(f"{config}: ok")
+
+
+@app.command()
+def run(config: str = ConfigOpt, debug: bool = typer.Option(False, help="Verbose logs.")) -> None:
+    """Run the proxy."""
+    from agentctl_proxy.runner import ProxyApp
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not debug:  # one line per connection is the audit file's job, not the log's
+        logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
+    cfg = _load(config)
+    for line in source_warnings(cfg):
+        print(line, file=sys.stderr)
+    proxy = ProxyApp(config, cfg)
+    try:
+        asyncio.run(proxy.run())
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    except OSError as e:
+        raise _fail(f"{config}: cannot start: {e.strerror or e}", 1) from None
+
+
+@ca_app.command("init")
+def ca_init(directory: str = typer.Option(..., "--dir", help="Where to write ca.crt and ca.key.")) -> None:
+    """Create a new interception CA (ca.crt, ca.key with mode 0600); never overwrites."""
+    from agentctl_proxy.ca import CaExists, init_ca
+
+    try:
+        cert, key = init_ca(directory)
+    except CaExists as e:
+        raise _fail(str(e)) from None
+    print(f"wrote {cert} and {key}")
+
+
+def main() -> None:
+    app()

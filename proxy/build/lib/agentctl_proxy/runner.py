@@ -1,0 +1,179 @@
+"""`run`: mitmproxy as a library, our addon deciding, SIGHUP reloading atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import certifi
+
+# passlib (imported by mitmproxy's addon package) logs a traceback about bcrypt>=4's
+# missing __about__ at import time; it is harmless and would drown real errors.
+logging.getLogger("passlib").setLevel(logging.ERROR)
+
+from mitmproxy import options as mopts
+from mitmproxy.addons import core, disable_h2c, errorcheck, proxyserver, tlsconfig
+from mitmproxy.master import Master
+
+from agentctl_proxy import dns_server, health, limits
+from agentctl_proxy.addon import EgressAddon
+from agentctl_proxy.audit import AuditLog
+from agentctl_proxy.config import Config, ConfigError, load_config, parse_listen
+from agentctl_proxy.runtime import Runtime
+from agentctl_proxy.secrets import SecretUnavailable, fetch
+
+log = logging.getLogger("agentctl_proxy")
+SYSTEM_ROOTS = "/etc/ssl/certs/ca-certificates.crt"
+# nothing outside the proxy's own decisions reaches these placeholder upstreams:
+# connections are lazy and every upstream address is set by the addon
+_PLACEHOLDER = "upstream.invalid"
+
+
+def _hostport(listen: str) -> str:
+    host, port = parse_listen(listen)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def modes(cfg: Config) -> list[str]:
+    p = cfg.proxy
+    out = [f"regular@{_hostport(p.tunnel_listen)}"]
+    if p.https_listen:
+        out.append(f"reverse:https://{_PLACEHOLDER}:443@{_hostport(p.https_listen)}")
+    if p.http_listen:
+        out.append(f"reverse:http://{_PLACEHOLDER}:80@{_hostport(p.http_listen)}")
+    return out
+
+
+def ca_key_pem(cfg: Config) -> bytes:
+    if cfg.tls.ca_key is not None:
+        return Path(cfg.tls.ca_key).read_bytes()
+    assert cfg.tls.ca_key_source is not None
+    try:
+        return fetch(cfg.tls.ca_key_source).encode() + b"\n"
+    except SecretUnavailable as e:
+        raise ConfigError(f"tls.ca_key_source: {e}") from None
+
+
+def prepare_confdir(cfg: Config) -> Path:
+    """A private directory (tmpfs when there is one) with mitmproxy's CA file and trust bundle."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    d = Path(tempfile.mkdtemp(prefix="agentctl-proxy-", dir=base))  # 0700
+    key = ca_key_pem(cfg)
+    fd = os.open(d / "mitmproxy-ca.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.rstrip() + b"\n" + Path(cfg.tls.ca_cert).read_bytes())
+    with open(d / "upstream-roots.pem", "wb") as f:
+        f.write(Path(certifi.where()).read_bytes())
+        if os.path.exists(SYSTEM_ROOTS):
+            f.write(b"\n" + Path(SYSTEM_ROOTS).read_bytes())
+        if cfg.tls.upstream_ca_bundle:
+            f.write(b"\n" + Path(cfg.tls.upstream_ca_bundle).read_bytes())
+    return d
+
+
+def option_values(cfg: Config, confdir: Path) -> dict:
+    return dict(
+        mode=modes(cfg),
+        confdir=str(confdir),
+        connection_strategy="lazy",  # never connect upstream before the policy said yes
+        upstream_cert=False,
+        rawtcp=False,
+        http3=False,
+        keep_host_header=True,  # DNS mode routes by the client's Host; never rewrite it
+        ssl_insecure=False,
+        ssl_verify_upstream_trusted_ca=str(confdir / "upstream-roots.pem"),
+        validate_inbound_headers=True,
+    )
+
+
+class ProxyApp:
+    def __init__(self, config_path: str, cfg: Config) -> None:
+        self.config_path = config_path
+        self.cfg = cfg
+        self.audit = AuditLog(cfg.log.audit_path)
+        self.addon = EgressAddon(Runtime.build(cfg), self.audit)
+        self.reloads = 0
+        self.extra_servers: list = []
+
+    def status(self) -> dict:
+        rt = self.addon.rt
+        return {"agents": sorted(rt.policy.identities), "reloads": self.reloads,
+                "bootstrap_closed": sorted(rt.policy.closed)}
+
+    def reload(self) -> bool:
+        """Swap in a new config as one object, or keep the old one and say why."""
+        try:
+            cfg = load_config(self.config_path)
+            rt = Runtime.build(cfg, previous=self.addon.rt)
+        except ConfigError as e:
+            log.error("reload refused, still serving the previous config: %s", e)
+            return False
+        except Exception as e:  # a reload must never take the proxy down
+            log.error("reload refused, still serving the previous config: %s", type(e).__name__)
+            return False
+        restart_needed = [k for k in ("tunnel_listen", "https_listen", "http_listen", "health_listen")
+                          if getattr(cfg.proxy, k) != getattr(self.cfg.proxy, k)]
+        if cfg.dns != self.cfg.dns and (cfg.dns is None or self.cfg.dns is None or cfg.dns.listen != self.cfg.dns.listen):
+            restart_needed.append("dns.listen")
+        if cfg.tls != self.cfg.tls:
+            restart_needed.append("tls")
+        if restart_needed:
+            log.warning("reload: %s changed; takes effect at the next restart", ", ".join(restart_needed))
+        if cfg.log.audit_path != self.cfg.log.audit_path:
+            old, self.audit = self.audit, AuditLog(cfg.log.audit_path)
+            self.addon.audit = self.audit
+            old.close()
+        else:
+            self.audit.reopen()  # SIGHUP is also logrotate's postrotate signal
+        limits.install(cfg.proxy.max_request_body_bytes)
+        self.addon.rt = rt
+        self.cfg = cfg
+        self.reloads += 1
+        log.warning("reloaded %s", self.config_path)
+        return True
+
+    async def run(self) -> None:
+        confdir = prepare_confdir(self.cfg)
+        try:
+            limits.install(self.cfg.proxy.max_request_body_bytes)
+            master = Master(mopts.Options(), with_termlog=False)
+            master.addons.add(
+                core.Core(), disable_h2c.DisableH2C(), proxyserver.Proxyserver(),
+                self.addon, tlsconfig.TlsConfig(), errorcheck.ErrorCheck(),
+            )
+            # options exist once the addons that declare them are loaded
+            master.options.update(**option_values(self.cfg, confdir))
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            loop.add_signal_handler(signal.SIGUSR1, self.audit_reopen)
+            loop.add_signal_handler(signal.SIGTERM, master.shutdown)
+            loop.add_signal_handler(signal.SIGINT, master.shutdown)
+            master.addons.add(_Extras(self))
+            await master.run()
+        finally:
+            for s in self.extra_servers:
+                s.close()
+            shutil.rmtree(confdir, ignore_errors=True)  # the CA key copy goes with it
+            self.audit.close()
+
+    def audit_reopen(self) -> None:
+        self.audit.reopen()
+
+
+class _Extras:
+    """DNS and health listeners, started once the proxy listeners are up."""
+
+    def __init__(self, app: ProxyApp) -> None:
+        self.app = app
+
+    async def running(self) -> None:
+        app = self.app
+        if app.cfg.dns:
+            app.extra_servers += await dns_server.start(app.cfg.dns.listen, app.addon)
+        if app.cfg.proxy.health_listen:
+            app.extra_servers.append(await health.start(app.cfg.proxy.health_listen, app.status))
