@@ -24,6 +24,7 @@ from agentctl import firewall, hardening
 from agentctl.ca import ensure_ca
 from agentctl.model import Agent, Deployment
 from agentctl.proxyconfig import proxy_config
+from agentctl.secrets import TAILSCALE_AUTHKEY_PATH
 from agentctl.stackfile import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +109,7 @@ def _common(d: Deployment, *, name: str, role: str, private_ip: str, stack: str,
         "maintenance": d.maintenance, "watchdog": d.watchdog,
         "watched_service": AGENT_SERVICE if role == "agent" else PROXY_SERVICE,
         "tailscale_enabled": role == "proxy" and d.tailscale is not None,
+        "tailscale_authkey_path": TAILSCALE_AUTHKEY_PATH,
         "heartbeat_url": d.heartbeat_url,
         "heartbeat_curl_proxy": f"--proxy {proxy_url}" if role == "agent" else "",
         "ufw_rules": firewall.agent_rules(d) if role == "agent" else firewall.proxy_rules(d),
@@ -160,6 +162,8 @@ def _write_files(role: str, ctx: dict[str, Any]) -> list[dict[str, Any]]:
     env = _env(role)
     entries = []
     for item in (*_manifest(TEMPLATES / "files.yaml"), *_manifest(ROLES / role / "files.yaml")):
+        if "when" in item and not ctx[item["when"]]:
+            continue
         content = env.get_template(item["template"]).render(ctx)
         entries.append({"path": item["path"], "permissions": item["mode"], "owner": "root:root",
                         "content": content})

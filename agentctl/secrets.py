@@ -19,3 +19,6 @@ def ca_key_parameter_name(project: str, stack: str) -> str:
 
 def secret_file_path(agent: str, secret: str) -> str:
     return f"{SECRETS_DIR}/{agent}/{secret}"
+
+# Tailscale's auth key reaches the proxy host like every other secret: out of band.
+TAILSCALE_AUTHKEY_PATH = "/etc/agentctl/tailscale-authkey"

@@ -323,3 +323,12 @@ def test_fits_ec2_user_data_limit(hosts, stack, name):
     raw = base64.b64decode(encoded)
     text = gzip.decompress(raw).decode() if raw[:2] == b"\x1f\x8b" else raw.decode()
     assert text == hosts[stack, name].rendered.user_data
+
+
+def test_tailscale_only_where_configured(hosts):
+    hc = hosts["example-hcloud", "proxy"]
+    unit = _unit(hc.file("/etc/systemd/system/agentctl-tailscale-up.service"))
+    assert "--advertise-routes=10.0.2.0/24" in unit["Service"]["ExecStart"]
+    assert "tailscale status" in hc.file("/usr/local/sbin/agentctl-watchdog")
+    assert "/etc/systemd/system/agentctl-tailscale-up.service" not in hosts["example-aws", "proxy"].files
+    assert not any("tailscale" in p for p in hosts["example-hcloud", "scout"].files)
