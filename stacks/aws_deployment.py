@@ -23,6 +23,7 @@ class AwsDeployment(pulumi.ComponentResource):
         super().__init__("agentctl:aws:Deployment", name, None, opts)
         self._name, self._args, self._d = name, args, args.deployment
         self._child = pulumi.ResourceOptions(parent=self)
+        self._amis: dict[str, pulumi.Output[str]] = {}
         self._account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self)).account_id
         self._network()
         self._dns_firewall()
@@ -162,8 +163,12 @@ class AwsDeployment(pulumi.ComponentResource):
         if self._d.ami:
             return self._d.ami
         owner, filters = policy.ami_filters(self._d.distro, instance_type)
-        return aws.ec2.get_ami_output(most_recent=True, owners=[owner], filters=filters,
-                                      opts=pulumi.InvokeOutputOptions(parent=self)).id
+        key = filters[0]["values"][0]
+        # One lookup per image, not per host: all hosts of an architecture share it.
+        if key not in self._amis:
+            self._amis[key] = aws.ec2.get_ami_output(most_recent=True, owners=[owner], filters=filters,
+                                                     opts=pulumi.InvokeOutputOptions(parent=self)).id
+        return self._amis[key]
 
     def _instances(self) -> None:
         from agentctl.render import ec2_user_data_base64
