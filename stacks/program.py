@@ -101,10 +101,16 @@ def load_from_runtime(stack: str) -> tuple[Deployment, dict[str, Any]]:
     return deployment, mapping
 
 
+def project_root() -> Path:
+    """Where Pulumi.yaml is: the engine says so; under mocks it answers a placeholder."""
+    root = Path(pulumi.get_root_directory())
+    return root if (root / "Pulumi.yaml").is_file() else Path.cwd()
+
+
 def main() -> None:
     from agentctl.ca import ensure_ca
 
     stack, project = pulumi.get_stack(), pulumi.get_project()
     deployment, _ = load_from_runtime(stack)
-    ca = ensure_ca(Path(pulumi.get_root_directory()), stack)
+    ca = ensure_ca(project_root(), stack)
     declare(deployment, ca.cert_pem, ca.fingerprint_sha256, ca.key_path.read_text(), project=project, stack=stack)
