@@ -18,7 +18,8 @@ from agentctl.lab import image, state
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="The local lab: the whole deployment on this machine (systemd-nspawn, no route out).")
 console = Console(stderr=True)
-out = Console()
+# Piped (CI logs): wide enough that the tables stay readable.
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 StackOpt = typer.Option("lab", "--stack", help="Stack name: reads Pulumi.<stack>.yaml (cloud: lab)")
 ProjectDirOpt = typer.Option(Path("."), "--project-dir", help="Folder that holds Pulumi.yaml and the stack files")
