@@ -14,6 +14,15 @@ def management_subnet(d: Deployment) -> str:
     return str(list(ipaddress.ip_network(d.network.cidr).subnets(new_prefix=24))[0])
 
 
+def admin_ssh_sources(d: Deployment) -> list[tuple[str, str]]:
+    """(source, why) pairs allowed to SSH into an agent host. On AWS the EC2 Instance
+    Connect Endpoint sits in the agent subnet; its security group narrows that to the
+    endpoint (and the agents' own egress rules never allow port 22)."""
+    if d.cloud == "aws":
+        return [(str(d.agent_subnet), "admin ssh via EC2 Instance Connect Endpoint")]
+    return [(management_subnet(d), "admin ssh")]
+
+
 def _dhcp() -> list[str]:
     # Lease renewals: without them a cloud host loses its address after the lease.
     return ["allow out 67/udp comment 'dhcp'"]
@@ -28,7 +37,7 @@ def agent_rules(d: Deployment) -> list[str]:
         f"allow out to {proxy} port {listen.dns} proto udp comment 'dns via proxy'",
         f"allow out to {proxy} port 123 proto udp comment 'ntp via proxy'",
         *_dhcp(),
-        f"allow from {management_subnet(d)} to any port 22 proto tcp comment 'admin ssh'",
+        *[f"allow from {src} to any port 22 proto tcp comment '{why}'" for src, why in admin_ssh_sources(d)],
         f"allow from {proxy} to any port 22 proto tcp comment 'admin ssh via proxy jump'",
     ]
 
@@ -36,7 +45,7 @@ def agent_rules(d: Deployment) -> list[str]:
 def proxy_rules(d: Deployment) -> list[str]:
     agents, listen = str(d.agent_subnet), d.proxy.listen
     ports = ",".join(str(p) for p in sorted({listen.tunnel, listen.https, listen.http}))
-    admin_sources = [management_subnet(d), *d.network.admin_cidrs]
+    admin_sources = [src for src, _ in admin_ssh_sources(d)] + list(d.network.admin_cidrs)
     rules = [
         f"allow from {agents} to any port {ports} proto tcp comment 'agents to proxy'",
         f"allow from {agents} to any port {listen.dns} proto tcp comment 'agents dns'",

@@ -217,6 +217,14 @@ class ProxyHost(Strict):
     # Static answers the proxy also uses to resolve upstreams (internal services, the lab).
     dns_records: Annotated[list[DnsRecord], Field(alias="dnsRecords")] = []
     upstream_ca_bundle: Annotated[str | None, Field(alias="upstreamCaBundle", pattern=r"^/")] = None
+    # Where the proxy host itself resolves upstream names on AWS, whose VPC resolver the
+    # DNS Firewall closes to everyone (so no agent can tunnel data through it).
+    resolvers: list[str] = ["1.1.1.1", "9.9.9.9"]
+
+    @field_validator("resolvers")
+    @classmethod
+    def _resolvers(cls, resolvers: list[str]) -> list[str]:
+        return [str(ipaddress.ip_address(r)) for r in resolvers]
 
 
 class Network(Strict):

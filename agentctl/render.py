@@ -204,6 +204,7 @@ def render_hosts(d: Deployment, ca_cert_pem: str, *, stack: str, project: str = 
     ctx = _common(d, name=d.proxy.name, role="proxy", private_ip=d.proxy_ip, stack=stack, project=project,
                   ca_cert_pem=ca_cert_pem)
     ctx.update(proxy_config=pconf, proxy_bin=PROXY_BIN,
+               proxy_own_resolvers=d.proxy.resolvers if d.cloud == "aws" else [],
                proxy_install_spec=None if d.cloud == "lab" else d.proxy.install.pip,
                host_facts=_facts(d, "proxy", d.proxy.name, d.proxy_ip, stack))
     hosts.append(RenderedHost(d.proxy.name, "proxy", d.proxy_ip, _cloud_config(d, "proxy", d.proxy.name, ctx),

@@ -332,3 +332,18 @@ def test_tailscale_only_where_configured(hosts):
     assert "tailscale status" in hc.file("/usr/local/sbin/agentctl-watchdog")
     assert "/etc/systemd/system/agentctl-tailscale-up.service" not in hosts["example-aws", "proxy"].files
     assert not any("tailscale" in p for p in hosts["example-hcloud", "scout"].files)
+
+
+def test_aws_proxy_resolves_without_the_vpc_resolver(hosts):
+    aws = hosts["example-aws", "proxy"]
+    resolved = configparser.ConfigParser()
+    resolved.read_string(aws.file("/etc/systemd/resolved.conf.d/agentctl-proxy.conf"))
+    assert resolved["Resolve"]["DNS"].split() == load(ROOT, "example-aws").proxy.resolvers
+    assert "UseDNS=no" in aws.file("/usr/local/sbin/agentctl-converge")
+    assert "/etc/systemd/resolved.conf.d/agentctl-proxy.conf" not in hosts["example-hcloud", "proxy"].files
+
+
+def test_aws_admin_ssh_comes_from_the_instance_connect_endpoint_subnet(hosts):
+    rules = _ufw(hosts["example-aws", "scout"])
+    assert "allow from 10.0.2.0/24 to any port 22 proto tcp comment 'admin ssh via EC2 Instance Connect Endpoint'" in rules
+    assert "allow from 10.77.0.0/24 to any port 22 proto tcp comment 'admin ssh'" in _ufw(hosts["lab", "scout"])
