@@ -22,6 +22,7 @@ WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "upstream-test"
+    disable_nagle_algorithm = True  # small writes must not wait for delayed ACKs
 
     def log_message(self, *args) -> None:  # quiet
         pass
