@@ -316,8 +316,10 @@ def test_client_authorization_kept_where_no_secret_matches_but_proxy_auth_never(
 
 
 def test_secret_injected_as_query_param_replacing_client_value(proxy, pki):
-    code, body, _ = curl(proxy, "https://api.example.test/v1/q/x?key=forged&a=1", pki=pki)
+    code, body, _ = curl(proxy, "https://api.example.test/v1/q/x?key=forged&a=1", "-H", "Authorization: Bearer forged",
+                         pki=pki)
     assert code == 200
+    assert "authorization" not in json.loads(body)["headers"]  # stripped even though the secret is a query param
     path = json.loads(body)["path"]
     assert f"key={QKEY}" in path and "forged" not in path and "a=1" in path
 
