@@ -17,6 +17,7 @@ CA_CERT_PATH = "/etc/agentctl-proxy/ca.crt"
 CA_KEY_PATH = "/etc/agentctl-proxy/ca.key"
 AUDIT_PATH = "/var/log/agentctl-proxy/audit.jsonl"
 HEALTH_LISTEN = "127.0.0.1:9099"
+STATE_PATH = "/var/lib/agentctl-proxy/state.json"  # the unit's StateDirectory
 
 # Mirror hosts the distro images are configured with, per cloud.
 DEFAULT_APT_MIRRORS = {
@@ -93,6 +94,7 @@ def proxy_config(d: Deployment, *, project: str, stack: str) -> dict[str, Any]:
             "http_listen": f"{ip}:{listen.http}",
             "max_request_body_bytes": d.proxy.max_request_body_bytes,
             "health_listen": HEALTH_LISTEN,
+            "state_path": STATE_PATH,
         },
         "dns": {
             "listen": f"{ip}:{listen.dns}",

@@ -257,6 +257,8 @@ class ProxySection(Strict):
     max_request_body_bytes: Annotated[int, Field(gt=0)] = 1048576
     max_response_body_bytes: Annotated[int, Field(gt=0)] | None = None
     health_listen: str | None = None
+    # ours: where bootstrap windows are remembered across restarts (absent: memory only)
+    state_path: Annotated[str, Field(pattern=r"^/")] | None = None
 
     @field_validator("tunnel_listen", "https_listen", "http_listen", "health_listen")
     @classmethod

@@ -310,9 +310,12 @@ def test_forged_authorization_stripped_then_secret_injected(proxy, pki, upstream
     assert rec["request_transforms"] == ["allowlist", "secrets"]
 
 
-def test_client_authorization_kept_where_no_secret_matches_but_proxy_auth_never(proxy, pki):
-    code, body, _ = curl(proxy, "https://api.example.test/v1/other", "-H", "Proxy-Authorization: Basic eA==", pki=pki)
-    assert code == 200 and "proxy-authorization" not in json.loads(body)["headers"]
+def test_client_credentials_dropped_even_where_no_secret_matches(proxy, pki):
+    """The agent holds no credential by design: one it sends anyway never leaves."""
+    code, body, _ = curl(proxy, "https://api.example.test/v1/other", "-H", "Proxy-Authorization: Basic eA==",
+                         "-H", "Authorization: Bearer exfiltrated", pki=pki)
+    headers = json.loads(body)["headers"]
+    assert code == 200 and "proxy-authorization" not in headers and "authorization" not in headers
 
 
 def test_secret_injected_as_query_param_replacing_client_value(proxy, pki):

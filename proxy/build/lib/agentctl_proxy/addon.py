@@ -146,7 +146,6 @@ class EgressAddon:
                 nl.layer = _Refuse(ctx) if starts_like_tls_record(data) else HttpLayer(ctx, HTTPMode.transparent)
             elif _is(stack, ServerTLSLayer, ClientTLSLayer):
                 nl.layer = self._http_after_tls(ctx)
-        log.debug("next_layer %s -> %s", [type(x).__name__ for x in stack], nl.layer)
         if nl.layer is None and data and not _waiting(nl):
             log.warning("refusing unexpected protocol stack %s", [type(x).__name__ for x in stack])
             nl.layer = _Refuse(ctx)
@@ -368,6 +367,9 @@ class EgressAddon:
             return self._deny(flow, v, 403, "upstream_deny_cidrs", str(e))
         ident = v.identity
         assert ident is not None
+        # The agent holds no credential by design: whatever it sends as one is dropped,
+        # whether or not a secret of ours replaces it.
+        flow.request.headers.pop("authorization", None)
         d = ident.secrets.decide(v.host, v.ip, v.port, v.tls, flow.request.method, v.path,
                                  check_path(v.path).encoded_slash)
         if d.grant is None:
@@ -377,8 +379,6 @@ class EgressAddon:
         if not v.tls:
             return self._deny(flow, v, 403, "secret over cleartext",
                               f"secret {spec.label!r} is never injected into cleartext HTTP")
-        # the client's own credentials never reach the upstream next to ours
-        flow.request.headers.pop("authorization", None)
         if inject.header:
             flow.request.headers.pop(inject.header, None)
         else:

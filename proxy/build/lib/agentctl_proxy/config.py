@@ -257,6 +257,8 @@ class ProxySection(Strict):
     max_request_body_bytes: Annotated[int, Field(gt=0)] = 1048576
     max_response_body_bytes: Annotated[int, Field(gt=0)] | None = None
     health_listen: str | None = None
+    # ours: where bootstrap windows are remembered across restarts (absent: memory only)
+    state_path: Annotated[str, Field(pattern=r"^/")] | None = None
 
     @field_validator("tunnel_listen", "https_listen", "http_listen", "health_listen")
     @classmethod
@@ -375,9 +377,10 @@ def _describe(err: dict[str, Any]) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
-        return f"unknown {err['ctx'].get('discriminator', 'type')}: {err['input']!r}; expected one of {err['ctx'].get('expected_tags')}"
+        ctx = err["ctx"]
+        return f"unknown {ctx['discriminator'].strip(chr(39))}: {ctx['tag']!r}; expected one of {ctx['expected_tags']}"
     if kind == "union_tag_not_found":
-        return f"missing {err['ctx'].get('discriminator')}"
+        return f"missing key {err['ctx']['discriminator']}"
     return msg
 
 
@@ -388,7 +391,10 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         return Config.model_validate(data)
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
-        raise ConfigError(f"{source}: {_key_path(err['loc'])}: {_describe(err)}") from None
+        where = _key_path(err["loc"])
+        if not err["loc"]:  # a whole-config check names its own keys in the message
+            raise ConfigError(f"{source}: {_describe(err)}") from None
+        raise ConfigError(f"{source}: {where}: {_describe(err)}") from None
 
 
 def load_config(path: str | Path) -> Config:

@@ -49,15 +49,16 @@ class DnsAnswerer:
             rule = None
         elif ident is None:
             rcode = response_codes.REFUSED
+        elif parse_ip_literal(name) is None and (grants := ident.allow.host_ports(name, None)):
+            # allowed names lead to the proxy, whatever their real address is
+            rcode, rule = response_codes.NOERROR, f"dns/{grants[0].label}"
+            answers = _records(q, [cfg.proxy_ip])
         elif name in rt.resolver.records:
             rcode, rule = response_codes.NOERROR, "dns/records"
             answers = _records(q, rt.resolver.records[name])
         elif name in {normalize_host(n) for n in cfg.passthrough}:
             rcode, rule = response_codes.NOERROR, "dns/passthrough"
             answers = await _passthrough(q)
-        elif parse_ip_literal(name) is None and ident.allow.host_ports(name, None):
-            rcode, rule = response_codes.NOERROR, f"dns/{ident.allow.host_ports(name, None)[0].label}"
-            answers = _records(q, [cfg.proxy_ip])
         resp = msg.succeed(answers) if rcode == response_codes.NOERROR else msg.fail(rcode)
         action = "allow" if rule else "deny"
         self.addon.audit.write(

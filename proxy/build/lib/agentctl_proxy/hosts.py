@@ -73,17 +73,18 @@ def parse_ip_literal(host: str) -> IPAddress | None:
 
 
 def is_canonical_ip(host: str) -> bool:
-    """True for the one spelling an address should have (dotted quad, RFC 5952)."""
+    """True for the one spelling an address should have (dotted quad, RFC 5952).
+
+    IPv4-mapped IPv6 spellings are never canonical: they name an IPv4 target.
+    """
     host = normalize_host(host)
-    ip = parse_ip_literal(host)
-    return ip is not None and (str(ip) == host or _mapped_spelling(host, ip))
-
-
-def _mapped_spelling(host: str, ip: IPAddress) -> bool:
     try:
-        return str(ipaddress.IPv6Address(host)) == host
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return False
+    return str(ip) == host
 
 
 def is_valid_name(host: str) -> bool:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from agentctl_proxy import config as c
+from agentctl_proxy.bootstrap_ledger import BootstrapLedger
 from agentctl_proxy.matcher import Grant, Matcher
 
 UNKNOWN_AGENT = "-"
@@ -75,8 +76,9 @@ def _compile_transforms(
 class Policy:
     """Maps a client address to an Identity; holds bootstrap state across requests."""
 
-    def __init__(self, cfg: c.Config, now: float | None = None) -> None:
+    def __init__(self, cfg: c.Config, now: float | None = None, ledger: BootstrapLedger | None = None) -> None:
         now = time.monotonic() if now is None else now
+        self.ledger = ledger if ledger is not None else BootstrapLedger(None)
         self.has_agents = cfg.agents is not None
         self.identities: dict[str, Identity] = {}
         self._nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
@@ -97,7 +99,7 @@ class Policy:
             _compile_transforms(agent.transforms, agent.name, counter, allow, secrets)
             deadline = None
             if agent.bootstrap:
-                deadline = now + agent.bootstrap.max_duration
+                deadline = now + self.ledger.remaining(agent.name, agent.bootstrap.max_duration)
                 for i, rule in enumerate(agent.bootstrap.rules):
                     label = f"{agent.name}/bootstrap[{i}]"
                     allow.append(_grant(rule, label, counter[0], bootstrap=agent.name))
@@ -109,6 +111,8 @@ class Policy:
             )
             for s in agent.sources:
                 self._nets.append((ipaddress.ip_network(s), agent.name))
+        self.closed |= {n for n in self.ledger.closed if n in self.identities}
+        self.ledger.save()  # records when each window opened
 
     def identify(self, remote_ip: str) -> Identity | None:
         if not self.has_agents:
@@ -128,12 +132,15 @@ class Policy:
         """Agents whose bootstrap grants no longer apply (ready, or timed out)."""
         now = time.monotonic() if now is None else now
         for ident in self.identities.values():
-            if ident.bootstrap_deadline is not None and now >= ident.bootstrap_deadline:
+            if ident.bootstrap_deadline is not None and now >= ident.bootstrap_deadline \
+                    and ident.name not in self.closed:
                 self.closed.add(ident.name)
+                self.ledger.close({ident.name})
         return frozenset(self.closed)
 
     def close_bootstrap(self, agent: str) -> None:
         self.closed.add(agent)  # only ever closes; nothing reopens a window
+        self.ledger.close({agent})
 
     def carry_state(self, old: Policy) -> None:
         """On reload, a closed bootstrap window stays closed and deadlines are kept."""
