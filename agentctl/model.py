@@ -30,27 +30,28 @@ class ConfigSecretRef(Strict):
     config: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
 
 
-class EnvSource(Strict):
+class _Cached(Strict):
+    """Every source: how long a value is kept, and how long a failure is."""
+
+    ttl: Annotated[str, Field(pattern=DURATION)] = "15m"
+    failure_ttl: Annotated[str, Field(pattern=DURATION)] = "30s"
+
+
+class EnvSource(_Cached):
     type: Literal["env"]
     var: str
-    ttl: Annotated[str, Field(pattern=DURATION)] = "15m"
-    failure_ttl: Annotated[str, Field(pattern=DURATION)] = "30s"
 
 
-class FileSource(Strict):
+class FileSource(_Cached):
     type: Literal["file"]
     path: Annotated[str, Field(pattern=r"^/")]
-    ttl: Annotated[str, Field(pattern=DURATION)] = "15m"
-    failure_ttl: Annotated[str, Field(pattern=DURATION)] = "30s"
 
 
-class SsmSource(Strict):
+class SsmSource(_Cached):
     type: Literal["aws_ssm"]
     name: Annotated[str, Field(pattern=r"^/")]
     region: str | None = None
     with_decryption: bool = True
-    ttl: Annotated[str, Field(pattern=DURATION)] = "15m"
-    failure_ttl: Annotated[str, Field(pattern=DURATION)] = "30s"
 
 
 SecretSource = Annotated[Union[EnvSource, FileSource, SsmSource], Field(discriminator="type")]
