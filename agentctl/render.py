@@ -146,8 +146,10 @@ def _users(d: Deployment, role: str) -> list[Any]:
     users: list[Any] = [
         {"name": "admin", "gecos": "break-glass administrator", "shell": "/bin/bash", "lock_passwd": True,
          "groups": ["adm", "systemd-journal"], "ssh_authorized_keys": keys},
+        # Debian has a system group named `operator`: join no group of that name.
         {"name": "operator", "gecos": "day-to-day operator (sudo with a guard list)", "shell": "/bin/bash",
-         "lock_passwd": True, "groups": ["adm", "systemd-journal"], "ssh_authorized_keys": keys},
+         "lock_passwd": True, "no_user_group": True, "groups": ["adm", "systemd-journal"],
+         "ssh_authorized_keys": keys},
         {"name": "agentuser", "gecos": "runs the agent; no sudo, no SSH", "shell": "/bin/bash",
          "lock_passwd": True},
     ]
