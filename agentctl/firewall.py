@@ -45,13 +45,15 @@ def agent_rules(d: Deployment) -> list[str]:
 def proxy_rules(d: Deployment) -> list[str]:
     agents, listen = str(d.agent_subnet), d.proxy.listen
     ports = ",".join(str(p) for p in sorted({listen.tunnel, listen.https, listen.http}))
-    admin_sources = [src for src, _ in admin_ssh_sources(d)] + list(d.network.admin_cidrs)
+    internal = [src for src, _ in admin_ssh_sources(d)]
     rules = [
         f"allow from {agents} to any port {ports} proto tcp comment 'agents to proxy'",
         f"allow from {agents} to any port {listen.dns} proto tcp comment 'agents dns'",
         f"allow from {agents} to any port {listen.dns} proto udp comment 'agents dns'",
         f"allow from {agents} to any port 123 proto udp comment 'agents ntp'",
-        *[f"limit from {src} to any port 22 proto tcp comment 'admin ssh'" for src in admin_sources],
+        *[f"allow from {src} to any port 22 proto tcp comment 'admin ssh'" for src in internal],
+        # From the internet (break-glass), also rate-limited: 6 connections in 30 s at most.
+        *[f"limit from {src} to any port 22 proto tcp comment 'break-glass ssh'" for src in d.network.admin_cidrs],
         "allow out 80,443/tcp comment 'upstreams'",
         "allow out 53/tcp comment 'dns'",
         "allow out 53/udp comment 'dns'",

@@ -39,14 +39,16 @@ def private_ip(deployment, host_name, role) -> str:
 
 
 @pytest.fixture(scope="session")
-def root(host):
-    """Commands as root (the suites log in as admin)."""
-    return host.sudo()
+def root(pytestconfig):
+    """The same host, every command through sudo (the suites log in as admin)."""
+    import testinfra
+    return testinfra.get_host(pytestconfig.getoption("--hosts"), sudo=True,
+                              ssh_identity_file=pytestconfig.getoption("--ssh-identity-file"))
 
 
 @pytest.fixture(scope="session")
-def in_container(host) -> bool:
-    return host.run("systemd-detect-virt --container --quiet").rc == 0
+def in_container(root) -> bool:
+    return root.run("systemd-detect-virt --container --quiet").rc == 0
 
 
 @pytest.fixture(scope="session")

@@ -80,6 +80,32 @@ def write_seed(root: Path, user_data: str, meta_data: str) -> None:
     write_file(root, f"{SEED_DIR}/meta-data", meta_data, 0o600)
 
 
+NET_SYSCTL_UNIT = """[Unit]
+Description=agentctl lab: this host's own net.* sysctls writable, as on a VM
+DefaultDependencies=no
+Before=sysinit.target systemd-sysctl.service cloud-init-local.service
+ConditionVirtualization=container
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+# nspawn 252 mounts /proc/sys read-only even with a network namespace of our own.
+# /proc/sys/net is per network namespace, so only this host is affected; kernel.*
+# (the machine's) stays read-only.
+ExecStart=/bin/sh -c 'mount --bind /proc/sys/net /proc/sys/net && mount -o remount,bind,rw /proc/sys/net'
+"""
+
+
+def allow_net_sysctls(root: Path) -> None:
+    unit = "etc/systemd/system/agentctl-lab-netsysctl.service"
+    write_file(root, unit, NET_SYSCTL_UNIT)
+    wants = root / "etc/systemd/system/sysinit.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "agentctl-lab-netsysctl.service"
+    if not link.is_symlink():
+        link.symlink_to("../agentctl-lab-netsysctl.service")
+
+
 def boot(state_dir: Path, name: str, ns: str) -> int:
     """Start the container in the background; its console goes to console.log."""
     root = root_of(state_dir, name)

@@ -147,6 +147,7 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
     for host in rendered:
         root = hosts.mount_overlay(img, state_dir, host.name)
         hosts.write_seed(root, host.user_data, host.meta_data)
+        hosts.allow_net_sysctls(root)
         hosts.write_file(root, "/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {host.name}\n"
                                              "::1 localhost ip6-localhost ip6-loopback\n")
         if host.role == "proxy":

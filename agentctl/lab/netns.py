@@ -51,6 +51,8 @@ def create(deployment: Deployment, extra_rules: list[str] = ()) -> None:
     The rules go in before forwarding is switched on, so nothing passes unfiltered."""
     sh("ip", "netns", "add", SWITCH_NS)
     sh("ip", "-n", SWITCH_NS, "link", "set", "lo", "up")
+    netns_exec(SWITCH_NS, "sysctl", "-q", "-w", "net.ipv4.conf.all.proxy_arp=1")
+    netns_exec(SWITCH_NS, "sysctl", "-q", "-w", "net.ipv4.conf.default.proxy_arp=1")
     netns_exec(SWITCH_NS, "nft", "-f", "-", input=topology.switch_ruleset(deployment, list(extra_rules)))
     for node in topology.nodes(deployment):
         _add_node(deployment, node)
@@ -63,14 +65,17 @@ def _add_node(deployment: Deployment, node: Node) -> None:
     sh("ip", "-n", node.netns, "link", "set", "lo", "up")
     sh("ip", "-n", SWITCH_NS, "link", "add", node.switch_if, "type", "veth",
        "peer", "name", node.if_name, "netns", node.netns)
-    # Switch end: the gateway address (shared by the links of one subnet, which is fine
-    # for /32 point-to-point links) and a host route to the node behind it.
+    # Switch end: the gateway address (shared by the links of one subnet: each is a
+    # point-to-point link) and a host route to the node behind it.
     sh("ip", "-n", SWITCH_NS, "addr", "add", f"{node.gateway}/32", "dev", node.switch_if)
     sh("ip", "-n", SWITCH_NS, "addr", "add", f"{SWITCH_LINK_LOCAL}/64", "dev", node.switch_if, "nodad")
     sh("ip", "-n", SWITCH_NS, "link", "set", node.switch_if, "up")
     sh("ip", "-n", SWITCH_NS, "route", "add", f"{node.ip}/32", "dev", node.switch_if)
-    # Node end.
-    sh("ip", "-n", node.netns, "addr", "add", f"{node.ip}/32", "peer", f"{node.gateway}/32", "dev", node.if_name)
+    # Node end: an address in its subnet, as on a cloud. The switch answers ARP for the
+    # whole subnet (proxy_arp), so even two hosts of one subnet talk through the switch
+    # and its rules; and a host's own hardening (arp_announce=2, rp_filter=1) sees the
+    # gateway on-link, as it expects.
+    sh("ip", "-n", node.netns, "addr", "add", f"{node.ip}/{topology.NODE_PREFIX}", "dev", node.if_name)
     sh("ip", "-n", node.netns, "link", "set", node.if_name, "up")
     if node.ip6:
         sh("ip", "-n", node.netns, "addr", "add", f"{node.ip6}/128", "dev", node.if_name, "nodad")

@@ -3,9 +3,10 @@ routes, and the switch's nftables ruleset. Nothing here touches the machine, so 
 rule that keeps lab traffic inside the lab is a plain unit test.
 
 Shape: one switch namespace routes between point-to-point links, one link per lab
-node (a host, the admin namespace, each lab internet server). Each node holds a /32
-address with the switch as its peer, so every packet between two nodes, even two
-agents in the same subnet, crosses the switch's forward chain (the security groups).
+node (a host, the admin namespace, each lab internet server). Each node holds an
+address in its /24 and the switch answers ARP for the whole subnet (proxy_arp), so
+every packet between two nodes, even two agents in the same subnet, crosses the
+switch's forward chain (the security groups).
 No lab namespace has a link to the machine's own namespace, and no route but the
 lab's prefixes: there is nowhere for a packet to leave.
 """
@@ -29,6 +30,7 @@ INTERNET_V6 = ipaddress.ip_network("fd00:198:18::/64")
 SWITCH_LINK_LOCAL = "fe80::1"
 
 Kind = Literal["host", "admin", "internet"]
+NODE_PREFIX = 24  # every lab subnet (admin, proxy, agents, internet) is a /24
 
 
 @dataclass(frozen=True)
@@ -111,10 +113,11 @@ def namespaces(deployment: Deployment) -> list[str]:
 
 def node_routes(deployment: Deployment, node: Node) -> list[str]:
     """`ip route` arguments inside a node: the lab prefixes via the switch, nothing else."""
+    own = ipaddress.ip_network(f"{node.ip}/{NODE_PREFIX}", strict=False)  # on-link already
     routes = [f"{deployment.network.cidr} via {node.gateway} dev eth0",
               f"{INTERNET_V4} via {node.gateway} dev eth0",
               f"{INTERNET_V6} via {SWITCH_LINK_LOCAL} dev eth0"]
-    return routes
+    return [r for r in routes if ipaddress.ip_network(r.split()[0]) != own]
 
 
 def route_is_inside_lab(deployment: Deployment, dst: str) -> bool:

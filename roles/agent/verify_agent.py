@@ -69,11 +69,15 @@ def test_apt_goes_through_the_proxy(host, deployment):
         in host.check_output("apt-config dump")
 
 
-def test_time_from_the_proxy_only(host, deployment):
-    sources = host.check_output("chronyc -n sources 2>/dev/null || true")
+def test_time_source_is_the_proxy_only(host, deployment):
     conf = host.file("/etc/chrony/chrony.conf").content_string
     assert [l.split()[1] for l in conf.splitlines() if l.startswith(("server", "pool"))] == [deployment.proxy_ip]
-    assert deployment.proxy_ip in sources or sources == ""
+
+
+def test_time_syncs_from_the_proxy(host, deployment, in_container):
+    if in_container:
+        pytest.skip("chronyd needs CAP_SYS_TIME, which a container never gets: the clock is the machine's")
+    assert deployment.proxy_ip in host.check_output("chronyc -n sources")
 
 
 def test_agent_holds_no_proxy_secrets(host):
@@ -87,7 +91,8 @@ def test_agentuser_cannot_use_sudo(host):
 @pytest.mark.destructive
 def test_watchdog_restarts_a_stopped_agent(root, deployment):
     """Stop the agent, run the watchdog as often as its threshold says; it must be back."""
-    root.check_output(f"systemctl stop {SERVICE}; echo 0 > /var/lib/agentctl-watchdog/failures")
+    root.check_output(f"systemctl stop {SERVICE}; install -d /var/lib/agentctl-watchdog; "
+                      f"echo 0 > /var/lib/agentctl-watchdog/failures")
     try:
         for i in range(deployment.watchdog.failure_threshold):
             assert root.run(f"systemctl is-active --quiet {SERVICE}").rc != 0, f"restarted early, after {i} checks"

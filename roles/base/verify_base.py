@@ -205,6 +205,10 @@ def _sysctl_file(host, path):
     return [l.split(" = ") for l in host.file(path).content_string.splitlines() if l and not l.startswith("#")]
 
 
+def test_ufw_applies_our_sysctls_when_it_starts(root):
+    assert "IPT_SYSCTL=/etc/sysctl.d/90-agentctl-net.conf" in root.file("/etc/default/ufw").content_string
+
+
 def test_net_sysctls_applied(host):
     for key, value in _sysctl_file(host, "/etc/sysctl.d/90-agentctl-net.conf"):
         assert host.sysctl(key) == int(value), key
@@ -222,5 +226,5 @@ def test_watchdog_timer_enabled(host):
     assert timer.is_enabled and timer.is_running
 
 
-def test_watchdog_watches_the_role_service(host, role):
-    assert (AGENT_SERVICE if role == "agent" else PROXY_SERVICE) in host.file("/usr/local/sbin/agentctl-watchdog").content_string
+def test_watchdog_watches_the_role_service(root, role):
+    assert (AGENT_SERVICE if role == "agent" else PROXY_SERVICE) in root.file("/usr/local/sbin/agentctl-watchdog").content_string
