@@ -86,6 +86,12 @@ def test_escape_holds(labenv):
     assert "upstream saw the injected credential" in allowed["evidence"]
 
 
+def test_verify_passes_on_every_host(labenv):
+    proc = labenv["cli"]("verify")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert proc.stdout.count(" passed") >= 2 and " failed" not in proc.stdout
+
+
 def test_an_opened_hole_makes_escape_fail(labenv):
     """Both layers opened on purpose (the switch's security group and the agent's ufw):
     escape must notice, or it could never fail."""
@@ -96,6 +102,13 @@ def test_an_opened_hole_makes_escape_fail(labenv):
     results = {r["id"]: r for r in json.loads(proc.stdout)}
     assert proc.returncode == 1
     assert not results["ip-evil"]["ok"] and not results["ip-api"]["ok"]
+
+
+def test_verify_fails_on_the_opened_hole(labenv):
+    """The role suite notices the agent's disabled firewall: verify can fail."""
+    proc = labenv["cli"]("verify")
+    assert proc.returncode != 0
+    assert "test_ufw_active_default_deny_both_ways" in proc.stdout
 
 
 def test_down_leaves_nothing(labenv):
