@@ -1,3 +1,0 @@
-from agentctl_proxy.cli import main
-
-main()
