@@ -347,3 +347,9 @@ def test_aws_admin_ssh_comes_from_the_instance_connect_endpoint_subnet(hosts):
     rules = _ufw(hosts["example-aws", "scout"])
     assert "allow from 10.0.2.0/24 to any port 22 proto tcp comment 'admin ssh via EC2 Instance Connect Endpoint'" in rules
     assert "allow from 10.77.0.0/24 to any port 22 proto tcp comment 'admin ssh'" in _ufw(hosts["lab", "scout"])
+
+
+@pytest.mark.parametrize("stack,name", [h for h in ALL_HOSTS if h[0] == "example-hcloud"])
+def test_fits_hetzner_user_data_limit(hosts, stack, name):
+    # Hetzner takes user-data as text, up to 32 KiB.
+    assert len(hosts[stack, name].rendered.user_data.encode()) <= 32 * 1024

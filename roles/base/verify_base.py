@@ -224,6 +224,24 @@ def test_kernel_sysctls_applied(host, in_container):
         assert host.sysctl(key) == int(value), key
 
 
+def test_legal_banner(host):
+    assert "Authorised access only" in host.file("/etc/issue.net").content_string
+
+
+def test_no_core_dumps(host):
+    assert "* hard core 0" in host.file("/etc/security/limits.d/90-agentctl-no-core.conf").content_string
+    assert host.run("bash -c 'ulimit -Hc'").stdout.strip() == "0"
+
+
+@pytest.mark.parametrize("module", ["usb-storage", "dccp", "sctp", "rds", "tipc"])
+def test_unused_kernel_modules_cannot_load(root, module):
+    assert f"install {module} /bin/false" in root.check_output(f"modprobe --showconfig | grep -F 'install {module} ' || true")
+
+
+def test_login_defs_umask(host):
+    assert re.search(r"^UMASK\s+027$", host.file("/etc/login.defs").content_string, re.M)
+
+
 def test_watchdog_timer_enabled(host):
     timer = host.service("agentctl-watchdog.timer")
     assert timer.is_enabled and timer.is_running
