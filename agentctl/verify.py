@@ -44,7 +44,8 @@ def run_verify(project_dir: Path, stack: str, hosts: list[str], ssh_key: Path | 
     targets = parse_hosts(hosts, names)
     if ssh_key is not None and not Path(ssh_key).is_file():
         raise ConfigError("--ssh-key", str(ssh_key), "no such file", "a private key file")
-    worst = 0
+    # Hosts are independent: verify them side by side, print each report whole.
+    procs = []
     for name, role, spec in targets:
         args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir", str(ROLES),
                 "-c", str(ROLES / "pytest.ini"), f"--hosts={spec}",
@@ -52,7 +53,12 @@ def run_verify(project_dir: Path, stack: str, hosts: list[str], ssh_key: Path | 
                 f"--agentctl-host={name}", *[str(s) for s in suites(role)], *(extra_args or [])]
         if ssh_key is not None:
             args.append(f"--ssh-identity-file={ssh_key}")
-        print(f"== {name} ({role}) {spec}", flush=True)
-        code = subprocess.run(args, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1")).returncode
-        worst = max(worst, code)
+        procs.append((name, role, spec, subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))))
+    worst = 0
+    for name, role, spec, proc in procs:
+        output, _ = proc.communicate()
+        print(f"== {name} ({role}) {spec}\n{output}", end="", flush=True)
+        worst = max(worst, proc.returncode)
     return worst
