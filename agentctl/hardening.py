@@ -34,3 +34,15 @@ UPGRADE_ORIGINS = {
                      "origin=${distro_id}ESMApps,archive=${distro_codename}-apps-security",
                      "origin=${distro_id}ESM,archive=${distro_codename}-infra-security"],
 }
+
+
+def parse_sshd_effective(output: str) -> dict[str, str]:
+    """`sshd -T` output as keyword -> value. sshd prints one line per AllowUsers /
+    DenyUsers entry; those are joined with spaces, every other keyword keeps its first."""
+    values: dict[str, str] = {}
+    for line in output.splitlines():
+        key, _, value = line.partition(" ")
+        if key in {"allowusers", "denyusers"} and key in values:
+            values[key] += f" {value}"
+        values.setdefault(key, value)
+    return values

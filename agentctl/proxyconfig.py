@@ -10,11 +10,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agentctl.model import Agent, Deployment, Rule, Secret
-from agentctl.secrets import ca_key_parameter_name, secret_file_path, ssm_parameter_name
+from agentctl.secrets import CA_KEY_PATH, ca_key_parameter_name, secret_file_path, ssm_parameter_name
 
 CONFIG_PATH = "/etc/agentctl-proxy/config.yaml"
 CA_CERT_PATH = "/etc/agentctl-proxy/ca.crt"
-CA_KEY_PATH = "/etc/agentctl-proxy/ca.key"
 AUDIT_PATH = "/var/log/agentctl-proxy/audit.jsonl"
 HEALTH_LISTEN = "127.0.0.1:9099"
 STATE_PATH = "/var/lib/agentctl-proxy/state.json"  # the unit's StateDirectory
@@ -54,7 +53,8 @@ def _rule(rule: Rule) -> dict[str, Any]:
 def secret_source(d: Deployment, agent: Agent, secret: Secret, *, project: str, stack: str) -> dict[str, Any]:
     """Where the proxy reads a secret: a reference, never the value."""
     if secret.source is not None:
-        return secret.source.model_dump(exclude_none=True)
+        fields = secret.source.model_dump(exclude_none=True)
+        return {"type": fields.pop("type"), **fields}  # the kind first, as a reader expects
     if d.cloud == "aws":
         return {"type": "aws_ssm", "name": ssm_parameter_name(project, stack, agent.name, secret.name),
                 "region": d.region, "with_decryption": True, "ttl": "15m", "failure_ttl": "30s"}

@@ -77,19 +77,19 @@ def _manifest(path: Path) -> tuple[dict[str, str], ...]:
     return tuple(yaml.safe_load(path.read_text()))
 
 
+def read_package_file(path: Path) -> list[str]:
+    """One package per line; `#` starts a comment."""
+    return [name for line in path.read_text().splitlines() if (name := line.split("#", 1)[0].strip())]
+
+
 def _packages(role: str) -> list[str]:
-    names: list[str] = []
-    for path in (ROLES / "base" / "packages.txt", ROLES / role / "packages.txt"):
-        for line in path.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line and line not in names:
-                names.append(line)
-    return names
+    """The packages a role installs (the base's first); the lab image bakes them all."""
+    names = read_package_file(ROLES / "base" / "packages.txt") + read_package_file(ROLES / role / "packages.txt")
+    return list(dict.fromkeys(names))
 
 
-def role_packages(role: str) -> list[str]:
-    """The packages a role installs; the lab image bakes the union of all roles."""
-    return _packages(role)
+def watched_service(role: str) -> str:
+    return AGENT_SERVICE if role == "agent" else PROXY_SERVICE
 
 
 def _common(d: Deployment, *, name: str, role: str, private_ip: str, stack: str, project: str,
@@ -107,7 +107,7 @@ def _common(d: Deployment, *, name: str, role: str, private_ip: str, stack: str,
         "guarded_commands": hardening.GUARDED_COMMANDS,
         "upgrade_origins": hardening.UPGRADE_ORIGINS[d.distro],
         "maintenance": d.maintenance, "watchdog": d.watchdog,
-        "watched_service": AGENT_SERVICE if role == "agent" else PROXY_SERVICE,
+        "watched_service": watched_service(role),
         "tailscale_enabled": role == "proxy" and d.tailscale is not None,
         "tailscale_authkey_path": TAILSCALE_AUTHKEY_PATH,
         "heartbeat_url": d.heartbeat_url,
@@ -225,7 +225,7 @@ def render_hosts(d: Deployment, ca_cert_pem: str, *, stack: str, project: str = 
 def _facts(d: Deployment, role: str, name: str, ip: str, stack: str) -> dict[str, Any]:
     return {"name": name, "role": role, "stack": stack, "cloud": d.cloud, "distro": d.distro,
             "private_ip": ip, "proxy_ip": d.proxy_ip,
-            "watched_service": AGENT_SERVICE if role == "agent" else PROXY_SERVICE}
+            "watched_service": watched_service(role)}
 
 
 def _meta_data(name: str, stack: str) -> str:

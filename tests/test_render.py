@@ -104,13 +104,7 @@ def _effective_sshd(dropins: dict[str, str], tmp_path: Path) -> dict[str, str]:
     out = subprocess.run([SSHD, "-T", "-f", str(main), "-h", str(key),
                           "-C", "user=admin,host=client,addr=192.0.2.7"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    values: dict[str, str] = {}
-    for line in out.stdout.splitlines():
-        k, _, v = line.partition(" ")
-        if k in {"allowusers", "denyusers"} and k in values:  # sshd -T prints one line per user
-            values[k] += f" {v}"
-        values.setdefault(k, v)
-    return values
+    return hardening.parse_sshd_effective(out.stdout)
 
 
 CLOUD_INIT_DROPIN = "PasswordAuthentication yes\nKbdInteractiveAuthentication yes\nPermitRootLogin yes\n"

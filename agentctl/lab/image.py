@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from agentctl.errors import AgentctlError
+from agentctl.render import read_package_file
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("AGENTCTL_LAB_CACHE", "/var/cache/agentctl/lab"))
 # Bump when the build steps below change in a way the key would not see.
@@ -49,16 +50,6 @@ Progress = Callable[[str], None]
 
 class ImageBuildError(AgentctlError):
     exit_code = 1
-
-
-def read_package_file(path: Path) -> list[str]:
-    """One package per line; `#` starts a comment."""
-    names = []
-    for line in path.read_text().splitlines():
-        name = line.split("#", 1)[0].strip()
-        if name:
-            names.append(name)
-    return names
 
 
 def package_list(project_dir: Path) -> list[str]:

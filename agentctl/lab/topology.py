@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agentctl.model import Deployment
+from agentctl.firewall import management_subnet
 
 PREFIX = "agentctl-"
 SWITCH_NS = f"{PREFIX}switch"
@@ -77,7 +78,7 @@ def internet_servers(deployment: Deployment) -> list[Internet]:
 
 def admin_subnet(deployment: Deployment) -> ipaddress.IPv4Network:
     """The first /24 of the stack's network: the proxy and agents use the 2nd and 3rd."""
-    return list(ipaddress.ip_network(deployment.network.cidr).subnets(new_prefix=24))[0]
+    return ipaddress.ip_network(management_subnet(deployment))
 
 
 def lab_prefixes(deployment: Deployment) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

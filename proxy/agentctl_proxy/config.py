@@ -77,6 +77,13 @@ def parse_listen(value: str) -> tuple[str, int]:
 Duration = Annotated[float, Field(ge=0)]
 
 
+def _networks(values: list[str]) -> list[str]:
+    """Every entry must be a network written exactly (no host bits set)."""
+    for v in values:
+        ipaddress.ip_network(v, strict=True)
+    return values
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -244,9 +251,7 @@ class Agent(Strict):
     @field_validator("sources")
     @classmethod
     def _sources(cls, v: list[str]) -> list[str]:
-        for s in v:
-            ipaddress.ip_network(s, strict=True)
-        return v
+        return _networks(v)
 
 
 class ProxySection(Strict):
@@ -270,9 +275,7 @@ class ProxySection(Strict):
     @field_validator("upstream_deny_cidrs")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
-        for c in v:
-            ipaddress.ip_network(c, strict=True)
-        return v
+        return _networks(v)
 
 
 class DnsRecord(Strict):

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from agentctl import firewall, hardening
-from agentctl.render import AGENT_SERVICE, PROXY_SERVICE, TEMPLATES
+from agentctl.render import TEMPLATES, watched_service
 
 # Every file the base role writes (from the same manifest render used), plus what
 # converge derives from them.
@@ -85,12 +85,7 @@ def test_sudoers_valid_and_logged(root):
 
 @pytest.fixture(scope="module")
 def sshd(root) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in root.check_output("sshd -T -C user=admin,host=verifier,addr=192.0.2.1").splitlines():
-        key, _, value = line.partition(" ")
-        values[key] = f"{values[key]} {value}" if key in {"allowusers", "denyusers"} and key in values else \
-            values.get(key, value)
-    return values
+    return hardening.parse_sshd_effective(root.check_output("sshd -T -C user=admin,host=verifier,addr=192.0.2.1"))
 
 
 @pytest.mark.parametrize("key,value", [
@@ -250,4 +245,4 @@ def test_watchdog_timer_enabled(host):
 
 
 def test_watchdog_watches_the_role_service(root, role):
-    assert (AGENT_SERVICE if role == "agent" else PROXY_SERVICE) in root.file("/usr/local/sbin/agentctl-watchdog").content_string
+    assert watched_service(role) in root.file("/usr/local/sbin/agentctl-watchdog").content_string
