@@ -15,6 +15,12 @@ SSH_HOST_KEY_ALGORITHMS = ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256"]
 
 SSH_USERS = ["admin", "operator"]
 
+# fail2ban's sshd jail: this many failures within FAIL2BAN_FINDTIME bans for
+# FAIL2BAN_BANTIME (longer for a repeat offender: bantime.increment).
+FAIL2BAN_MAXRETRY = 3
+FAIL2BAN_FINDTIME = "10m"
+FAIL2BAN_BANTIME = "1h"
+
 # Destructive commands the operator may not run through sudo. A guard against
 # accidents, not a boundary: see the sudoers comment.
 _BIN = ["/usr/bin", "/bin"]

@@ -105,6 +105,8 @@ def _common(d: Deployment, *, name: str, role: str, private_ip: str, stack: str,
         # The proxy is the jump host to the agents; agents forward nothing.
         "ssh_tcp_forwarding": "local" if role == "proxy" else "no",
         "guarded_commands": hardening.GUARDED_COMMANDS,
+        "fail2ban": {"maxretry": hardening.FAIL2BAN_MAXRETRY, "findtime": hardening.FAIL2BAN_FINDTIME,
+                     "bantime": hardening.FAIL2BAN_BANTIME},
         "upgrade_origins": hardening.UPGRADE_ORIGINS[d.distro],
         "maintenance": d.maintenance, "watchdog": d.watchdog,
         "watched_service": watched_service(role),
