@@ -11,11 +11,14 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import tomllib
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -34,15 +37,24 @@ LAB_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "iproute2",
 PROXY_VENV_PINS = ["mitmproxy==11.0.2", "bcrypt<5"]
 
 DISTROS = {
-    "debian-12": {"suite": "bookworm", "mirrors": [
+    "debian-12": {"suite": "bookworm", "python": "3.11", "mirrors": [
         "deb http://deb.debian.org/debian bookworm main",
         "deb http://deb.debian.org/debian bookworm-updates main",
         "deb http://deb.debian.org/debian-security bookworm-security main"], "keyring": None},
-    "ubuntu-24.04": {"suite": "noble", "mirrors": [
+    "ubuntu-24.04": {"suite": "noble", "python": "3.12", "mirrors": [
         "deb http://archive.ubuntu.com/ubuntu noble main universe",
         "deb http://archive.ubuntu.com/ubuntu noble-updates main universe",
         "deb http://security.ubuntu.com/ubuntu noble-security main universe"],
         "keyring": "/usr/share/keyrings/ubuntu-archive-keyring.gpg"},
+}
+
+# Debian 12 does not package Ubuntu's archive keyring. Where it is not installed, the
+# lab takes Ubuntu's own package, pinned by hash: the hash is the trust anchor, so
+# a mirror (or anyone between) cannot hand us other keys.
+UBUNTU_KEYRING_DEB = {
+    "url": "http://archive.ubuntu.com/ubuntu/pool/main/u/ubuntu-keyring/ubuntu-keyring_2023.11.28.1_all.deb",
+    "sha256": "36de43b15853ccae0028e9a767613770c704833f82586f28eb262f0311adb8a8",
+    "member": "usr/share/keyrings/ubuntu-archive-keyring.gpg",
 }
 
 Progress = Callable[[str], None]
@@ -103,9 +115,8 @@ def build_image(target: Path, distro: str, packages: list[str], reqs: list[str],
     if distro not in DISTROS:
         raise ImageBuildError(f"lab image: unknown distro {distro!r}; expected one of {', '.join(DISTROS)}")
     spec = DISTROS[distro]
-    if spec["keyring"] and not Path(spec["keyring"]).is_file():
-        raise ImageBuildError(f"lab image: {distro} needs {spec['keyring']} (apt-get install ubuntu-keyring)")
     target.parent.mkdir(parents=True, exist_ok=True)
+    keyring = archive_keyring(spec, target.parent) if spec["keyring"] else None
     for stale in target.parent.glob(f".tmp-{target.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed build
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
@@ -115,6 +126,12 @@ def build_image(target: Path, distro: str, packages: list[str], reqs: list[str],
         # (pyperclip), and the image's pip has no index to build them from.
         progress("fetching the proxy venv's wheels from PyPI")
         _run(["python3", "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), *reqs], "pip wheel")
+        if spec["python"] != "%d.%d" % sys.version_info[:2]:
+            # The image's Python differs from ours: add its binary wheels. The pure
+            # wheels just built (those sdists among them) satisfy the rest.
+            _run(["python3", "-m", "pip", "download", "--quiet", "--dest", str(wheels), "--find-links", str(wheels),
+                  "--only-binary=:all:", "--python-version", spec["python"], *_manylinux_platforms(), *reqs],
+                 "pip download")
         progress(f"mmdebstrap {spec['suite']} ({len(packages)} packages)")
         hook = work / "customize.sh"
         hook.write_text(_customize_script(reqs))
@@ -122,8 +139,8 @@ def build_image(target: Path, distro: str, packages: list[str], reqs: list[str],
                "--include=" + ",".join(packages),
                "--customize-hook=copy-in " + str(wheels) + " /tmp",
                "--customize-hook=" + f"{hook} \"$1\""]
-        if spec["keyring"]:
-            cmd.append("--keyring=" + spec["keyring"])
+        if keyring:
+            cmd.append(f"--keyring={keyring}")
         cmd += [spec["suite"], str(rootfs), *spec["mirrors"]]
         hook.chmod(0o755)
         _run(cmd, "mmdebstrap")
@@ -132,6 +149,37 @@ def build_image(target: Path, distro: str, packages: list[str], reqs: list[str],
         rootfs.rename(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def archive_keyring(spec: dict, cache_dir: Path) -> Path:
+    """The distro's archive keyring: the installed one, else the pinned package's."""
+    installed = Path(spec["keyring"])
+    if installed.is_file():
+        return installed
+    cached = Path(cache_dir) / ".keyrings" / installed.name
+    if cached.is_file():
+        return cached
+    pin = UBUNTU_KEYRING_DEB
+    try:
+        with urllib.request.urlopen(pin["url"], timeout=30) as resp:
+            deb = resp.read()
+    except OSError as exc:
+        raise ImageBuildError(f"lab image: {installed} is not installed and {pin['url']} does not answer ({exc}); "
+                              "install ubuntu-keyring or use --distro debian-12") from None
+    if hashlib.sha256(deb).hexdigest() != pin["sha256"]:
+        raise ImageBuildError(f"lab image: {pin['url']} does not have the pinned SHA-256 {pin['sha256']}")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.deb").write_bytes(deb)
+        _run(["dpkg-deb", "-x", str(Path(tmp) / "k.deb"), str(Path(tmp) / "x")], "dpkg-deb")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(tmp) / "x" / pin["member"], cached)
+    return cached
+
+
+def _manylinux_platforms() -> list[str]:
+    arch = platform.machine()
+    tags = [f"manylinux2014_{arch}"] + [f"manylinux_2_{minor}_{arch}" for minor in range(17, 40)]
+    return [arg for tag in tags for arg in ("--platform", tag)]
 
 
 def prune_old_images(cache_dir: Path, keep: Path) -> None:
