@@ -1,11 +1,8 @@
-"""The whole lab, end to end: up -> no route out -> escape holds -> a hole opened on
-purpose is caught -> down leaves nothing. Needs root, systemd-nspawn and mmdebstrap;
-the first run builds the image (about 90 s), later runs reuse the week's cache."""
+"""The whole lab, end to end: a `lab up` killed mid-boot -> `lab up` recovers -> no
+route out -> escape holds -> verify passes -> a hole opened on purpose is caught by
+both -> down leaves nothing. Needs root, systemd-nspawn and mmdebstrap; the first run
+builds the image (about 90 s), later runs reuse the week's cache."""
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,42 +10,32 @@ import pytest
 
 from agentctl.lab import hosts, netns, state, topology
 from agentctl.stackfile import load
+from tests.labrun import ROOT, killed_up, lab_cli, needs_lab, root_network
 
-ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [
-    pytest.mark.lab, pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, mounts, nspawn)"),
-    pytest.mark.skipif(not (shutil.which("systemd-nspawn") and shutil.which("mmdebstrap")),
-                       reason="systemd-nspawn and mmdebstrap are needed"),
-]
-
-
-def root_network() -> tuple[str, str]:
-    """The machine's own routes and nftables rules: the lab must never change them."""
-    routes = subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-    rules = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
-    return routes, rules
+pytestmark = needs_lab
 
 
 @pytest.fixture(scope="module")
 def labenv(tmp_path_factory):
     state_dir = tmp_path_factory.mktemp("labstate")
-    env = dict(os.environ, AGENTCTL_LAB_STATE=str(state_dir))
     before = root_network()
-
-    def cli(*args, check=None):
-        proc = subprocess.run([sys.executable, "-m", "agentctl.cli", "lab", *args, "--state-dir", str(state_dir)]
-                              if args[0] != "ssh" else [sys.executable, "-m", "agentctl.cli", "lab", *args],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-        if check is not None:
-            assert proc.returncode == check, proc.stdout + proc.stderr
-        return proc
-
+    cli = lab_cli(state_dir)
+    crashed = killed_up(state_dir)
+    left_behind = state.load(state_dir)
     t0 = time.monotonic()
     up = cli("up")
     yield {"cli": cli, "up": up, "up_seconds": time.monotonic() - t0, "state_dir": state_dir,
-           "before": before, "deployment": load(ROOT, "lab")}
+           "before": before, "deployment": load(ROOT, "lab"), "crashed": crashed,
+           "left_behind": left_behind}
     cli("down")  # whatever happened
+
+
+def test_up_after_a_killed_up_recovers(labenv):
+    """A `lab up` killed mid-boot leaves containers, mounts and namespaces; the next
+    `lab up` clears them and converges."""
+    assert labenv["crashed"], "the first `lab up` finished before it could be killed"
+    assert "cleaning up what an earlier run left" in labenv["up"].stderr, labenv["up"].stderr[-2000:]
+    assert state.live_processes(labenv["left_behind"]) == {}, "the killed run's processes still run"
 
 
 def test_up_converges_every_host(labenv):

@@ -1,0 +1,69 @@
+"""Shared by the lab end-to-end tests: run `agentctl lab ...` as a user would, and
+read the machine's own network state (which the lab must never change)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentctl.lab import state
+
+ROOT = Path(__file__).resolve().parent.parent
+
+needs_lab = [
+    pytest.mark.lab, pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, mounts, nspawn)"),
+    pytest.mark.skipif(not (shutil.which("systemd-nspawn") and shutil.which("mmdebstrap")),
+                       reason="systemd-nspawn and mmdebstrap are needed"),
+]
+
+
+def root_network() -> tuple[str, str]:
+    """The machine's own routes and nftables rules: the lab must never change them."""
+    routes = subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    rules = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+    return routes, rules
+
+
+def lab_argv(state_dir: Path, *args: str) -> list[str]:
+    argv = [sys.executable, "-m", "agentctl.cli", "lab", *args]
+    return argv if args[0] == "ssh" else argv + ["--state-dir", str(state_dir)]
+
+
+def lab_cli(state_dir: Path):
+    env = dict(os.environ, AGENTCTL_LAB_STATE=str(state_dir))
+
+    def cli(*args: str, check: int | None = None) -> subprocess.CompletedProcess:
+        proc = subprocess.run(lab_argv(state_dir, *args), cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=900)
+        if check is not None:
+            assert proc.returncode == check, proc.stdout + proc.stderr
+        return proc
+
+    return cli
+
+
+def killed_up(state_dir: Path, timeout: float = 900) -> bool:
+    """Start `lab up` and SIGKILL it once its hosts are booting, as a crash would: the
+    lab is left half made (namespaces, mounts, running containers). True if it was
+    killed mid-boot (it had not finished by itself)."""
+    proc = subprocess.Popen(lab_argv(state_dir, "up"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(p["what"].startswith("host ") for p in state.load(state_dir).processes.values()):
+                break
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+    return False

@@ -1,0 +1,67 @@
+"""The lab on Ubuntu 24.04, the clouds' default image: ssh is socket-activated there,
+so the first boot ends in the one reboot converge asks for, and the host must come
+back hardened. Runs when Ubuntu's archive answers (the image is built from it)."""
+import json
+import re
+import urllib.request
+
+import pytest
+
+from tests.labrun import lab_cli, needs_lab, root_network
+
+RELEASE = "http://archive.ubuntu.com/ubuntu/dists/noble/Release"
+
+
+def _archive_answers() -> bool:
+    try:
+        with urllib.request.urlopen(RELEASE, timeout=10) as resp:
+            return resp.status == 200 and b"Codename: noble" in resp.read(2048)
+    except OSError:
+        return False
+
+
+pytestmark = [*needs_lab, pytest.mark.skipif(not _archive_answers(), reason=f"{RELEASE} does not answer")]
+
+
+@pytest.fixture(scope="module")
+def ubuntu_lab(tmp_path_factory):
+    state_dir = tmp_path_factory.mktemp("labstate-ubuntu")
+    before = root_network()
+    cli = lab_cli(state_dir)
+    up = cli("up", "--distro", "ubuntu-24.04")
+    yield {"cli": cli, "up": up, "state_dir": state_dir, "before": before}
+    cli("down")
+
+
+def test_up_converges_after_the_first_boot_reboot(ubuntu_lab):
+    up = ubuntu_lab["up"]
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "ubuntu-24.04" in up.stdout and up.stdout.count(" done ") >= 2, up.stdout
+
+
+@pytest.mark.parametrize("host", ["proxy", "scout"])
+def test_host_rebooted_once_for_sshd(ubuntu_lab, host):
+    """The drop-in was newer than boot under socket activation: converge asked for one
+    reboot, the host rebooted, and the second boot converged without asking again."""
+    console = (ubuntu_lab["state_dir"] / "hosts" / host / "console.log").read_text(errors="replace")
+    asked = [m.start() for m in re.finditer(r"rebooting once at the end of first boot", console)]
+    rebooted = console.find("Rebooting.", asked[0] if asked else 0)
+    converged = [m.start() for m in re.finditer(r"agentctl: \w+ host \w+ converged after", console)]
+    assert len(asked) == 1 and rebooted > asked[0], "converge did not ask for exactly one reboot"
+    assert converged and converged[-1] > rebooted, "the host did not converge again after its reboot"
+
+
+def test_verify_passes(ubuntu_lab):
+    proc = ubuntu_lab["cli"]("verify")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+
+
+def test_escape_holds(ubuntu_lab):
+    proc = ubuntu_lab["cli"]("escape", "--json")
+    failed = [r for r in json.loads(proc.stdout) if not r["ok"]]
+    assert proc.returncode == 0 and not failed, json.dumps(failed, indent=1)
+
+
+def test_down_leaves_the_machine_as_it_was(ubuntu_lab):
+    ubuntu_lab["cli"]("down", check=0)
+    assert root_network() == ubuntu_lab["before"]
