@@ -2,6 +2,7 @@
 
 import fnmatch
 import ipaddress
+import random
 
 from hypothesis import given, settings, strategies as st
 
@@ -46,29 +47,175 @@ def test_ports_methods_order_and_bootstrap():
     assert not m.decide("h", None, 443, True, "PUT", "/", closed=frozenset({"scout"})).grant
 
 
-def _naive(grants, host, method, path):
-    best = None
-    for gr in grants:
-        hp = gr.host
-        host_ok = hp == "*" or hp == host or (hp.startswith("*.") and (host == hp[2:] or host.endswith(hp[1:])))
-        path_ok = any((p.endswith("/*") and (path == p[:-2] or path.startswith(p[:-1])))
-                      or (not p.endswith("/*") and len(p.split("/")) == len(path.split("/"))
-                          and all(fnmatch.fnmatchcase(a, b) for a, b in zip(path.split("/"), p.split("/"))))
-                      for p in gr.paths)
-        if host_ok and path_ok and gr.method_ok(method) and (best is None or gr.order < best.order):
-            best = gr
-    return best
+# ---------------------------------------------------------------- the naive reference
+# DESIGN.md, written out as a scan of every rule: hosts exact, "*" (never an IP
+# literal) or "*.x.com" (also x.com); IP literals only by cidr; a path pattern is a
+# glob over whole segments, and a trailing "/*" means "this path and everything below".
 
 
-hosts = st.sampled_from(["a.com", "b.a.com", "c.b.a.com", "x.org", "*", "*.a.com", "*.b.a.com"])
-paths = st.sampled_from(["/*", "/v1/*", "/v1/x", "/v1/*/y", "/v2/*", "/v1/x*"])
+def _host_ok(gr, host, ip):
+    if ip is not None:
+        return gr.cidr is not None and ip.version == gr.cidr.version and ip in gr.cidr
+    hp = gr.host
+    if hp is None:
+        return False
+    return hp == "*" or hp == host or (hp.startswith("*.") and (host == hp[2:] or host.endswith(hp[1:])))
+
+
+def _path_ok(pattern, path):
+    pat, segs = pattern.split("/")[1:], path.split("/")[1:]
+    if pat[-1:] == ["*"]:
+        pat = pat[:-1]
+        return len(segs) >= len(pat) and all(fnmatch.fnmatchcase(s, p) for s, p in zip(segs, pat))
+    return len(segs) == len(pat) and all(fnmatch.fnmatchcase(s, p) for s, p in zip(segs, pat))
+
+
+def _why_not(gr, method, port, tls, encoded_slash, closed):
+    if gr.bootstrap is not None and gr.bootstrap in closed:
+        return "bootstrap window closed"
+    if not gr.method_ok(method):
+        return "method not allowed"
+    if not gr.port_ok(port, tls):
+        return "port not allowed"
+    if encoded_slash and not gr.allow_encoded_slashes:
+        return "encoded slash (%2F) not allowed"
+    return ""
+
+
+def _naive(grants, host, method, path, ip=None, port=443, tls=True, encoded_slash=False, closed=frozenset()):
+    """(best grant, the reasons a denial may give)."""
+    named = [gr for gr in grants if _host_ok(gr, host, ip)]
+    if not named:
+        return None, {"no rule names this host"}
+    on_path = [gr for gr in named if any(_path_ok(p, path) for p in gr.paths)]
+    why = {gr: _why_not(gr, method, port, tls, encoded_slash, closed) for gr in on_path}
+    ok = [gr for gr in on_path if not why[gr]]
+    if ok:
+        return min(ok, key=lambda gr: gr.order), {""}
+    return None, set(why.values()) if on_path else {"no rule allows this path"}
+
+
+def _check(m, grants, host, ip, port, tls, method, path, encoded_slash, closed):
+    d = m.decide(host, ip, port, tls, method, path, encoded_slash, closed)
+    best, reasons = _naive(grants, host, method, path, ip, port, tls, encoded_slash, closed)
+    assert d.grant == best, (host, method, path)
+    assert d.reason in reasons, (d.reason, reasons)
+    # CONNECT / SNI: the first open grant, in host_ports() order, that allows the port,
+    # exactly what a scan of host_ports() gives
+    listed = [gr for gr in m.host_ports(host, ip) if not (gr.bootstrap and gr.bootstrap in closed)]
+    assert sorted(gr.label for gr in m.host_ports(host, ip)) == \
+        sorted(gr.label for gr in grants if _host_ok(gr, host, ip))
+    ok = [gr for gr in listed if gr.port_ok(port, tls)]
+    hg = m.host_grant(host, ip, port, tls, closed)
+    assert hg.grant == (ok[0] if ok else None)
+    assert hg.reason == ("" if ok else "port not allowed" if listed else "no rule names this host")
+    assert m.host_allowed(host, ip, port, tls, closed) == bool(ok)
+
+
+# ---------------------------------------------------------------- generated rule sets
+
+HOST_PATTERNS = ["a.com", "b.a.com", "c.b.a.com", "x.org", "*", "*.a.com", "*.b.a.com", "*.c.b.a.com"]
+CIDRS = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3/32", "0.0.0.0/0", "fd00::/8", "fd00::1/128"]
+QUERY_HOSTS = ["a.com", "b.a.com", "c.b.a.com", "d.c.b.a.com", "x.org", "z.com", "aa.com",
+               "10.1.2.3", "10.2.0.1", "11.0.0.1", "fd00::1", "fe80::1"]
+
+# pattern segments: literals and globs over a tiny alphabet, so that they collide
+glob_segment = st.lists(st.sampled_from(["a", "b", "ab", "*", "?", "[ab]", "[!a]", "["]), min_size=1, max_size=4).map("".join)
+literal_segment = st.sampled_from(["a", "b", "ab", "ba", "aab", "v1"])
+pattern = st.builds(
+    lambda segs, below: "/" + "/".join(segs) + ("/*" if below and segs else "*" if below else ""),
+    st.lists(st.one_of(glob_segment, literal_segment), max_size=4), st.booleans())
+request_path = st.builds(
+    lambda segs, slash: "/" + "/".join(segs) + ("/" if slash and segs else ""),
+    st.lists(st.text("ab[*?", max_size=4), max_size=5), st.booleans())
+
+rule = st.fixed_dictionaries({
+    "target": st.one_of(st.sampled_from(HOST_PATTERNS).map(lambda h: ("host", h)),
+                        st.sampled_from(CIDRS).map(lambda c: ("cidr", c))),
+    "methods": st.sampled_from([("GET",), ("POST",), ("*",), ("GET", "POST")]),
+    "paths": st.lists(pattern, min_size=1, max_size=3),
+    "ports": st.sampled_from([None, frozenset({8443}), frozenset({443, 8443})]),
+    "bootstrap": st.sampled_from([None, None, "scout"]),
+    "slashes": st.booleans(),
+})
+
+
+def _grants(rules):
+    out = []
+    for i, r in enumerate(rules):
+        kind, target = r["target"]
+        out.append(g(f"r{i}", target if kind == "host" else None, methods=r["methods"], paths=r["paths"], order=i,
+                     ports=r["ports"], bootstrap=r["bootstrap"], allow_encoded_slashes=r["slashes"],
+                     cidr=ipaddress.ip_network(target) if kind == "cidr" else None))
+    return out
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(hosts, st.sampled_from(["GET", "POST", "*"]), paths), min_size=1, max_size=12),
-       st.sampled_from(["a.com", "b.a.com", "c.b.a.com", "x.org", "z.com"]), st.sampled_from(["GET", "POST"]),
-       st.sampled_from(["/", "/v1", "/v1/x", "/v1/x/y", "/v1/xa", "/v2", "/v1/q/y", "/v1evil"]))
-def test_compiled_equals_naive_scan(rules, host, method, path):
-    grants = [g(f"r{i}", h, methods=(m,), paths=(p,), order=i) for i, (h, m, p) in enumerate(rules)]
-    got = Matcher(grants).decide(host, None, 443, True, method, path).grant
-    assert got == _naive(grants, host, method, path)
+@given(st.lists(rule, min_size=1, max_size=25), st.lists(st.tuples(
+    st.sampled_from(QUERY_HOSTS), st.sampled_from(["GET", "POST", "PUT"]), request_path,
+    st.sampled_from([(443, True), (80, False), (8443, True), (80, True)]), st.booleans(),
+    st.sampled_from([frozenset(), frozenset({"scout"})])), min_size=1, max_size=8))
+def test_compiled_equals_naive_scan(rules, queries):
+    grants = _grants(rules)
+    m = Matcher(grants)
+    for host, method, path, (port, tls), encoded_slash, closed in queries:
+        ip = ipaddress.ip_address(host) if host[0].isdigit() or ":" in host else None
+        _check(m, grants, host, ip, port, tls, method, path, encoded_slash, closed)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(pattern, min_size=1, max_size=40), st.lists(request_path, min_size=1, max_size=10))
+def test_many_globs_in_one_node(patterns, paths):
+    """One rule per pattern, all on one host: the glob index of a node with many
+    globs finds exactly the rules a scan finds, and the first one in config order."""
+    grants = [g(f"r{i}", "h.com", paths=(p,), order=i) for i, p in enumerate(patterns)]
+    m = Matcher(grants)
+    for path in paths:
+        _check(m, grants, "h.com", None, 443, True, "GET", path, False, frozenset())
+
+
+def test_glob_prefix_and_suffix_may_not_overlap():
+    cases = {"/a*a": ["/a", "/aa", "/aba"], "/ab*ba": ["/aba", "/abba", "/abxba"], "/a?b": ["/ab", "/axb"],
+             "/[ab]*": ["/", "/a", "/c"], "/x[": ["/x[", "/x"], "/*.json": ["/.json", "/a.json", "/json"]}
+    for pat, paths in cases.items():
+        grants = [g("r", "h", paths=(pat,))]
+        for path in paths:
+            _check(Matcher(grants), grants, "h", None, 443, True, "GET", path, False, frozenset())
+    m = Matcher([g("r", "h", paths=("/a*a",))])
+    assert [bool(m.decide("h", None, 443, True, "GET", p).grant) for p in ("/a", "/aa", "/aba")] == [False, True, True]
+
+
+def test_adversarial_prefix_globs_match_like_a_scan():
+    """The benchmark's adversarial shape: every rule on one host, one glob segment each."""
+    rng = random.Random(7)
+    grants = [g(f"r{i}", host, paths=(f"/repos/org{i}*/app/*",), order=i)
+              for i, host in enumerate(["h.com", "*"] * 300)]
+    m = Matcher(grants)
+    for _ in range(150):
+        i = rng.randrange(700)
+        path = rng.choice([f"/repos/org{i}/app", f"/repos/org{i}x/app/y", f"/repos/org{i}/ap", "/repos/x/app"])
+        for host in ("h.com", "other.com"):
+            _check(m, grants, host, None, 443, True, "GET", path, False, frozenset())
+
+
+def test_cidr_index_keeps_config_order():
+    nets = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3/32", "0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16"]
+    grants = [g(f"n{i}", None, cidr=ipaddress.ip_network(n), order=i) for i, n in enumerate(nets)]
+    m = Matcher(grants)
+    ip = ipaddress.ip_address("10.1.2.3")
+    assert [x.label for x in m.host_ports("10.1.2.3", ip)] == ["n0", "n1", "n2", "n3", "n4", "n5"]
+    assert [x.label for x in m.host_ports("10.9.0.1", ipaddress.ip_address("10.9.0.1"))] == ["n0", "n3", "n4"]
+    assert m.host_ports("fd00::1", ipaddress.ip_address("fd00::1")) == []
+
+
+def test_host_grant_is_the_first_open_grant_for_the_port():
+    m = Matcher([g("boot", "h", bootstrap="scout", order=0), g("explicit", "h", ports=frozenset({443, 8443}), order=1),
+                 g("default", "h", order=2), g("other", "h", ports=frozenset({8443}), order=3)])
+    assert m.host_grant("h", None, 443, True).grant.label == "boot"
+    assert m.host_grant("h", None, 443, True, frozenset({"scout"})).grant.label == "explicit"
+    assert m.host_grant("h", None, 80, False, frozenset({"scout"})).grant.label == "default"
+    assert m.host_grant("h", None, 8443, True).grant.label == "explicit"
+    assert m.host_grant("h", None, 9000, True).reason == "port not allowed"
+    assert m.host_grant("nope", None, 443, True).reason == "no rule names this host"
+    m = Matcher([g("boot", "h", bootstrap="scout")])
+    assert m.host_grant("h", None, 443, True, frozenset({"scout"})).reason == "no rule names this host"
