@@ -2,20 +2,31 @@
 
 Each line is a single os.write on an O_APPEND descriptor, so a line is either in the
 kernel (and survives a kill of the process) or not written at all, and concurrent
-writers never interleave. Rotation is noticed by the inode changing under the path
-(logrotate's rename + create), or forced with reopen() on SIGHUP/SIGUSR1.
+writers never interleave. A failed or short write raises OSError: the caller treats
+that as "not recorded" and refuses the request (fail closed).
+
+No fsync by default: a write that returned is in the page cache and survives
+SIGKILL, OOM kills and crashes of the proxy; only a kernel crash or power loss can
+lose the last few seconds, the same trade journald makes. fsync=True closes that
+gap at the cost of one disk flush per line.
+
+Rotation is noticed by the inode changing under the path (logrotate's rename +
+create), or forced with reopen() on SIGHUP/SIGUSR1.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
 import time
 from datetime import datetime, timezone
 
+# DESIGN.md's keys plus `event`: "decision" (written before the proxy acts on it) or
+# "complete" (an allowed exchange ended; carries the final status and duration).
 KEYS = (
-    "time", "remote_addr", "agent", "mode", "host", "sni", "method", "path", "action",
+    "time", "event", "remote_addr", "agent", "mode", "host", "sni", "method", "path", "action",
     "rule", "rejected_by", "status_code", "duration_ms", "request_transforms",
 )
 
@@ -65,7 +76,8 @@ class AuditLog:
             return record
         if self._rotated():
             self._open()
-        os.write(self._fd, line)
+        if os.write(self._fd, line) != len(line):  # only on a full disk; the tail is torn
+            raise OSError(errno.ENOSPC, "short write to the audit file")
         if self.fsync:
             os.fsync(self._fd)
         return record

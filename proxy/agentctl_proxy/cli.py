@@ -76,8 +76,8 @@ def run(config: str = ConfigOpt, debug: bool = typer.Option(False, help="Verbose
     cfg = _load(config)
     for line in source_warnings(cfg):
         print(line, file=sys.stderr)
-    proxy = ProxyApp(config, cfg)
     try:
+        proxy = ProxyApp(config, cfg)  # opens the audit file
         asyncio.run(proxy.run())
     except ConfigError as e:
         raise _fail(str(e)) from None
@@ -88,11 +88,11 @@ def run(config: str = ConfigOpt, debug: bool = typer.Option(False, help="Verbose
 @ca_app.command("init")
 def ca_init(directory: str = typer.Option(..., "--dir", help="Where to write ca.crt and ca.key.")) -> None:
     """Create a new interception CA (ca.crt, ca.key with mode 0600); never overwrites."""
-    from agentctl_proxy.ca import CaExists, init_ca
+    from agentctl_proxy.ca import CaError, init_ca
 
     try:
         cert, key = init_ca(directory)
-    except CaExists as e:
+    except CaError as e:
         raise _fail(str(e)) from None
     print(f"wrote {cert} and {key}")
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agentctl_proxy import pki, strict_yaml
 from agentctl_proxy.hosts import is_valid_name, normalize_host
 
 DEFAULT_DENY_CIDRS = (
@@ -339,6 +340,9 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _agents(self) -> Config:
+        if self.agents == []:  # deny-all for every client: a templating slip, not a policy
+            raise ValueError("agents: empty list; list at least one agent, or remove the key"
+                             " so every client gets the top-level rules")
         seen: dict[str, str] = {}
         nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
         for a in self.agents or []:
@@ -407,7 +411,9 @@ def load_config(path: str | Path) -> Config:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = strict_yaml.load(text)
+    except strict_yaml.DuplicateKey as e:
+        raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
@@ -418,9 +424,28 @@ def load_config(path: str | Path) -> Config:
 
 
 def _check_files(cfg: Config, source: str) -> None:
-    """Files the proxy needs at start must exist now, so `check` catches them."""
+    """Files the proxy needs at start must exist and parse now, so `check` catches them."""
     files = {"tls.ca_cert": cfg.tls.ca_cert, "tls.ca_key": cfg.tls.ca_key,
              "tls.upstream_ca_bundle": cfg.tls.upstream_ca_bundle}
+    pem: dict[str, bytes] = {}
     for key, f in files.items():
-        if f is not None and not Path(f).is_file():
+        if f is None:
+            continue
+        if not Path(f).is_file():
             raise ConfigError(f"{source}: {key}: file {f} does not exist; expected a PEM file")
+        try:
+            pem[key] = Path(f).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{source}: {key}: cannot read {f}: {e.strerror}") from None
+    cert = _parsed(source, "tls.ca_cert", files, pki.load_ca_cert, pem["tls.ca_cert"])
+    if "tls.ca_key" in pem:
+        _parsed(source, "tls.ca_key", files, pki.check_ca_key, cert, pem["tls.ca_key"])
+    if "tls.upstream_ca_bundle" in pem:
+        _parsed(source, "tls.upstream_ca_bundle", files, pki.check_bundle, pem["tls.upstream_ca_bundle"])
+
+
+def _parsed(source: str, key: str, files: dict[str, str | None], parse, *args):
+    try:
+        return parse(*args)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {key}: {files[key]}: {e}") from None

@@ -58,14 +58,19 @@ class DnsAnswerer:
             answers = _records(q, rt.resolver.records[name])
         elif name in {normalize_host(n) for n in cfg.passthrough}:
             rcode, rule = response_codes.NOERROR, "dns/passthrough"
+        action = "allow" if rule else "deny"
+        try:  # the decision is recorded before it is acted on; unrecorded means refused
+            self.addon.audit.write(
+                event="decision", remote_addr=remote, agent=ident.name if ident else "-", mode="dns",
+                host=name, method=qtype, path=None, action=action, rule=rule,
+                rejected_by=None if rule else "name not allowed", status_code=rcode,
+                duration_ms=round((time.monotonic() - start) * 1000, 3), request_transforms=[])
+        except (OSError, ValueError) as e:  # ValueError: stdout closed under us
+            log.error("audit write failed (%s); DNS query refused", getattr(e, "strerror", None) or e)
+            return msg.fail(response_codes.REFUSED).packed
+        if rule == "dns/passthrough":
             answers = await _passthrough(q)
         resp = msg.succeed(answers) if rcode == response_codes.NOERROR else msg.fail(rcode)
-        action = "allow" if rule else "deny"
-        self.addon.audit.write(
-            remote_addr=remote, agent=ident.name if ident else "-", mode="dns", host=name,
-            method=qtype, path=None, action=action, rule=rule,
-            rejected_by=None if rule else "name not allowed", status_code=rcode,
-            duration_ms=round((time.monotonic() - start) * 1000, 3), request_transforms=[])
         return resp.packed
 
 

@@ -22,6 +22,10 @@ REJECTED_BY = "max_request_body_bytes"
 MESSAGE = "Request body exceeds max_request_body_bytes."
 
 
+# mitmproxy's own method, kept so tests/test_limits.py can check what we replace
+MITMPROXY_CHECK_BODY_SIZE = HttpStream.check_body_size
+
+
 class _Limits:
     request: int | None = 1048576
 
@@ -41,14 +45,20 @@ def _check_body_size(self: HttpStream, request: bool):
             size = None  # malformed lengths are refused by validate_inbound_headers
     if size is None or size <= LIMITS.request:
         return False
+    # set before the headers hook, so the addon records this refusal as the decision
+    self.flow.error = flow.Error(MESSAGE)
     if not self.request_body_buf:
         yield HttpRequestHeadersHook(self.flow)  # let the addon record who asked
-    self.flow.error = flow.Error(MESSAGE)
     yield HttpErrorHook(self.flow)
     yield SendHttp(ResponseProtocolError(self.stream_id, MESSAGE, 413), self.context.client)
     self.client_state = self.state_errored
     self.flow.live = False
     return True
+
+
+def oversized(f: flow.Flow) -> bool:
+    """The request body is over the cap: mitmproxy answers 413 whatever an addon says."""
+    return f.error is not None and f.error.msg == MESSAGE
 
 
 def install(request_limit: int | None) -> None:
@@ -57,4 +67,4 @@ def install(request_limit: int | None) -> None:
         HttpStream.check_body_size = _check_body_size  # type: ignore[method-assign]
 
 
-__all__ = ["install", "LIMITS", "REJECTED_BY", "http_layer"]
+__all__ = ["install", "oversized", "LIMITS", "REJECTED_BY", "http_layer"]

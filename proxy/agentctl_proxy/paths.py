@@ -14,6 +14,11 @@ from dataclasses import dataclass
 _PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_PCT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _MAX_LAYERS = 4  # %25252e... deeper than this is refused outright
+# RFC 3986 pchar (unreserved, sub-delims, ":", "@", and "%" of pct-encoded) plus "/".
+# Anything else raw, such as a space in an HTTP/2 :path, would be copied verbatim
+# into the HTTP/1 request line upstream and change how it parses there.
+_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*")
+_QUERY_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*")
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,18 @@ def _layer_problem(layer: bytes, first: bool) -> str | None:
             return "empty segment (//)"
     else:
         segments = re.split(r"/", text)[1:]
-    if any(s in (".", "..") for s in segments):
+    if any(_dot_like(s) for s in segments):
         return "dot segment"
+    if first and not _PATH_CHARS.fullmatch(text):
+        return "character outside RFC 3986 path characters"
     return None
+
+
+def _dot_like(segment: str) -> bool:
+    """`.`, `..`, `...`, `. .`, `.. `: servers that trim spaces or collapse dot runs
+    may treat any segment made only of dots and white space as a dot segment."""
+    folded = unicodedata.normalize("NFKC", segment)
+    return "." in folded and all(c == "." or c.isspace() for c in folded)
 
 
 def check_path(path: str) -> PathVerdict:
@@ -74,6 +88,11 @@ def check_path(path: str) -> PathVerdict:
             return PathVerdict(True, encoded_slash=layer.count(b"/") > slashes)
         layer, first = decoded, False
     return PathVerdict(False, "too many layers of percent-encoding")
+
+
+def check_query(query: str) -> str | None:
+    """Why a raw query string is refused (characters outside RFC 3986 query), or None."""
+    return None if _QUERY_CHARS.fullmatch(query) else "character outside RFC 3986 query characters"
 
 
 def split_target(target: str) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from mitmproxy import options as mopts
 from mitmproxy.addons import core, disable_h2c, errorcheck, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from agentctl_proxy import dns_server, health, limits
+from agentctl_proxy import dns_server, health, limits, pki, protocol_errors
 from agentctl_proxy.addon import EgressAddon
 from agentctl_proxy.audit import AuditLog
 from agentctl_proxy.config import Config, ConfigError, load_config, parse_listen
@@ -49,21 +49,24 @@ def modes(cfg: Config) -> list[str]:
     return out
 
 
-def ca_key_pem(cfg: Config) -> bytes:
+def ca_key_pem(cfg: Config, source: str) -> bytes:
     if cfg.tls.ca_key is not None:
-        return Path(cfg.tls.ca_key).read_bytes()
+        return Path(cfg.tls.ca_key).read_bytes()  # parsed and matched by load_config
     assert cfg.tls.ca_key_source is not None
     try:
-        return fetch(cfg.tls.ca_key_source).encode() + b"\n"
-    except SecretUnavailable as e:
-        raise ConfigError(f"tls.ca_key_source: {e}") from None
+        key = fetch(cfg.tls.ca_key_source).encode() + b"\n"
+        # only now can the fetched key be checked against the certificate
+        pki.check_ca_key(pki.load_ca_cert(Path(cfg.tls.ca_cert).read_bytes()), key)
+    except (SecretUnavailable, ValueError) as e:
+        raise ConfigError(f"{source}: tls.ca_key_source: {e}") from None
+    return key
 
 
-def prepare_confdir(cfg: Config) -> Path:
+def prepare_confdir(cfg: Config, source: str) -> Path:
     """A private directory (tmpfs when there is one) with mitmproxy's CA file and trust bundle."""
+    key = ca_key_pem(cfg, source)  # before the directory exists: a bad key leaves nothing behind
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     d = Path(tempfile.mkdtemp(prefix="agentctl-proxy-", dir=base))  # 0700
-    key = ca_key_pem(cfg)
     fd = os.open(d / "mitmproxy-ca.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key.rstrip() + b"\n" + Path(cfg.tls.ca_cert).read_bytes())
@@ -138,9 +141,10 @@ class ProxyApp:
         return True
 
     async def run(self) -> None:
-        confdir = prepare_confdir(self.cfg)
+        confdir = prepare_confdir(self.cfg, self.config_path)
         try:
             limits.install(self.cfg.proxy.max_request_body_bytes)
+            protocol_errors.install()
             master = Master(mopts.Options(), with_termlog=False)
             master.addons.add(
                 core.Core(), disable_h2c.DisableH2C(), proxyserver.Proxyserver(),

@@ -201,3 +201,38 @@ def status_of(response: bytes) -> int | None:
         return int(response.split(b" ", 2)[1])
     except (IndexError, ValueError):
         return None
+
+
+def h2_exchange(sock, headers: list[tuple[str, str]], timeout: float = 5) -> tuple[int | None, str]:
+    """One HTTP/2 request with exactly these headers (no client-side validation);
+    (status or None, how it ended: "ended", "reset", "goaway", "closed" or "error")."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding="utf-8", validate_outbound_headers=False,
+        normalize_outbound_headers=False, validate_inbound_headers=False))
+    conn.initiate_connection()
+    conn.send_headers(1, headers, end_stream=True)
+    sock.settimeout(timeout)
+    sock.sendall(conn.data_to_send())
+    status = None
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return status, "closed"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status = int(dict(ev.headers)[":status"])
+                elif isinstance(ev, h2.events.StreamEnded):
+                    return status, "ended"
+                elif isinstance(ev, h2.events.StreamReset):
+                    return status, "reset"
+                elif isinstance(ev, h2.events.ConnectionTerminated):
+                    return status, "goaway"
+            if out := conn.data_to_send():
+                sock.sendall(out)
+    except (socket.timeout, ssl.SSLError, ConnectionError):
+        return status, "error"

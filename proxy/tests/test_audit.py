@@ -53,3 +53,12 @@ def test_follows_rotation_and_reopen(tmp_path):
 def test_fixed_keys(tmp_path):
     rec = AuditLog(str(tmp_path / "a")).write(agent="x", secret_value="never")
     assert tuple(rec) == KEYS and "secret_value" not in rec
+
+
+def test_a_write_that_fails_raises_so_the_caller_can_refuse():
+    """The addon turns this into a refusal; a swallowed error would be an allow unaudited."""
+    import pytest
+
+    a = AuditLog("/dev/full")
+    with pytest.raises(OSError):
+        a.write(agent="x", action="allow")

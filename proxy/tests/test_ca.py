@@ -17,3 +17,12 @@ def test_ca_init_key_0600_and_refuses_to_overwrite(tmp_path):
     again = run()
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
     assert (d / "ca.key").read_bytes() == before
+
+
+def test_ca_init_under_a_regular_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for d in (tmp_path / "file" / "ca", tmp_path / "file"):
+        out = subprocess.run([sys.executable, "-m", "agentctl_proxy", "ca", "init", "--dir", str(d)],
+                             capture_output=True, text=True)
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert out.stderr.startswith(f"{d}: ") and out.stderr.count("\n") == 1

@@ -132,3 +132,115 @@ def test_run_with_bad_config_exits_2_and_opens_no_listener(tmp_path):
     out = subprocess.run([sys.executable, "-m", "agentctl_proxy", "run", "--config", str(bad)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and out.stderr.strip() == f"{bad}: extra: unknown key; remove it or check its spelling"
+
+
+def _cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "agentctl_proxy", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def other_pem(tmp_path_factory):
+    """A second, valid CA and a leaf certificate, to mismatch against the test CA."""
+    import trustme
+
+    from agentctl_proxy.ca import init_ca
+
+    d = tmp_path_factory.mktemp("other")
+    cert, key = init_ca(d / "ca")
+    leaf = trustme.CA().issue_cert("leaf.example.test")
+    leaf.cert_chain_pems[0].write_to_path(str(d / "leaf.crt"))
+    (d / "garbage.pem").write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+    return {"key": str(key), "cert": str(cert), "leaf": str(d / "leaf.crt"), "garbage": str(d / "garbage.pem")}
+
+
+@pytest.mark.parametrize("key,file,expected", [
+    ("ca_cert", "garbage", "tls.ca_cert: {f}: not a PEM certificate"),
+    ("ca_cert", "leaf", "tls.ca_cert: {f}: not a CA certificate"),
+    ("ca_key", "garbage", "tls.ca_key: {f}: not a PEM private key"),
+    ("ca_key", "key", "tls.ca_key: {f}: does not match tls.ca_cert"),
+    ("upstream_ca_bundle", "garbage", "tls.upstream_ca_bundle: {f}: not a PEM bundle of certificates"),
+    ("upstream_ca_bundle", "key", "tls.upstream_ca_bundle: {f}: not a PEM bundle of certificates"),
+])
+def test_tls_files_are_parsed_and_matched(write, other_pem, key, file, expected):
+    data = yaml.safe_load(EXAMPLE)
+    data["tls"][key] = other_pem[file]
+    p = write(data)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}: {expected.format(f=other_pem[file])}") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_check_and_run_refuse_a_mismatched_ca_key_in_one_line(write, other_pem, command):
+    """A garbage or mismatched CA made `run` die inside mitmproxy with a traceback."""
+    data = yaml.safe_load(EXAMPLE)
+    data["tls"]["ca_key"] = other_pem["key"]
+    data["proxy"]["tunnel_listen"] = "127.0.0.1:1"  # never bound: the config is refused first
+    p = write(data)
+    out = _cli(command, "--config", str(p))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == f"{p}: tls.ca_key: {other_pem['key']}: does not match tls.ca_cert (a different key pair)"
+
+
+def test_a_matching_upstream_bundle_and_ca_pass(write, pki):
+    data = yaml.safe_load(EXAMPLE)
+    data["tls"]["upstream_ca_bundle"] = pki["upstream_ca"]
+    load_config(write(data))
+
+
+MINIMAL = "proxy: {tunnel_listen: '127.0.0.1:1'}\ntls: {ca_cert: CA_CERT, ca_key: CA_KEY}\n"
+
+
+@pytest.mark.parametrize("text,where", [
+    (MINIMAL + "proxy: {tunnel_listen: '127.0.0.1:2'}\n", "proxy"),
+    (MINIMAL + "log: {audit_path: /a, audit_path: /b}\n", "log.audit_path"),
+    (MINIMAL + "transforms:\n  - name: allowlist\n    config:\n      rules:\n        - host: a.example\n"
+     "          methods: [GET]\n          host: b.example\n", "transforms[0].config.rules[0].host"),
+])
+def test_duplicate_yaml_keys_are_refused_with_their_path(write, text, where):
+    """PyYAML lets the last copy win; which copy wins decides what an agent may reach."""
+    p = write(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}: {where}: duplicate key") and "\n" not in str(e.value)
+
+
+def test_check_refuses_duplicate_keys_in_one_line(write):
+    p = write(MINIMAL + "log: {audit_path: /a, audit_path: /b}\n")
+    out = _cli("check", "--config", str(p))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == f"{p}: log.audit_path: duplicate key (again on line 3); each key may appear once"
+
+
+def test_yaml_merge_keys_may_override_what_they_merge(write):
+    p = write(MINIMAL + "transforms:\n  - name: allowlist\n    config:\n      rules:\n"
+                        "        - &r {host: a.example, methods: [GET]}\n        - {<<: *r, host: b.example}\n")
+    rules = load_config(p).transforms[0].config.rules
+    assert [r.host for r in rules] == ["a.example", "b.example"]
+
+
+def test_empty_agents_list_is_a_config_error(write):
+    """agents: [] would deny every client everything: refused, with what to do instead."""
+    data = yaml.safe_load(EXAMPLE)
+    data["agents"] = []
+    with pytest.raises(ConfigError, match=r"agents: empty list; list at least one agent, or remove the key"):
+        load_config(write(data))
+
+
+def test_run_checks_a_ca_key_from_a_secret_source_against_the_cert(write, other_pem):
+    """Only `run` can fetch it; a mismatch is the same one line, never mitmproxy's traceback."""
+    import os
+
+    data = yaml.safe_load(EXAMPLE)
+    del data["tls"]["ca_key"]
+    data["tls"]["ca_key_source"] = {"type": "env", "var": "AGENTCTL_TEST_SIGNING_KEY"}
+    data["proxy"]["tunnel_listen"] = "127.0.0.1:1"
+    p = write(data)
+    env = {**os.environ, "AGENTCTL_TEST_SIGNING_KEY": open(other_pem["key"]).read()}
+    out = subprocess.run([sys.executable, "-m", "agentctl_proxy", "run", "--config", str(p)],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"{p}: tls.ca_key_source: does not match tls.ca_cert (a different key pair)")
+    assert "BEGIN PRIVATE KEY" not in out.stderr

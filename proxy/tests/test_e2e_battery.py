@@ -20,7 +20,7 @@ from mitmproxy import dns as mdns
 from mitmproxy.net.dns import response_codes, types
 
 from conftest import (BUILDER, SCOUT, STRANGER, UP_OK, base_config, client_tls_context,
-                      connect_tunnel, free_port, http_exchange, status_of)
+                      connect_tunnel, free_port, h2_exchange, http_exchange, status_of)
 
 PAT = "s3cret-pat-value-0123456789"
 QKEY = "q-key-value-abcdef"
@@ -112,9 +112,30 @@ def test_allowed_request_reaches_upstream_and_is_audited(proxy, pki, upstreams):
     code, body, _ = curl(proxy, "https://api.example.test/v1/repos?x=1", pki=pki)
     assert code == 200
     assert json.loads(body)["path"] == "/v1/repos?x=1"
-    rec = proxy.last_audit(path="/v1/repos", method="GET")
+    rec = proxy.last_audit(path="/v1/repos", method="GET", event="complete")
     assert rec["action"] == "allow" and rec["agent"] == "scout" and rec["rule"] == "scout/allowlist[0]"
     assert rec["status_code"] == 200 and rec["remote_addr"] == SCOUT and rec["sni"] == "api.example.test"
+
+
+def test_allow_is_recorded_as_a_decision_then_a_completion(proxy, pki):
+    assert curl(proxy, "https://api.example.test/v1/two-lines", pki=pki)[0] == 200
+    proxy.last_audit(path="/v1/two-lines", event="complete")
+    lines = [r for r in proxy.audit() if r["path"] == "/v1/two-lines"]
+    assert [r["event"] for r in lines] == ["decision", "complete"]
+    decision, complete = lines
+    assert decision["action"] == "allow" and decision["status_code"] is None
+    assert complete["action"] == "allow" and complete["status_code"] == 200
+    assert decision["rule"] == complete["rule"] == "scout/allowlist[0]"
+    assert complete["duration_ms"] >= decision["duration_ms"]
+    connect = proxy.last_audit(method="CONNECT", path="api.example.test:443")
+    assert connect["event"] == "decision" and connect["status_code"] == 200
+
+
+def test_a_refusal_is_one_decision_line(proxy, pki):
+    assert curl(proxy, "https://api.example.test/v2/one-line", pki=pki)[0] == 403
+    proxy.last_audit(path="/v2/one-line")
+    time.sleep(0.2)  # a stray second line would be written right after the first
+    assert [r["event"] for r in proxy.audit() if r["path"] == "/v2/one-line"] == ["decision"]
 
 
 def test_connect_to_unnamed_host_refused_before_tls(proxy, pki, upstreams):
@@ -153,7 +174,8 @@ BAD_PATHS = [
     "/v1/%252e%252e/admin", "/v1/%25252e%25252e/admin", "/v1/%c0%ae%c0%ae/admin", "/v1/%c0%af/x",
     "/v1/%e0%80%ae%e0%80%ae/x", "/v1\\..\\admin", "/v1/%5c../admin", "/v1/x;jsessionid=1", "/v1/x%3bparam",
     "/v1/%00", "/v1/%0d%0aX-Injected:1", "/v1/%01", "/v1/a%2fb", "/v1/a%252fb", "/v1/%ef%bc%8e%ef%bc%8e/x",
-    "/v1/%zz", "/v1/x%",
+    "/v1/%zz", "/v1/x%", "/v1/%20../admin", "/v1/..%20/admin", "/v1/.../admin", "/v1/%2e%20%2e/admin",
+    "/v1/%2520%2e%2e/admin", "/v1/x#frag", "/v1/x%7c|", "/v1/x?q=a|b",
 ]
 
 
@@ -205,6 +227,153 @@ def test_absolute_form_uri_host_must_match_host_header(proxy):
     code, _, _ = curl(proxy, "http://api.example.test/plain/x", "-H", "Host: other.example.test")
     assert code == 403
     assert curl(proxy, "http://api.example.test/plain/x")[0] == 200
+
+
+def _tls_to(proxy, pki, key, sni="api.example.test", alpn=None):
+    raw = socket.create_connection(("127.0.0.1", proxy.port(key)), 5, source_address=(SCOUT, 0))
+    return client_tls_context(pki["ca_cert"], alpn).wrap_socket(raw, server_hostname=sni)
+
+
+@pytest.mark.parametrize("how", ["tunnel", "dns-https"])
+@pytest.mark.parametrize("uri", ["https://evil.example.test/v1/secret/x", "https://api.example.test/v1/secret/x",
+                                 "http://evil.example.test/v1/secret/x"])
+def test_absolute_form_inside_tls_refused_without_the_secret(proxy, pki, upstreams, how, uri):
+    """mitmproxy routes by the tunnel / SNI but would forward this request-target as
+    sent, with the secret granted to api.example.test: refused outright, same host or not."""
+    before = len(upstreams["tls443"].seen)
+    req = f"GET {uri} HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\n\r\n".encode()
+    if how == "tunnel":
+        resp = raw_request(proxy, pki, "api.example.test:443", req)
+    else:
+        with _tls_to(proxy, pki, "https_listen") as sock:
+            resp = http_exchange(sock, req)
+    assert status_of(resp) == 400 and PAT.encode() not in resp
+    assert len(upstreams["tls443"].seen) == before
+    rec = proxy.last_audit(rejected_by="absolute-form request", path="/v1/secret/x")
+    assert rec["action"] == "deny" and rec["host"] == "api.example.test"
+
+
+def test_absolute_form_in_dns_mode_http_refused(proxy, upstreams):
+    before = len(upstreams["plain80"].seen)
+    s = socket.create_connection(("127.0.0.1", proxy.port("http_listen")), 5, source_address=(SCOUT, 0))
+    with s:
+        resp = http_exchange(s, b"GET http://evil.example.test/plain/x HTTP/1.1\r\n"
+                                b"Host: api.example.test\r\nConnection: close\r\n\r\n")
+    assert status_of(resp) == 400
+    assert len(upstreams["plain80"].seen) == before
+
+
+def _h2_tunnel(proxy, pki):
+    sock = connect_tunnel(proxy, SCOUT, "api.example.test:443", pki["ca_cert"], alpn=["h2"])
+    assert sock.selected_alpn_protocol() == "h2"
+    return sock
+
+
+def _h2_get(path, authority="api.example.test", extra=()):
+    head = [(":method", "GET"), (":scheme", "https"), (":path", path)]
+    return head + ([(":authority", authority)] if authority else []) + list(extra)
+
+
+@pytest.mark.parametrize("headers", [
+    _h2_get("/v1/secret/x", authority="evil.example.test"),
+    _h2_get("/v1/secret/x", authority="evil.example.test", extra=[("host", "api.example.test")]),
+    _h2_get("/v1/secret/x", extra=[("host", "evil.example.test")]),  # an HTTP/1 upstream gets Host
+    _h2_get("/v1/secret/x", authority=None, extra=[("host", "evil.example.test")]),
+    _h2_get("/v1/secret/x", authority="api.example.test:8443"),
+])
+def test_http2_authority_and_host_must_both_equal_the_target(proxy, pki, upstreams, headers):
+    before, lines = len(upstreams["tls443"].seen), len(proxy.audit())
+    with _h2_tunnel(proxy, pki) as sock:
+        status, _ = h2_exchange(sock, headers)
+    assert status in (400, 403, None)  # None: the h2 stack itself killed the connection
+    assert len(upstreams["tls443"].seen) == before
+    assert _new_deny(proxy, lines)
+
+
+def _new_deny(proxy, lines_before: int) -> dict:
+    """The first deny line written after `lines_before` lines (waits for it)."""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        denies = [r for r in proxy.audit()[lines_before:] if r["action"] == "deny"]
+        if denies:
+            return denies[0]
+        time.sleep(0.05)
+    raise AssertionError("no deny line was written")
+
+
+def test_http2_matching_authority_passes(proxy, pki):
+    with _h2_tunnel(proxy, pki) as sock:
+        assert h2_exchange(sock, _h2_get("/v1/h2raw", extra=[("host", "api.example.test")])) == (200, "ended")
+
+
+@pytest.mark.parametrize("path", ["/v1/x /admin", "/v1/x HTTP/1.1\tX", "/v1/x?a=b c", "/v1/x?a=\x7f", "/v1/%20../x"])
+def test_http2_path_outside_rfc3986_refused(proxy, pki, upstreams, path):
+    """A raw space in :path would become a second request-target word on the HTTP/1 line."""
+    before, lines = len(upstreams["tls443"].seen), len(proxy.audit())
+    with _h2_tunnel(proxy, pki) as sock:
+        status, _ = h2_exchange(sock, _h2_get(path))
+    assert status in (400, 403, None)  # None: the h2 stack itself killed the connection
+    assert len(upstreams["tls443"].seen) == before
+    assert _new_deny(proxy, lines)
+
+
+def _count(proxy, **match) -> int:
+    return sum(all(r.get(k) == v for k, v in match.items()) for r in proxy.audit())
+
+
+def _wait_count(proxy, n: int, **match) -> int:
+    """How many lines match, once there are `n` (or 3 s passed): lines are written async."""
+    deadline = time.monotonic() + 3
+    while (got := _count(proxy, **match)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)  # and no more than that
+    return _count(proxy, **match)
+
+
+def test_http2_protocol_error_kill_is_audited(proxy, pki, upstreams):
+    before = _count(proxy, rejected_by="HTTP/2 protocol error", remote_addr=SCOUT)
+    with _h2_tunnel(proxy, pki) as sock:
+        status, how = h2_exchange(sock, _h2_get("/v1/x", extra=[(":bogus", "1")]))
+    assert status is None and how in ("goaway", "closed", "error")
+    assert _wait_count(proxy, before + 1, rejected_by="HTTP/2 protocol error", remote_addr=SCOUT) == before + 1
+    rec = proxy.last_audit(rejected_by="HTTP/2 protocol error", remote_addr=SCOUT)
+    assert rec["action"] == "deny" and rec["agent"] == "scout" and rec["sni"] == "api.example.test"
+
+
+@pytest.mark.parametrize("how", ["tunnel-tls", "plain-proxy"])
+def test_unparseable_http1_request_is_refused_and_audited(proxy, pki, upstreams, how):
+    """mitmproxy answers 400 itself, before any hook: the refusal still gets its line."""
+    before, lines = len(upstreams["tls443"].seen), _count(proxy, rejected_by="HTTP/1 protocol error")
+    req = b"GET /v1/x /admin HTTP/1.1\r\nHost: api.example.test\r\n\r\n"
+    if how == "tunnel-tls":
+        resp = raw_request(proxy, pki, "api.example.test:443", req)
+    else:
+        s = socket.create_connection(("127.0.0.1", proxy.port("tunnel_listen")), 5, source_address=(SCOUT, 0))
+        with s:
+            resp = http_exchange(s, req)
+    assert status_of(resp) == 400
+    assert len(upstreams["tls443"].seen) == before
+    assert _wait_count(proxy, lines + 1, rejected_by="HTTP/1 protocol error") == lines + 1
+    assert proxy.last_audit(rejected_by="HTTP/1 protocol error")["agent"] == "scout"
+
+
+@pytest.mark.parametrize("key,mode", [("tunnel_listen", "tunnel"), ("http_listen", "http")])
+def test_tls_on_a_plain_http_port_is_refused_and_audited(proxy, pki, key, mode):
+    before = _count(proxy, rejected_by="TLS on a plain-HTTP port", mode=mode)
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        _tls_to(proxy, pki, key).close()
+    assert _wait_count(proxy, before + 1, rejected_by="TLS on a plain-HTTP port", mode=mode) == before + 1
+    assert proxy.last_audit(rejected_by="TLS on a plain-HTTP port", mode=mode)["agent"] == "scout"
+
+
+def test_alpn_other_than_http1_h2_refused_and_audited(proxy, pki, upstreams):
+    before = len(upstreams["tls443"].seen)
+    sock = connect_tunnel(proxy, SCOUT, "api.example.test:443", pki["ca_cert"], alpn=["http/1.0"])
+    assert sock.selected_alpn_protocol() == "http/1.0"  # mitmproxy agrees to it; we do not
+    with sock:
+        assert http_exchange(sock, get("/v1/x")) == b""
+    assert proxy.last_audit(rejected_by="ALPN 'http/1.0' is not HTTP/1.1 or h2")["action"] == "deny"
+    assert len(upstreams["tls443"].seen) == before
 
 
 def test_plain_data_in_a_tunnel_is_not_relayed(proxy, pki, upstreams):
@@ -287,6 +456,17 @@ def test_oversized_body_413(proxy, pki, upstreams):
     assert len(upstreams["tls443"].seen) == before
     assert curl(proxy, "https://api.example.test/v1/upload", "-X", "POST",
                 "--data-binary", "x" * 4000, pki=pki)[0] == 200
+
+
+def test_oversized_body_to_a_denied_path_is_one_413_line(proxy, pki):
+    """mitmproxy answers 413 before policy matters; the one line must say what was sent."""
+    code, _, _ = curl(proxy, "https://api.example.test/v2/upload-denied", "-X", "POST",
+                      "--data-binary", "x" * 5000, pki=pki)
+    assert code == 413
+    proxy.last_audit(path="/v2/upload-denied")
+    time.sleep(0.2)
+    lines = [r for r in proxy.audit() if r["path"] == "/v2/upload-denied"]
+    assert [(r["status_code"], r["rejected_by"]) for r in lines] == [(413, "max_request_body_bytes")]
 
 
 def test_oversized_chunked_body_413(proxy, pki):
@@ -417,6 +597,9 @@ def test_websocket_upgrade_passes_the_allowlist(proxy, pki):
         sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
         frame = sock.recv(100)
         assert frame[2:] == b"echo hi"
+        # recorded when decided, not when the stream ends
+        assert proxy.last_audit(path="/ws/chat", event="decision")["action"] == "allow"
+    assert proxy.last_audit(path="/ws/chat", event="complete")["status_code"] == 101
     denied = raw_request(proxy, pki, "api.example.test:443", _ws_handshake("/wsx/chat"))
     assert status_of(denied) == 403
 
@@ -508,6 +691,7 @@ def test_every_audit_line_has_the_design_keys(proxy):
     assert len(lines) > 20
     assert all(set(KEYS) <= set(rec) for rec in lines)
     assert {rec["action"] for rec in lines} == {"allow", "deny"}
+    assert {rec["event"] for rec in lines} == {"decision", "complete"}
 
 
 # -------------------------------------------------- bootstrap (last: it closes for good)

@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from agentctl_proxy.paths import check_path
+from agentctl_proxy.paths import check_path, check_query
 
 REFUSED = {
     "/a/../b": "dot segment", "/a/./b": "dot segment", "/a/..": "dot segment",
@@ -18,6 +18,16 @@ REFUSED = {
     "/a/%ef%bc%8e%ef%bc%8e/b": "encoded unicode character that folds to a path delimiter",
     "/a/\uff0fb": "unicode character that folds to a path delimiter",
     "a/b": "not an origin-form path", "*": "not an origin-form path",
+    # dots and spaces only: servers that trim or collapse them see a dot segment
+    "/a/%20../b": "encoded dot segment", "/a/..%20/b": "encoded dot segment", "/a/.../b": "dot segment",
+    "/a/. ./b": "dot segment", "/a/%2e%20%2e/b": "encoded dot segment", "/a/%2520%2e%2e/b": "encoded dot segment",
+    "/a/..%e3%80%80/b": "encoded unicode character that folds to a path delimiter",  # ideographic space
+    # raw characters outside RFC 3986 pchar / "/" (an HTTP/2 :path may carry them)
+    "/a/x /admin": "character outside RFC 3986 path characters",
+    "/a/x#frag": "character outside RFC 3986 path characters",
+    "/a/caf\u00e9": "character outside RFC 3986 path characters",
+    "/a/<x>": "character outside RFC 3986 path characters",
+    "/a/x|y": "character outside RFC 3986 path characters",
 }
 
 
@@ -28,7 +38,8 @@ def test_refused_with_reason(path, reason):
 
 
 @pytest.mark.parametrize("path", ["/", "/a", "/a/", "/a/b.json", "/a/..b", "/a/b..", "/a/%41", "/files/100%25",
-                                  "/a/caf%c3%a9", "/simple/requests/"])
+                                  "/a/caf%c3%a9", "/simple/requests/", "/a/%20", "/a/x%20y", "/a/.x.",
+                                  "/a/:@!$&'()*+,=-_~"])
 def test_canonical_paths_pass(path):
     assert check_path(path).ok
 
@@ -40,14 +51,22 @@ def test_encoded_slash_is_flagged_not_refused():
     assert not check_path("/b/a%2F..%2Fc").ok  # a dot segment behind the slash
 
 
-@given(st.text(alphabet="/.%2eEfFcC05a;\\", max_size=14))
+@pytest.mark.parametrize("query,ok", [
+    ("", True), ("a=1&b=%20x", True), ("a=/b?c:d@e", True), ("a=b c", False), ("a=\x7f", False),
+    ("a=\n", False), ("a=<b>", False), ("a=caf\u00e9", False),
+])
+def test_query_characters(query, ok):
+    assert (check_query(query) is None) == ok
+
+
+@given(st.text(alphabet="/.%2eEfFcC05a;\\ ", max_size=14))
 def test_no_accepted_path_decodes_to_a_dot_segment(path):
-    """Property: whatever passes never contains '.'/'..' segments after any decoding."""
+    """Property: whatever passes never has a segment of only dots and spaces after any decoding."""
     from urllib.parse import unquote
 
     v = check_path(path)
     if v.ok:
         layer = path
         for _ in range(4):
-            assert not any(s in (".", "..") for s in layer.split("/"))
+            assert not any(s.strip(" .") == "" and "." in s for s in layer.split("/"))
             layer = unquote(layer)

@@ -1,0 +1,100 @@
+"""One decision and its audit lines: what the proxy decided, recorded before it acts.
+
+Every decision is one audit line (event "decision"), written when it is made; a
+decision that cannot be written is a refusal. An exchange that was forwarded adds an
+event "complete" line when it ends (status and duration), so a proxy killed
+mid-stream still leaves its decision behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from mitmproxy import connection, http
+from mitmproxy.proxy import mode_specs
+
+from agentctl_proxy.audit import AuditLog
+from agentctl_proxy.policy import Identity
+from agentctl_proxy.runtime import Runtime
+
+log = logging.getLogger("agentctl_proxy")
+
+
+@dataclass
+class Verdict:
+    """What the proxy decided about one request: its decision line, and a complete
+    line if it was forwarded."""
+
+    agent: str
+    mode: str
+    host: str = ""
+    sni: str | None = None
+    method: str = ""
+    path: str = ""
+    action: str = "pending"  # fail closed: only an explicit decision says "allow"
+    rule: str | None = None
+    rejected_by: str | None = None
+    status_code: int | None = None
+    transforms: list[str] = field(default_factory=list)
+    start: float = field(default_factory=time.monotonic)
+    identity: Identity | None = None
+    port: int = 0
+    tls: bool = False
+    ip: object = None
+    recorded: bool = False  # its decision line is in the audit file
+    forwarded: bool = False  # recorded as allowed: the upstream exchange may start
+    completed: bool = False  # its "complete" line is written
+
+
+def mode_name(proxy_mode: mode_specs.ProxyMode) -> str:
+    if isinstance(proxy_mode, mode_specs.ReverseMode):
+        return "https" if proxy_mode.scheme == "https" else "http"
+    return "tunnel"
+
+
+class AuditTrail:
+    """Writing verdicts; the addon's base, holding the live runtime and the audit file."""
+
+    def __init__(self, runtime: Runtime, audit: AuditLog) -> None:
+        self.rt = runtime
+        self.audit = audit
+
+    def _identify(self, client: connection.Client) -> Identity | None:
+        return self.rt.policy.identify(client.peername[0])
+
+    def _write(self, v: Verdict, remote: str, event: str = "decision") -> bool:
+        """One audit line; False if it could not be written (the caller then refuses)."""
+        try:
+            self.audit.write(
+                event=event, remote_addr=remote, agent=v.agent, mode=v.mode, host=v.host,
+                sni=v.sni, method=v.method, path=v.path, action=v.action, rule=v.rule,
+                rejected_by=v.rejected_by, status_code=v.status_code,
+                duration_ms=round((time.monotonic() - v.start) * 1000, 3),
+                request_transforms=v.transforms,
+            )
+        except (OSError, ValueError) as e:  # ValueError: stdout closed under us
+            log.error("audit write failed (%s); nothing is allowed until it works",
+                      getattr(e, "strerror", None) or e)
+            return False
+        return True
+
+    def _record(self, v: Verdict, remote: str) -> bool:
+        """Write the decision line, once; False if it is not on disk."""
+        if v.recorded:
+            return True
+        v.recorded = self._write(v, remote)
+        v.forwarded = v.recorded and v.action == "allow"
+        return v.recorded
+
+    def _complete(self, flow: http.HTTPFlow, v: Verdict) -> None:
+        """The end of an exchange that was allowed: final status and duration."""
+        if v.forwarded and not v.completed:
+            v.completed = True
+            self._write(v, flow.client_conn.peername[0], "complete")
+
+    def _deny_conn(self, client: connection.Client, mode: str, host: str, sni: str | None,
+                   reason: str, agent: str) -> None:
+        v = Verdict(agent, mode, host=host, sni=sni, action="deny", rejected_by=reason)
+        self._record(v, client.peername[0])
