@@ -1,4 +1,8 @@
-"""Domain errors carry their exit code; the CLI turns them into one line on stderr."""
+"""Domain errors carry their exit code; the CLI turns them into one line on stderr.
+
+No agentctl command runs the Pulumi CLI (`plan` evaluates the program in-process under
+Pulumi's mocks), so there is no error for a missing CLI: `pulumi up`/`destroy` are
+Pulumi's own commands and report that themselves (docs/cloud.md)."""
 from __future__ import annotations
 
 
@@ -17,9 +21,3 @@ class ConfigError(AgentctlError):
         if expected:
             line += f"; expected {expected}"
         super().__init__(line)
-
-
-class ToolMissing(AgentctlError):
-    """A command needs an external tool that is not installed (e.g. the Pulumi CLI)."""
-
-    exit_code = 3

@@ -97,23 +97,31 @@ def _mocks(records: list[dict[str, Any]], region: str):
 
 def evaluate(project_dir: Path, stack: str) -> list[dict[str, Any]]:
     """Every resource the program declares for the stack, as {type, name, inputs}."""
+    return evaluate_with_outputs(project_dir, stack)[0]
+
+
+def evaluate_with_outputs(project_dir: Path, stack: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The resources, and the stack outputs the program exports (as `pulumi stack output`
+    would show them, secrets redacted)."""
     project_dir = Path(project_dir)
     deployment = load(project_dir, stack)  # bad config stops here, before any resource
     source = str(stack_path(project_dir, stack))
     stack_config = yaml.safe_load(stack_path(project_dir, stack).read_text())["config"]
+    project = project_name(project_dir)
 
     from agentctl_stacks import program
 
-    program.check_cloud(deployment, source, stack_config)
+    program.check_deployment(deployment, source, stack_config, project=project, stack=stack)
 
     import pulumi
+    from pulumi.runtime.settings import get_root_resource
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
     from agentctl.ca import ca_dir, ensure_ca
 
     records: list[dict[str, Any]] = []
-    project = project_name(project_dir)
+    outputs: dict[str, Any] = {}
     config, secret_keys = runtime_config(stack_config)
     with tempfile.TemporaryDirectory(prefix="agentctl-plan-") as scratch:
         # Use the stack's CA when it exists; never create one in the project just to plan.
@@ -121,10 +129,14 @@ def evaluate(project_dir: Path, stack: str) -> list[dict[str, Any]]:
         pulumi.runtime.set_all_config(config, secret_keys)
         pulumi.runtime.set_mocks(_mocks(records, deployment.region), project=project, stack=stack, preview=False)
 
-        def run() -> None:
+        async def run() -> None:
             declared, _ = program.load_from_runtime(stack)
             program.declare(declared, ca.cert_pem, ca.fingerprint_sha256, ca.key_path.read_text(),
                             project=project, stack=stack)
+            for name, value in get_root_resource().outputs.items():
+                output = pulumi.Output.from_input(value)
+                resolved = await output.future()
+                outputs[name] = SECRET_PLACEHOLDER if await output.is_secret() else clean(resolved)
 
         try:
             _sync_await(run_pulumi_func(run))
@@ -132,11 +144,11 @@ def evaluate(project_dir: Path, stack: str) -> list[dict[str, Any]]:
             raise
         except ValueError as exc:  # e.g. user-data over EC2's limit
             raise ConfigError(source, f"{NAMESPACE}:", str(exc)) from None
-    return sorted(records, key=lambda r: r["name"])
+    return sorted(records, key=lambda r: r["name"]), outputs
 
 
 def run_plan(project_dir: Path, stack: str, as_json: bool) -> None:
-    resources = evaluate(project_dir, stack)
+    resources, outputs = evaluate_with_outputs(project_dir, stack)
     if as_json:
         print(json.dumps(resources, indent=2, sort_keys=True))
         return
@@ -154,3 +166,9 @@ def run_plan(project_dir: Path, stack: str, as_json: bool) -> None:
     for r in resources:
         table.add_row(r["type"], r["name"], json.dumps(r["inputs"], sort_keys=True))
     console.print(table)
+    outs = Table(title="stack outputs (as `pulumi up` exports them; lookups are placeholders)")
+    outs.add_column("output", no_wrap=True)
+    outs.add_column("value", overflow="fold")
+    for name, value in sorted(outputs.items()):
+        outs.add_row(name, value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+    console.print(outs)

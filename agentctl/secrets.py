@@ -14,7 +14,8 @@ def ssm_prefix(project: str, stack: str) -> str:
 
 
 def ca_key_parameter_name(project: str, stack: str) -> str:
-    return f"/{project}/{stack}/proxy/ca-key"
+    # "_proxy": agent names cannot contain "_", so no agent secret can take this path.
+    return f"/{project}/{stack}/_proxy/ca-key"
 
 
 def secret_file_path(agent: str, secret: str) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
+import os
 import platform
 import shutil
 import statistics
@@ -46,6 +48,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     opts = parser.parse_args()
     rows = []
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         shutil.copy(ROOT / "Pulumi.yaml", folder)
@@ -57,10 +61,13 @@ def main() -> None:
             # Per-agent cost between 1 and 10 agents vs between 10 and 50: ~1.0 means linear.
             low, high = (times[10] - times[1]) / 9, (times[50] - times[10]) / 40
             rows.append((stack, times, low, high))
+    load_after = os.getloadavg()
+    loads = "/".join(f"{x:.2f}" for x in load_before), "/".join(f"{x:.2f}" for x in load_after)
     lines = ["# `agentctl plan` benchmark", "",
              f"Median of {opts.repeat} runs, each a fresh `agentctl plan --json` process (imports included).",
-             f"Machine: {platform.machine()}, Python {platform.python_version()}, {platform.system()}; "
-             "2 cores shared with other work.", "",
+             f"Run {started:%Y-%m-%d %H:%M} UTC. Machine: {platform.machine()}, {os.cpu_count()} cores, "
+             f"Python {platform.python_version()}, {platform.system()}; shared with other work: load average "
+             f"(1/5/15 min) {loads[0]} before, {loads[1]} after.", "",
              "| stack | 1 agent (s) | 10 agents (s) | 50 agents (s) | s/agent 1→10 | s/agent 10→50 | growth ratio |",
              "|---|---|---|---|---|---|---|"]
     for stack, t, low, high in rows:

@@ -11,6 +11,7 @@ import pulumi
 import pulumi_aws as aws
 
 from agentctl_stacks import policy
+from agentctl_stacks.agent_imds import AgentImds
 from agentctl_stacks.args import DeploymentArgs
 from agentctl.secrets import ca_key_parameter_name, ssm_parameter_name
 
@@ -183,17 +184,20 @@ class AwsDeployment(pulumi.ComponentResource):
             user_data_replace_on_change=True, tags=self._tags("proxy"), opts=self._opts())
         self.proxy_eip = aws.ec2.Eip(f"{n}-proxy-eip", domain="vpc", instance=self.proxy.id, tags=self._tags("proxy-eip"),
                                      opts=self._opts(depends_on=[self.igw]))
-        self.agents = {}
+        self.agents, self.agent_imds = {}, {}
         for agent in d.agents:
             size = agent.size or DEFAULT_AGENT_SIZE
-            self.agents[agent.name] = aws.ec2.Instance(
+            instance = self.agents[agent.name] = aws.ec2.Instance(
                 f"{n}-agent-{agent.name}", ami=self._ami(size), instance_type=size, subnet_id=self.agent_subnet.id,
                 private_ip=d.agent_ip(agent), vpc_security_group_ids=[self.agent_sg.id],
                 associate_public_ip_address=False, metadata_options=policy.agent_metadata_options(),
                 root_block_device=policy.root_volume(), user_data_base64=ec2_user_data_base64(a.host(agent.name).user_data),
                 user_data_replace_on_change=True, tags=self._tags(f"agent-{agent.name}"),
                 # The proxy must answer DNS and time before an agent's cloud-init needs them.
-                opts=self._opts(depends_on=[self.proxy]))
+                opts=self._opts(depends_on=[self.proxy], ignore_changes=policy.agent_instance_ignore_changes()))
+            # cloud-init read its user-data from IMDS; once the host converged, close it for good.
+            self.agent_imds[agent.name] = AgentImds(f"{n}-agent-{agent.name}-imds", instance_id=instance.id,
+                                                    region=d.region, host=agent.name, opts=self._opts())
 
     # --- detection: rejected egress from the agent subnet is an escape attempt ----------
     def _flow_logs(self) -> None:
@@ -213,13 +217,23 @@ class AwsDeployment(pulumi.ComponentResource):
                                        pattern=policy.rejected_egress_pattern(self._d),
                                        metric_transformation={"name": metric, "namespace": namespace, "value": "1",
                                                               "default_value": "0"}, opts=self._opts())
-        self.alerts = aws.sns.Topic(f"{n}-alerts", kms_master_key_id="alias/aws/sns", tags=self._tags("alerts"),
+        # CloudWatch cannot publish under alias/aws/sns: the topic has a key of its own.
+        self.alerts_key = aws.kms.Key(f"{n}-alerts-key", description=f"agentctl {a.project}/{a.stack}: alert topic",
+                                      enable_key_rotation=True, deletion_window_in_days=30,
+                                      policy=self._account.apply(lambda acct: json.dumps(policy.alerts_key_policy(acct))),
+                                      tags=self._tags("alerts-key"), opts=self._opts())
+        self.alerts = aws.sns.Topic(f"{n}-alerts", kms_master_key_id=self.alerts_key.arn, tags=self._tags("alerts"),
                                     opts=self._opts())
-        aws.cloudwatch.MetricAlarm(f"{n}-agent-escape-alarm", namespace=namespace, metric_name=metric,
-                                   statistic="Sum", period=60, evaluation_periods=1, threshold=1,
-                                   comparison_operator="GreaterThanOrEqualToThreshold", treat_missing_data="notBreaching",
-                                   alarm_description="An agent host sent traffic the network refused: an escape attempt",
-                                   alarm_actions=[self.alerts.arn], tags=self._tags("alarm"), opts=self._opts())
+        alarm = aws.cloudwatch.MetricAlarm(
+            f"{n}-agent-escape-alarm", namespace=namespace, metric_name=metric,
+            statistic="Sum", period=60, evaluation_periods=1, threshold=1,
+            comparison_operator="GreaterThanOrEqualToThreshold", treat_missing_data="notBreaching",
+            alarm_description="An agent host sent traffic the network refused: an escape attempt",
+            alarm_actions=[self.alerts.arn], tags=self._tags("alarm"), opts=self._opts())
+        aws.sns.TopicPolicy(f"{n}-alerts-policy", arn=self.alerts.arn, opts=self._opts(),
+                            policy=pulumi.Output.all(self.alerts.arn, alarm.arn, self._account).apply(
+                                lambda v: json.dumps(policy.alerts_topic_policy(topic_arn=v[0], alarm_arn=v[1],
+                                                                                account=v[2]))))
 
     def outputs(self) -> dict[str, pulumi.Input]:
         d, a = self._d, self._args

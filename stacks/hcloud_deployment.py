@@ -9,7 +9,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_hcloud as hcloud
 
-from agentctl.secrets import CA_KEY_PATH, secret_file_path
+from agentctl.secrets import CA_KEY_PATH, TAILSCALE_AUTHKEY_PATH, secret_file_path
+from agentctl.userdata import hcloud_user_data
 from agentctl_stacks import policy
 from agentctl_stacks.args import DeploymentArgs
 from agentctl_stacks.proxy_secrets import ProxySecrets
@@ -17,6 +18,7 @@ from agentctl_stacks.proxy_secrets import ProxySecrets
 DEFAULT_SIZE = "cx22"
 PROXY_USER = "agentctl-proxy"  # owner of the proxy's secret files (roles/proxy service unit)
 ADMIN_USER = "admin"
+SECRET_MODE = "0600"
 
 
 def _int_id(resource: pulumi.CustomResource) -> pulumi.Output[int]:
@@ -61,7 +63,7 @@ class HcloudDeployment(pulumi.ComponentResource):
         d = self._d
         return hcloud.Server(
             f"{self._name}-{role}", server_type=size or DEFAULT_SIZE, image=d.image or d.distro, location=d.region,
-            ssh_keys=[k.id for k in self.ssh_keys], user_data=self._args.host(host_name).user_data,
+            ssh_keys=[k.id for k in self.ssh_keys], user_data=hcloud_user_data(self._args.host(host_name).user_data),
             public_nets=public_nets, networks=[{"network_id": _int_id(self.network), "ip": ip}],
             firewall_ids=[_int_id(self.firewall)], labels=self._labels(role),
             opts=self._opts(depends_on=[*self.subnets, *extra_deps]))
@@ -77,13 +79,21 @@ class HcloudDeployment(pulumi.ComponentResource):
                                                 policy.agent_public_nets(), [self.proxy])
                        for agent in d.agents}
 
+    def secret_files(self) -> list[dict]:
+        """Every file pushed onto the proxy: path, owner, mode and (secret) content."""
+        a, d = self._args, self._d
+        files = [{"path": secret_file_path(agent.name, secret), "owner": PROXY_USER, "mode": SECRET_MODE,
+                  "content": value} for agent, secret, value in a.agent_secrets()]
+        files.append({"path": CA_KEY_PATH, "owner": PROXY_USER, "mode": SECRET_MODE, "content": a.ca.key_pem})
+        if d.tailscale:
+            # agentctl-tailscale-up.path waits for this file; the unit reads it as root and shreds it.
+            files.append({"path": TAILSCALE_AUTHKEY_PATH, "owner": "root", "mode": SECRET_MODE,
+                          "content": a.secrets[d.tailscale.auth_key.config]})
+        return files
+
     def _push_secrets(self) -> None:
-        a = self._args
-        files = [{"path": secret_file_path(agent.name, secret), "owner": PROXY_USER, "content": value}
-                 for agent, secret, value in a.agent_secrets()]
-        files.append({"path": CA_KEY_PATH, "owner": PROXY_USER, "content": a.ca.key_pem})
         self.secrets = ProxySecrets(f"{self._name}-proxy-secrets", host=self.primary_ip.ip_address,
-                                    server_id=self.proxy.id, user=ADMIN_USER, files=files,
+                                    server_id=self.proxy.id, user=ADMIN_USER, files=self.secret_files(),
                                     opts=self._opts(depends_on=[self.proxy]))
 
     def outputs(self) -> dict[str, pulumi.Input]:

@@ -61,10 +61,19 @@ def proxy_route_destinations() -> list[str]:
     return [ANYWHERE_V4]
 
 
-def agent_metadata_options() -> dict[str, str]:
-    # Security groups do not filter IMDS: an agent with IMDS could read user-data and
-    # any credentials of an instance role. The agent has neither, and no IMDS at all.
-    return {"http_endpoint": "disabled", "http_tokens": "required"}
+def agent_metadata_options() -> dict[str, object]:
+    """How an agent instance LAUNCHES. On EC2, cloud-init reads user-data from IMDS, so
+    the endpoint must answer on first boot: IMDSv2 only, hop limit 1, no instance tags.
+    There is no instance profile, so IMDS holds no credential. AgentImds (agent_imds.py)
+    disables the endpoint once the host reports converged: that is the steady state."""
+    return {"http_endpoint": "enabled", "http_tokens": "required",
+            "http_put_response_hop_limit": 1, "instance_metadata_tags": "disabled"}
+
+
+def agent_instance_ignore_changes() -> list[str]:
+    """AgentImds closes the endpoint outside the instance's inputs; a refresh would see
+    `disabled` and `pulumi up` would re-open it to match the launch value. Never."""
+    return ["metadataOptions.httpEndpoint"]
 
 
 def proxy_metadata_options() -> dict[str, object]:
@@ -111,6 +120,30 @@ def flow_log_policy(log_group_arn: str) -> dict:
         "Effect": "Allow",
         "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
         "Resource": [log_group_arn, f"{log_group_arn}:*"]}]}
+
+
+def alerts_key_policy(account: str) -> dict:
+    """Key policy of the alert topic's own KMS key. CloudWatch alarms cannot publish to a
+    topic under the AWS-managed alias/aws/sns (its policy cannot grant them the key), so
+    the topic has a customer-managed key that grants the CloudWatch service exactly what
+    SNS asks on its behalf (AWS's documented statement). A key of its own: the secrets
+    key never names a service principal."""
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "AccountAdministersTheKey", "Effect": "Allow",
+         "Principal": {"AWS": f"arn:aws:iam::{account}:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Sid": "CloudWatchAlarmsPublishEncrypted", "Effect": "Allow",
+         "Principal": {"Service": "cloudwatch.amazonaws.com"},
+         "Action": ["kms:Decrypt", "kms:GenerateDataKey*"], "Resource": "*"},
+    ]}
+
+
+def alerts_topic_policy(*, topic_arn: str, alarm_arn: str, account: str) -> dict:
+    """Only this deployment's escape alarm, in this account, may publish to the topic."""
+    return {"Version": "2012-10-17", "Statement": [{
+        "Sid": "EscapeAlarmPublishes", "Effect": "Allow",
+        "Principal": {"Service": "cloudwatch.amazonaws.com"}, "Action": "sns:Publish", "Resource": topic_arn,
+        "Condition": {"ArnEquals": {"aws:SourceArn": alarm_arn},
+                      "StringEquals": {"aws:SourceAccount": account}}}]}
 
 
 def rejected_egress_pattern(deployment: Deployment) -> str:
@@ -161,14 +194,34 @@ def hcloud_network_zone(location: str) -> str:
         raise ValueError(f"{location!r} is not a Hetzner location") from None
 
 
+TAILSCALE_PORTS = (PortRule("udp", 41641, "tailscale: direct WireGuard"),
+                   PortRule("udp", 3478, "tailscale: STUN (NAT traversal)"))
+
+
+def hcloud_proxy_egress(deployment: Deployment) -> list[PortRule]:
+    """What the Hetzner proxy may send to the internet: AWS's set, plus time (there is no
+    link-local time service) and, with Tailscale, what a tailnet node needs (its control
+    plane and DERP relays use tcp 443)."""
+    rules = [*proxy_upstream_ports(), PortRule("udp", NTP_PORT, "time for the proxy's chrony")]
+    if deployment.tailscale:
+        rules += TAILSCALE_PORTS
+    return rules
+
+
 def hcloud_firewall_rules(deployment: Deployment) -> list[dict]:
-    """Inbound SSH from the admin CIDRs only (break-glass). Hetzner firewalls deny every
-    inbound packet no rule allows, so an empty list closes the host completely."""
-    if not deployment.network.admin_cidrs:
-        return []
-    return [{"direction": "in", "protocol": "tcp", "port": str(SSH_PORT),
-             "source_ips": list(deployment.network.admin_cidrs),
-             "description": "break-glass SSH from admin CIDRs"}]
+    """Inbound: SSH from the admin CIDRs only (break-glass); Hetzner denies every inbound
+    packet no rule allows. Outbound: with no `out` rule Hetzner allows everything, with
+    one or more it denies the rest, so the proxy's egress is exactly these ports. Both
+    act on public interfaces only (agents have none; the private network is unfiltered
+    here and closed by each host's ufw)."""
+    rules = []
+    if deployment.network.admin_cidrs:
+        rules.append({"direction": "in", "protocol": "tcp", "port": str(SSH_PORT),
+                      "source_ips": list(deployment.network.admin_cidrs),
+                      "description": "break-glass SSH from admin CIDRs"})
+    rules += [{"direction": "out", "protocol": r.protocol, "port": str(r.port), "destination_ips": [ANYWHERE_V4],
+               "description": r.purpose} for r in hcloud_proxy_egress(deployment)]
+    return rules
 
 
 def agent_public_nets() -> list[dict]:

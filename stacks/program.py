@@ -13,6 +13,8 @@ import pulumi
 
 from agentctl.errors import ConfigError
 from agentctl.model import Deployment
+from agentctl.secrets import (CA_KEY_PATH, TAILSCALE_AUTHKEY_PATH, ca_key_parameter_name, secret_file_path,
+                              ssm_parameter_name, ssm_prefix)
 from agentctl.stackfile import NAMESPACE, from_config
 from agentctl_stacks import policy
 from agentctl_stacks.args import CaMaterial, DeploymentArgs, HostData
@@ -63,6 +65,60 @@ def check_cloud(deployment: Deployment, source: str, config: dict[str, Any]) -> 
                               f"{provider_region!r}", "the same region in both")
 
 
+def check_secret_names(deployment: Deployment, source: str, *, project: str, stack: str) -> None:
+    """Two secrets stored under one name would be one resource declared twice (AWS: one
+    SSM parameter) or one file written twice (Hetzner), each overwriting the other."""
+    aws = deployment.cloud == "aws"
+    owners = ({ca_key_parameter_name(project, stack): "the proxy's CA key"} if aws else
+              {CA_KEY_PATH: "the proxy's CA key", TAILSCALE_AUTHKEY_PATH: "the Tailscale auth key"})
+    where = "SSM parameter" if aws else "file"
+    for i, agent in enumerate(deployment.agents):
+        for j, secret in enumerate(agent.egress.secrets):
+            if not secret.from_:
+                continue
+            key_path = f"agents[{i}].egress.secrets[{j}]"
+            name = (ssm_parameter_name(project, stack, agent.name, secret.name) if aws
+                    else secret_file_path(agent.name, secret.name))
+            if name in owners:
+                raise ConfigError(source, f"{NAMESPACE}:{key_path}.name", f"would be stored as {where} {name}, "
+                                  f"which {owners[name]} already uses", "a different agent or secret name")
+            owners[name] = f"{NAMESPACE}:{key_path}"
+
+
+def check_ssm_sources(deployment: Deployment, source: str, *, project: str, stack: str) -> None:
+    """On AWS the proxy reads `aws_ssm` sources with its instance role, which may read
+    only this deployment's parameters, in its region: anything else would pass here and
+    fail every request with 503 at runtime. And never the CA key as an agent's secret."""
+    if deployment.cloud != "aws":
+        return
+    prefix, ca_key = ssm_prefix(project, stack), ca_key_parameter_name(project, stack)
+    for i, agent in enumerate(deployment.agents):
+        for j, secret in enumerate(agent.egress.secrets):
+            ref = secret.source
+            if ref is None or ref.type != "aws_ssm":
+                continue
+            key_path = f"{NAMESPACE}:agents[{i}].egress.secrets[{j}].source"
+            if not ref.name.startswith(prefix):
+                raise ConfigError(source, f"{key_path}.name", f"{ref.name!r} is outside this deployment's parameter "
+                                  "path, so the proxy's instance role cannot read it",
+                                  f"a parameter under {prefix} encrypted with alias/{project}-{stack}, "
+                                  "or `from: {config: KEY}`")
+            if ref.name == ca_key:
+                raise ConfigError(source, f"{key_path}.name", "is the proxy's CA key",
+                                  "a credential parameter (the CA key is never injected into requests)")
+            if ref.region not in (None, deployment.region):
+                raise ConfigError(source, f"{key_path}.region", f"is {ref.region!r}, but the proxy's instance role "
+                                  f"reads parameters in {deployment.region!r} only", f"{deployment.region} or no region")
+
+
+def check_deployment(deployment: Deployment, source: str, config: dict[str, Any], *, project: str,
+                     stack: str) -> None:
+    """Everything that must hold before the first resource is declared."""
+    check_cloud(deployment, source, config)
+    check_secret_names(deployment, source, project=project, stack=stack)
+    check_ssm_sources(deployment, source, project=project, stack=stack)
+
+
 def host_data(deployment: Deployment, ca_cert_pem: str, stack: str, project: str) -> list[HostData]:
     from agentctl.render import render_hosts
 
@@ -97,7 +153,7 @@ def load_from_runtime(stack: str) -> tuple[Deployment, dict[str, Any]]:
     source = f"Pulumi.{stack}.yaml"
     mapping = config_mapping_from_runtime()
     deployment = from_config(mapping, source)
-    check_cloud(deployment, source, mapping)
+    check_deployment(deployment, source, mapping, project=pulumi.get_project(), stack=stack)
     return deployment, mapping
 
 

@@ -1,19 +1,26 @@
 """The AWS program, asserted on what it registers (under mocks), invariant by invariant.
 
-Each invariant is a check over the recorded registrations. It must hold on the example
-stack, and it must FAIL on a variant where the program was deliberately broken in
-exactly that respect: a check that cannot fail is not a test.
+Each invariant is a check over the recorded registrations (and stack outputs). It must
+hold on the example stack, and it must FAIL on every variant where the program was
+deliberately broken in one facet of it: a check that cannot fail is not a test.
 """
 from __future__ import annotations
 
 import base64
 import gzip
 import json
+from dataclasses import dataclass
 
 import pytest
+import yaml
 from tests.test_stacks_harness import evaluate_variants, make_project, named, of_type
 
+from agentctl.ca import ensure_ca
+from agentctl.model import Deployment
 from agentctl.plan import PLACEHOLDER_ACCOUNT, SECRET_PLACEHOLDER, mock_id
+from agentctl.secrets import ca_key_parameter_name
+from agentctl.stackfile import load
+from agentctl_stacks.agent_imds import DEFAULT_TIMEOUT_SECONDS, converged_marker
 
 STACK = "example-aws"
 N = "agentctl"  # the component's name: children are f"{N}-..."
@@ -22,6 +29,23 @@ AGENT_PORTS = {("tcp", 80), ("tcp", 443), ("tcp", 8080), ("tcp", 53), ("udp", 53
 SG_EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 SG_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 INSTANCE = "aws:ec2/instance:Instance"
+IMDS = "pulumi-python:dynamic/agentctl:AgentImds"
+ARN = f"arn:aws:mock:us-east-1:{PLACEHOLDER_ACCOUNT}"  # how the mocks name an ARN
+
+
+@dataclass(frozen=True)
+class Plan:
+    resources: list[dict]
+    outputs: dict
+    rendered: dict  # host -> its user-data from render, made in the evaluating process
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What the program should have derived its resources from."""
+
+    deployment: Deployment
+    ca_fingerprint: str
 
 
 def rules_of(rs, token, sg_name):
@@ -32,9 +56,15 @@ def agents(rs):
     return [r for r in of_type(rs, INSTANCE) if r["name"].startswith(f"{N}-agent-")]
 
 
+def user_data_of(inst) -> str:
+    raw = base64.b64decode(inst["inputs"]["userDataBase64"])
+    return (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()
+
+
 # --- invariants ------------------------------------------------------------------------
 
-def check_agent_egress_only_to_proxy(rs):
+def check_agent_egress_only_to_proxy(p, ctx):
+    rs = p.resources
     sg = named(rs, f"{N}-agent-sg")["inputs"]
     assert not sg.get("egress") and not sg.get("ingress"), "rules must be separate resources, none inline"
     out = rules_of(rs, SG_EGRESS, f"{N}-agent-sg")
@@ -43,14 +73,15 @@ def check_agent_egress_only_to_proxy(rs):
         assert r["cidrIpv4"] == f"{PROXY_IP}/32" and r["fromPort"] == r["toPort"], r
 
 
-def check_agent_ingress_only_ssh_from_endpoint(rs):
-    ins = rules_of(rs, SG_INGRESS, f"{N}-agent-sg")
+def check_agent_ingress_only_ssh_from_endpoint(p, ctx):
+    ins = rules_of(p.resources, SG_INGRESS, f"{N}-agent-sg")
     assert ins == [{**ins[0], "ipProtocol": "tcp", "fromPort": 22, "toPort": 22,
                     "referencedSecurityGroupId": mock_id(f"{N}-eice-sg")}]
     assert "cidrIpv4" not in ins[0]
 
 
-def check_proxy_security_group(rs):
+def check_proxy_security_group(p, ctx):
+    rs = p.resources
     ins = rules_of(rs, SG_INGRESS, f"{N}-proxy-sg")
     from_agents = {(r["ipProtocol"], r["fromPort"]) for r in ins if r.get("referencedSecurityGroupId") == mock_id(f"{N}-agent-sg")}
     assert from_agents == AGENT_PORTS
@@ -61,7 +92,22 @@ def check_proxy_security_group(rs):
     assert {(r["ipProtocol"], r["fromPort"]) for r in out} == {("tcp", 80), ("tcp", 443), ("tcp", 53), ("udp", 53)}
 
 
-def check_agent_route_table_has_no_way_out(rs):
+def check_instances_carry_exactly_their_security_group(p, ctx):
+    rs = p.resources
+    for a in agents(rs):
+        assert a["inputs"]["vpcSecurityGroupIds"] == [mock_id(f"{N}-agent-sg")], a["name"]
+    assert named(rs, f"{N}-proxy")["inputs"]["vpcSecurityGroupIds"] == [mock_id(f"{N}-proxy-sg")]
+    assert named(rs, f"{N}-eice")["inputs"]["securityGroupIds"] == [mock_id(f"{N}-eice-sg")]
+
+
+def check_default_security_group_is_empty(p, ctx):
+    (default,) = of_type(p.resources, "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup")
+    assert default["inputs"]["vpcId"] == mock_id(f"{N}-vpc")
+    assert default["inputs"]["ingress"] == [] and default["inputs"]["egress"] == [], default["inputs"]
+
+
+def check_agent_route_table_has_no_way_out(p, ctx):
+    rs = p.resources
     rt = named(rs, f"{N}-agent-rt")["inputs"]
     assert not rt.get("routes"), f"agent route table must only hold the implicit local route: {rt.get('routes')}"
     assoc = named(rs, f"{N}-agent-rta")["inputs"]
@@ -71,12 +117,29 @@ def check_agent_route_table_has_no_way_out(rs):
     assert named(rs, f"{N}-proxy-rt")["inputs"]["routes"] == [{"cidrBlock": "0.0.0.0/0", "gatewayId": mock_id(f"{N}-igw")}]
 
 
-def check_agent_has_no_imds(rs):
+def check_agent_imds_closed_after_convergence(p, ctx):
+    """Launch: IMDSv2 only, hop limit 1, no tags (cloud-init must read its user-data).
+    Then one AgentImds per agent, on that very instance, waits for that host's final
+    message and disables the endpoint."""
+    rs = p.resources
+    closers = {r["inputs"]["instanceId"]: r for r in of_type(rs, IMDS)}
+    assert len(closers) == len(of_type(rs, IMDS)) == len(ctx.deployment.agents)
     for a in agents(rs):
-        assert a["inputs"]["metadataOptions"]["httpEndpoint"] == "disabled", a["name"]
+        assert a["inputs"]["metadataOptions"] == {"httpEndpoint": "enabled", "httpTokens": "required",
+                                                  "httpPutResponseHopLimit": 1, "instanceMetadataTags": "disabled"}
+        host = a["name"].removeprefix(f"{N}-agent-")
+        closer = closers.get(mock_id(a["name"]))
+        assert closer is not None, f"nothing closes the IMDS of {a['name']}"
+        assert closer["name"] == f"{a['name']}-imds"
+        assert closer["inputs"] == {"__provider": "[dynamic provider]", "instanceId": mock_id(a["name"]),
+                                    "region": "us-east-1", "host": host, "marker": converged_marker(host),
+                                    "timeoutSeconds": DEFAULT_TIMEOUT_SECONDS}
+        # The marker is the start of the final message cloud-init prints for that host.
+        assert yaml.safe_load(user_data_of(a))["final_message"].startswith(closer["inputs"]["marker"])
 
 
-def check_agent_has_no_identity_and_no_public_ip(rs):
+def check_agent_has_no_identity_and_no_public_ip(p, ctx):
+    rs = p.resources
     for a in agents(rs):
         i = a["inputs"]
         assert "iamInstanceProfile" not in i, a["name"]
@@ -85,48 +148,53 @@ def check_agent_has_no_identity_and_no_public_ip(rs):
         assert not [e for e in of_type(rs, "aws:ec2/eip:Eip") if e["inputs"].get("instance") == mock_id(a["name"])]
 
 
-def check_root_volumes_encrypted_gp3(rs):
-    for inst in of_type(rs, INSTANCE):
-        root = inst["inputs"]["rootBlockDevice"]
-        assert root["encrypted"] is True and root["volumeType"] == "gp3", inst["name"]
+def check_root_volumes_encrypted_gp3(p, ctx):
+    for inst in of_type(p.resources, INSTANCE):
+        root = inst["inputs"].get("rootBlockDevice") or {}
+        assert root.get("encrypted") is True and root.get("volumeType") == "gp3", inst["name"]
 
 
-def check_proxy_instance(rs):
-    p = named(rs, f"{N}-proxy")["inputs"]
-    assert p["metadataOptions"]["httpTokens"] == "required"
-    assert p["metadataOptions"]["httpPutResponseHopLimit"] == 1
-    assert p["iamInstanceProfile"] == f"{N}-proxy-profile"
-    assert p["privateIp"] == PROXY_IP and p["subnetId"] == mock_id(f"{N}-proxy-subnet")
-    assert named(rs, f"{N}-proxy-eip")["inputs"]["instance"] == mock_id(f"{N}-proxy")
+def check_proxy_instance(p, ctx):
+    rs = p.resources
+    p_ = named(rs, f"{N}-proxy")["inputs"]
+    assert p_["metadataOptions"]["httpTokens"] == "required"
+    assert p_["metadataOptions"]["httpPutResponseHopLimit"] == 1
+    assert p_["iamInstanceProfile"] == f"{N}-proxy-profile"
+    assert p_["privateIp"] == PROXY_IP and p_["subnetId"] == mock_id(f"{N}-proxy-subnet")
+    (eip,) = of_type(rs, "aws:ec2/eip:Eip")
+    assert eip["name"] == f"{N}-proxy-eip" and eip["inputs"]["instance"] == mock_id(f"{N}-proxy")
 
 
-def check_proxy_role_least_privilege(rs):
+def check_proxy_role_least_privilege(p, ctx):
+    rs = p.resources
     doc = json.loads(named(rs, f"{N}-proxy-policy")["inputs"]["policy"])
     allowed = {(a, res) for s in doc["Statement"] for a in s["Action"] for res in s["Resource"]}
     path = f"arn:aws:ssm:us-east-1:{PLACEHOLDER_ACCOUNT}:parameter/agentctl/{STACK}/*"
-    key = named(rs, f"{N}-key")
     assert allowed == {("ssm:GetParameter", path), ("ssm:GetParameters", path),
-                       ("kms:Decrypt", f"arn:aws:mock:us-east-1:{PLACEHOLDER_ACCOUNT}:{key['name']}")}
+                       ("kms:Decrypt", f"{ARN}:{N}-key")}
     assert all(s["Effect"] == "Allow" for s in doc["Statement"])
     trust = json.loads(named(rs, f"{N}-proxy-role")["inputs"]["assumeRolePolicy"])
     assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
     assert named(rs, f"{N}-proxy-profile")["inputs"]["role"] == f"{N}-proxy-role"
 
 
-def check_kms_rotation(rs):
-    (key,) = of_type(rs, "aws:kms/key:Key")
-    assert key["inputs"]["enableKeyRotation"] is True
+def check_kms_rotation(p, ctx):
+    keys = of_type(p.resources, "aws:kms/key:Key")
+    assert {k["name"] for k in keys} == {f"{N}-key", f"{N}-alerts-key"}
+    for key in keys:
+        assert key["inputs"]["enableKeyRotation"] is True, key["name"]
 
 
-def check_secrets_in_ssm(rs):
-    params = {p["inputs"]["name"]: p["inputs"] for p in of_type(rs, "aws:ssm/parameter:Parameter")}
+def check_secrets_in_ssm(p, ctx):
+    params = {x["inputs"]["name"]: x["inputs"] for x in of_type(p.resources, "aws:ssm/parameter:Parameter")}
     assert set(params) == {f"/agentctl/{STACK}/scout/anthropic-key", f"/agentctl/{STACK}/scout/github-pat",
-                           f"/agentctl/{STACK}/proxy/ca-key"}
-    for p in params.values():
-        assert p["type"] == "SecureString" and p["keyId"].endswith(f":{N}-key") and p["value"] == SECRET_PLACEHOLDER
+                           ca_key_parameter_name("agentctl", STACK)}
+    for x in params.values():
+        assert x["type"] == "SecureString" and x["keyId"] == f"{ARN}:{N}-key" and x["value"] == SECRET_PLACEHOLDER
 
 
-def check_dns_firewall_blocks_vpc_resolver(rs):
+def check_dns_firewall_blocks_vpc_resolver(p, ctx):
+    rs = p.resources
     assert named(rs, f"{N}-dns-block-all")["inputs"]["domains"] == ["*"]
     rule = named(rs, f"{N}-dns-block-all-rule")["inputs"]
     assert rule["action"] == "BLOCK" and rule["firewallDomainListId"] == mock_id(f"{N}-dns-block-all")
@@ -136,111 +204,296 @@ def check_dns_firewall_blocks_vpc_resolver(rs):
                                                                  "firewallFailOpen": "DISABLED"}
 
 
-def check_rejected_egress_alarm(rs):
+def check_rejected_egress_alarm(p, ctx):
+    rs = p.resources
     flow = named(rs, f"{N}-agent-flow-log")["inputs"]
     assert flow["trafficType"] == "REJECT" and flow["subnetId"] == mock_id(f"{N}-agent-subnet")
-    assert flow["logDestinationType"] == "cloud-watch-logs"
+    assert flow["logDestinationType"] == "cloud-watch-logs" and flow["logDestination"] == f"{ARN}:{N}-flow-log"
     metric_filter = named(rs, f"{N}-agent-rejected-egress")["inputs"]
-    assert 'srcaddr="10.0.2.*"' in metric_filter["pattern"] and 'action="REJECT"' in metric_filter["pattern"]
+    assert metric_filter["logGroupName"] == f"/agentctl/agentctl/{STACK}/rejected"
+    prefix = ".".join(str(ctx.deployment.agent_subnet.network_address).split(".")[:3])
+    fields = metric_filter["pattern"].strip("[]").split(", ")
+    assert f'srcaddr="{prefix}.*"' in fields and 'action="REJECT"' in fields, fields
+    assert metric_filter["metricTransformation"]["value"] == "1"
     alarm = named(rs, f"{N}-agent-escape-alarm")["inputs"]
     assert alarm["metricName"] == metric_filter["metricTransformation"]["name"]
     assert alarm["namespace"] == metric_filter["metricTransformation"]["namespace"]
-    assert alarm["threshold"] == 1 and alarm["alarmActions"]
+    assert alarm["threshold"] == 1 and alarm["comparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["alarmActions"] == [f"{ARN}:{N}-alerts"]
 
 
-def check_user_data_is_rendered_cloud_init(rs):
-    for inst in of_type(rs, INSTANCE):
-        raw = base64.b64decode(inst["inputs"]["userDataBase64"])
-        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()
-        assert text.startswith("#cloud-config"), inst["name"]
+def check_alarm_can_publish_to_its_encrypted_topic(p, ctx):
+    rs = p.resources
+    topic = named(rs, f"{N}-alerts")["inputs"]
+    assert topic["kmsMasterKeyId"] == f"{ARN}:{N}-alerts-key", "alias/aws/sns cannot be granted to CloudWatch"
+    key_policy = json.loads(named(rs, f"{N}-alerts-key")["inputs"]["policy"])
+    by_principal = {json.dumps(s["Principal"], sort_keys=True): s for s in key_policy["Statement"]}
+    cloudwatch = by_principal.get(json.dumps({"Service": "cloudwatch.amazonaws.com"})) or {}
+    assert cloudwatch.get("Effect") == "Allow", "no key policy statement for CloudWatch alarms"
+    assert sorted(cloudwatch["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    admin = by_principal.get(json.dumps({"AWS": f"arn:aws:iam::{PLACEHOLDER_ACCOUNT}:root"})) or {}
+    assert admin.get("Action") == "kms:*", "without the account statement the key locks its owners out"
+    assert len(key_policy["Statement"]) == 2
+    topic_policy = named(rs, f"{N}-alerts-policy")["inputs"]
+    assert topic_policy["arn"] == f"{ARN}:{N}-alerts"
+    (statement,) = json.loads(topic_policy["policy"])["Statement"]
+    assert statement == {"Sid": "EscapeAlarmPublishes", "Effect": "Allow",
+                         "Principal": {"Service": "cloudwatch.amazonaws.com"}, "Action": "sns:Publish",
+                         "Resource": f"{ARN}:{N}-alerts",
+                         "Condition": {"ArnEquals": {"aws:SourceArn": f"{ARN}:{N}-agent-escape-alarm"},
+                                       "StringEquals": {"aws:SourceAccount": PLACEHOLDER_ACCOUNT}}}
+
+
+def check_user_data_is_the_hosts_rendered_user_data(p, ctx):
+    instances = {i["name"]: i for i in of_type(p.resources, INSTANCE)}
+    hosts = {f"{N}-proxy": ctx.deployment.proxy.name, **{f"{N}-agent-{a.name}": a.name for a in ctx.deployment.agents}}
+    assert set(instances) == set(hosts)
+    for name, inst in instances.items():
+        text = user_data_of(inst)
+        assert text == p.rendered[hosts[name]], f"{name} does not get its own rendered user-data"
         assert "PRIVATE KEY" not in text, "the CA key must never travel in user-data"
+
+
+def check_stack_outputs(p, ctx):
+    d = ctx.deployment
+    connect = "aws ec2-instance-connect ssh --connection-type eice --os-user admin --instance-id "
+    assert p.outputs == {
+        "proxyPublicIp": "203.0.113.20",  # the Elastic IP's address, as the mocks answer it
+        "proxyPrivateIp": PROXY_IP,
+        "agentPrivateIps": {"scout": AGENT_IP},
+        "caFingerprintSha256": ctx.ca_fingerprint,
+        "alertsTopicArn": f"{ARN}:{N}-alerts",
+        "ssh": {d.proxy.name: connect + mock_id(f"{N}-proxy"), "scout": connect + mock_id(f"{N}-agent-scout")},
+        "instanceConnectEndpointId": mock_id(f"{N}-eice"),
+    }
 
 
 CHECKS = {f.__name__.removeprefix("check_"): f for f in [
     check_agent_egress_only_to_proxy, check_agent_ingress_only_ssh_from_endpoint, check_proxy_security_group,
-    check_agent_route_table_has_no_way_out, check_agent_has_no_imds, check_agent_has_no_identity_and_no_public_ip,
-    check_root_volumes_encrypted_gp3, check_proxy_instance, check_proxy_role_least_privilege, check_kms_rotation,
-    check_secrets_in_ssm, check_dns_firewall_blocks_vpc_resolver, check_rejected_egress_alarm,
-    check_user_data_is_rendered_cloud_init]}
+    check_instances_carry_exactly_their_security_group, check_default_security_group_is_empty,
+    check_agent_route_table_has_no_way_out, check_agent_imds_closed_after_convergence,
+    check_agent_has_no_identity_and_no_public_ip, check_root_volumes_encrypted_gp3, check_proxy_instance,
+    check_proxy_role_least_privilege, check_kms_rotation, check_secrets_in_ssm,
+    check_dns_firewall_blocks_vpc_resolver, check_rejected_egress_alarm, check_alarm_can_publish_to_its_encrypted_topic,
+    check_user_data_is_the_hosts_rendered_user_data, check_stack_outputs]}
 
-# One deliberate break per invariant: Python run in the harness before evaluation.
+
+def _append_to(cls_path: str, name_part: str, kwarg: str, extra: str) -> str:
+    """Mutation: instances of cls_path whose name contains name_part get `extra` appended to a list kwarg."""
+    module, cls = cls_path.rsplit(".", 1)
+    return (f"orig_cls = {module}.{cls}\n"
+            f"class Mutant(orig_cls):\n"
+            f"    def __init__(self, name, *a, **kw):\n"
+            f"        if {name_part!r} in name:\n"
+            f"            kw[{kwarg!r}] = list(kw[{kwarg!r}]) + [{extra}]\n"
+            f"        super().__init__(name, *a, **kw)\n"
+            f"{module}.{cls} = Mutant\n")
+
+
+def _replace_policy(func: str, edit: str) -> str:
+    """Mutation: the policy document `func` returns is edited by `edit` (Python on `doc`)."""
+    return (f"orig_{func} = policy.{func}\n"
+            f"def mutant(*a, **kw):\n"
+            f"    doc = orig_{func}(*a, **kw)\n"
+            f"    {edit}\n"
+            f"    return doc\n"
+            f"policy.{func} = mutant\n")
+
+
+EMPTY_CLOUD_CONFIG = "__import__('base64').b64encode(b'#cloud-config\\n').decode()"
+
+# Deliberate breaks, one per facet of each invariant: Python run in the harness before evaluation.
 BREAKS = {
-    "agent_egress_only_to_proxy":
+    "agent_egress_only_to_proxy": [
         "orig = policy.agent_to_proxy_ports\n"
         "policy.agent_to_proxy_ports = lambda d: orig(d) + [policy.PortRule('tcp', 25, 'smtp')]",
-    "agent_ingress_only_ssh_from_endpoint":
+    ],
+    "agent_ingress_only_ssh_from_endpoint": [
         "after(aws_deployment.AwsDeployment, '_security_groups', lambda self: pulumi_aws.vpc.SecurityGroupIngressRule("
         "self._name + '-agent-in-any', security_group_id=self.agent_sg.id, ip_protocol='tcp', from_port=22,"
         " to_port=22, cidr_ipv4='0.0.0.0/0', opts=self._opts()))",
-    "proxy_security_group":
+    ],
+    "proxy_security_group": [
         "policy.proxy_upstream_ports = lambda: [policy.PortRule('tcp', p, 'x') for p in (22, 80, 443, 53)]",
-    "agent_route_table_has_no_way_out": "policy.agent_route_destinations = lambda: ['0.0.0.0/0']",
-    "agent_has_no_imds": "policy.agent_metadata_options = lambda: {'http_endpoint': 'enabled', 'http_tokens': 'required'}",
-    "agent_has_no_identity_and_no_public_ip":
+    ],
+    "instances_carry_exactly_their_security_group": [
+        _append_to("pulumi_aws.ec2.Instance", "-agent-", "vpc_security_group_ids", "'sg-0badbadbadbadbad0'"),
+        _append_to("pulumi_aws.ec2.Instance", "-proxy", "vpc_security_group_ids", "'sg-0badbadbadbadbad0'"),
+        _append_to("pulumi_aws.ec2transitgateway.InstanceConnectEndpoint", "-eice", "security_group_ids",
+                   "'sg-0badbadbadbadbad0'"),
+    ],
+    "default_security_group_is_empty": [
+        "override(pulumi_aws.ec2, 'DefaultSecurityGroup', '-default-sg', ingress=[{'protocol': '-1', 'from_port': 0,"
+        " 'to_port': 0, 'self': True}])",
+        "override(pulumi_aws.ec2, 'DefaultSecurityGroup', '-default-sg', egress=[{'protocol': '-1', 'from_port': 0,"
+        " 'to_port': 0, 'cidr_blocks': ['0.0.0.0/0']}])",
+    ],
+    "agent_route_table_has_no_way_out": ["policy.agent_route_destinations = lambda: ['0.0.0.0/0']"],
+    "agent_imds_closed_after_convergence": [
+        # The original defect: launched with the endpoint off, cloud-init never gets its user-data.
+        "policy.agent_metadata_options = lambda: {'http_endpoint': 'disabled', 'http_tokens': 'required'}",
+        "policy.agent_metadata_options = lambda: {'http_endpoint': 'enabled', 'http_tokens': 'optional',"
+        " 'http_put_response_hop_limit': 1, 'instance_metadata_tags': 'disabled'}",
+        "policy.agent_metadata_options = lambda: {'http_endpoint': 'enabled', 'http_tokens': 'required',"
+        " 'http_put_response_hop_limit': 2, 'instance_metadata_tags': 'disabled'}",
+        "policy.agent_metadata_options = lambda: {'http_endpoint': 'enabled', 'http_tokens': 'required',"
+        " 'http_put_response_hop_limit': 1, 'instance_metadata_tags': 'enabled'}",
+        # Nothing ever closes the endpoint.
+        "aws_deployment.AgentImds = lambda *a, **kw: None",
+        # It watches the wrong host's console, or the wrong instance.
+        # (a wrapper, not a subclass: a dynamic resource's subclass gets another type token)
+        "orig_imds = aws_deployment.AgentImds\n"
+        "aws_deployment.AgentImds = lambda name, **kw: orig_imds(name, **{**kw, 'host': 'proxy'})",
+        "orig_imds = aws_deployment.AgentImds\n"
+        "aws_deployment.AgentImds = lambda name, **kw: orig_imds(name, **{**kw, 'instance_id': 'i-0123456789abcdef0'})",
+        "agent_imds.converged_marker = lambda host: 'Cloud-init v. '",
+    ],
+    "agent_has_no_identity_and_no_public_ip": [
         "override(pulumi_aws.ec2, 'Instance', '-agent-', iam_instance_profile='borrowed-profile')",
-    "root_volumes_encrypted_gp3":
+        "override(pulumi_aws.ec2, 'Instance', '-agent-', associate_public_ip_address=True)",
+        "after(aws_deployment.AwsDeployment, '_instances', lambda self: pulumi_aws.ec2.Eip(self._name + '-agent-eip',"
+        " domain='vpc', instance=self.agents['scout'].id, opts=self._opts()))",
+        "override(pulumi_aws.ec2, 'Instance', '-agent-', private_ip='10.0.2.99')",
+    ],
+    "root_volumes_encrypted_gp3": [
         "override(pulumi_aws.ec2, 'Instance', '-agent-', root_block_device={'volume_type': 'gp2', 'encrypted': False})",
-    "proxy_instance":
+        "override(pulumi_aws.ec2, 'Instance', '-proxy', root_block_device={'volume_type': 'gp3', 'encrypted': False})",
+        "override(pulumi_aws.ec2, 'Instance', '-proxy', root_block_device={'volume_type': 'gp2', 'encrypted': True})",
+        "override(pulumi_aws.ec2, 'Instance', '-agent-', root_block_device=None)",
+    ],
+    "proxy_instance": [
         "override(pulumi_aws.ec2, 'Instance', '-proxy', metadata_options={'http_tokens': 'optional',"
         " 'http_put_response_hop_limit': 2})",
-    "proxy_role_least_privilege":
-        "orig = policy.proxy_role_policy\n"
-        "def wide(**kw):\n"
-        "    doc = orig(**kw)\n"
-        "    doc['Statement'][0]['Resource'] = ['*']\n"
-        "    return doc\n"
-        "policy.proxy_role_policy = wide",
-    "kms_rotation": "override(pulumi_aws.kms, 'Key', '-key', enable_key_rotation=False)",
-    "secrets_in_ssm": "override(pulumi_aws.ssm, 'Parameter', '-secret-', type='String')",
-    "dns_firewall_blocks_vpc_resolver": "policy.dns_firewall_block_domains = lambda: ['evil.example.']",
-    "rejected_egress_alarm": "override(pulumi_aws.ec2, 'FlowLog', '-agent-', traffic_type='ACCEPT')",
-    "user_data_is_rendered_cloud_init":
-        "import base64\n"
+        "override(pulumi_aws.ec2, 'Eip', '-proxy-eip', instance='i-0123456789abcdef0')",
+    ],
+    "proxy_role_least_privilege": [
+        _replace_policy("proxy_role_policy", "doc['Statement'][0]['Resource'] = ['*']"),
+    ],
+    "kms_rotation": [
+        "override(pulumi_aws.kms, 'Key', '-key', enable_key_rotation=False)",
+        "override(pulumi_aws.kms, 'Key', '-alerts-key', enable_key_rotation=False)",
+    ],
+    "secrets_in_ssm": ["override(pulumi_aws.ssm, 'Parameter', '-secret-', type='String')"],
+    "dns_firewall_blocks_vpc_resolver": ["policy.dns_firewall_block_domains = lambda: ['evil.example.']"],
+    "rejected_egress_alarm": [
+        "override(pulumi_aws.ec2, 'FlowLog', '-agent-', traffic_type='ACCEPT')",
+        "override(pulumi_aws.ec2, 'FlowLog', '-agent-', subnet_id='subnet-0123456789abcdef0')",
+        "orig = policy.rejected_egress_pattern\n"
+        "policy.rejected_egress_pattern = lambda d: orig(d).replace('srcaddr=\"10.0.2.', 'srcaddr=\"10.0.1.')",
+        "orig = policy.rejected_egress_pattern\n"
+        "policy.rejected_egress_pattern = lambda d: orig(d).replace('action=\"REJECT\"', 'action=\"ACCEPT\"')",
+        "override(pulumi_aws.cloudwatch, 'LogMetricFilter', '-agent-rejected-egress', log_group_name='/other')",
+        "override(pulumi_aws.cloudwatch, 'MetricAlarm', '-escape-alarm', metric_name='Other')",
+        "override(pulumi_aws.cloudwatch, 'MetricAlarm', '-escape-alarm', alarm_actions=[])",
+        "override(pulumi_aws.cloudwatch, 'MetricAlarm', '-escape-alarm', threshold=100)",
+    ],
+    "alarm_can_publish_to_its_encrypted_topic": [
+        # The original defect: the AWS-managed SNS key, which CloudWatch can never use.
+        "override(pulumi_aws.sns, 'Topic', '-alerts', kms_master_key_id='alias/aws/sns')",
+        _replace_policy("alerts_key_policy", "doc['Statement'] = doc['Statement'][:1]"),
+        _replace_policy("alerts_key_policy", "doc['Statement'][1]['Action'] = ['kms:Decrypt']"),
+        _replace_policy("alerts_key_policy", "doc['Statement'] = doc['Statement'][1:]"),
+        _replace_policy("alerts_topic_policy", "del doc['Statement'][0]['Condition']"),
+        _replace_policy("alerts_topic_policy", "doc['Statement'][0]['Principal'] = {'AWS': '*'}"),
+        "override(pulumi_aws.sns, 'TopicPolicy', '-alerts-policy', arn='arn:aws:sns:us-east-1:1:other')",
+    ],
+    "user_data_is_the_hosts_rendered_user_data": [
+        f"override(pulumi_aws.ec2, 'Instance', '-agent-', user_data_base64={EMPTY_CLOUD_CONFIG})",
+        f"override(pulumi_aws.ec2, 'Instance', '-proxy', user_data_base64={EMPTY_CLOUD_CONFIG})",
         "orig = agentctl.render.render_hosts\n"
         "def leaky(*a, **kw):\n"
         "    hosts = orig(*a, **kw)\n"
         "    return [type(h)(**{**h.__dict__, 'user_data': h.user_data + '\\n# -----BEGIN PRIVATE KEY-----'}) for h in hosts]\n"
         "agentctl.render.render_hosts = leaky",
+    ],
+    "stack_outputs": [
+        "orig = aws_deployment.AwsDeployment.outputs\n"
+        "aws_deployment.AwsDeployment.outputs = lambda self: {**orig(self), 'agentPrivateIps': {}}",
+        "orig_export = pulumi.export\n"
+        "pulumi.export = lambda k, v: None if k == 'ssh' else orig_export(k, v)",
+        "orig = aws_deployment.AwsDeployment.outputs\n"
+        "aws_deployment.AwsDeployment.outputs = lambda self: {**orig(self), 'proxyPublicIp': self._d.proxy_ip}",
+    ],
 }
+BROKEN = [f"{inv}/{i}" for inv, patches in sorted(BREAKS.items()) for i in range(len(patches))]
 
 
 def _ami_override(config):
     config["agentctl:ami"] = "ami-0123456789abcdef0"
 
 
+def _context(project) -> Ctx:
+    # A CA in the project: plan uses it (so its fingerprint is known) and the harness
+    # renders every host's expected user-data with it.
+    return Ctx(load(project, STACK), ensure_ca(project, STACK).fingerprint_sha256)
+
+
 @pytest.fixture(scope="module")
-def plans(tmp_path_factory):
-    project = make_project(tmp_path_factory.mktemp("aws"), STACK)
+def project(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("aws"), STACK)
+
+
+@pytest.fixture(scope="module")
+def ctx(project):
+    return _context(project)
+
+
+@pytest.fixture(scope="module")
+def plans(project, ctx, tmp_path_factory):
     ami = make_project(tmp_path_factory.mktemp("aws-ami"), STACK, _ami_override)
+    # Records the options of each instance in its tags, where the mocks can see them.
+    spy = ("orig_instance = pulumi_aws.ec2.Instance\n"
+           "class Spy(orig_instance):\n"
+           "    def __init__(self, name, *a, **kw):\n"
+           "        o = kw.get('opts')\n"
+           "        kw['tags'] = {**kw.get('tags', {}), 'spy:ignoreChanges': ','.join((o and o.ignore_changes) or [])}\n"
+           "        super().__init__(name, *a, **kw)\n"
+           "pulumi_aws.ec2.Instance = Spy\n")
     jobs = {"baseline": {"dir": str(project), "stack": STACK, "patch": ""},
-            "ami": {"dir": str(ami), "stack": STACK, "patch": ""}}
-    jobs.update({name: {"dir": str(project), "stack": STACK, "patch": patch} for name, patch in BREAKS.items()})
-    return evaluate_variants(jobs)
+            "ami": {"dir": str(ami), "stack": STACK, "patch": ""},
+            "spy": {"dir": str(project), "stack": STACK, "patch": spy},
+            "spy-broken": {"dir": str(project), "stack": STACK,
+                           "patch": spy + "policy.agent_instance_ignore_changes = lambda: []"}}
+    for key in BROKEN:
+        inv, i = key.split("/")
+        jobs[key] = {"dir": str(project), "stack": STACK, "patch": BREAKS[inv][int(i)]}
+    return {k: Plan(v["resources"], v["outputs"], v["rendered"])
+            for k, v in evaluate_variants(jobs, with_outputs=True).items()}
 
 
 def test_every_invariant_has_a_break():
-    assert set(BREAKS) == set(CHECKS)
+    assert set(BREAKS) == set(CHECKS) and all(BREAKS.values())
 
 
 @pytest.mark.parametrize("invariant", sorted(CHECKS))
-def test_invariant_holds(plans, invariant):
-    CHECKS[invariant](plans["baseline"])
+def test_invariant_holds(plans, ctx, invariant):
+    CHECKS[invariant](plans["baseline"], ctx)
 
 
-@pytest.mark.parametrize("invariant", sorted(BREAKS))
-def test_invariant_fails_on_broken_program(plans, invariant):
+@pytest.mark.parametrize("broken", BROKEN)
+def test_invariant_fails_on_broken_program(plans, ctx, broken):
     with pytest.raises(AssertionError):
-        CHECKS[invariant](plans[invariant])
+        CHECKS[broken.split("/")[0]](plans[broken], ctx)
+
+
+def test_refresh_never_reopens_the_agents_imds(plans):
+    """AgentImds disables the endpoint outside the instance's inputs: the instance must
+    ignore that field, or `pulumi up --refresh` would enable it again."""
+    def ignored(plan):
+        return {i["name"]: i["inputs"]["tags"]["spy:ignoreChanges"] for i in of_type(plan.resources, INSTANCE)}
+
+    assert ignored(plans["spy"]) == {f"{N}-agent-scout": "metadataOptions.httpEndpoint", f"{N}-proxy": ""}
+    assert ignored(plans["spy-broken"])[f"{N}-agent-scout"] == ""
 
 
 def test_children_are_parented_and_named_after_the_component(plans):
-    names = [r["name"] for r in plans["baseline"]]
-    assert named(plans["baseline"], N)["type"] == "agentctl:aws:Deployment"
+    names = [r["name"] for r in plans["baseline"].resources]
+    assert named(plans["baseline"].resources, N)["type"] == "agentctl:aws:Deployment"
     assert all(n == N or n.startswith(f"{N}-") for n in names)
 
 
 def test_ami_defaults_to_lookup_and_is_overridable(plans):
     from agentctl.plan import PLACEHOLDER_AMI
 
-    assert {i["inputs"]["ami"] for i in of_type(plans["baseline"], INSTANCE)} == {PLACEHOLDER_AMI}
-    assert {i["inputs"]["ami"] for i in of_type(plans["ami"], INSTANCE)} == {"ami-0123456789abcdef0"}
+    assert {i["inputs"]["ami"] for i in of_type(plans["baseline"].resources, INSTANCE)} == {PLACEHOLDER_AMI}
+    assert {i["inputs"]["ami"] for i in of_type(plans["ami"].resources, INSTANCE)} == {"ami-0123456789abcdef0"}

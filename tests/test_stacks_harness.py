@@ -22,7 +22,7 @@ import json, os, sys
 from pathlib import Path
 import pulumi, pulumi_aws, pulumi_hcloud
 import agentctl.plan, agentctl.render
-from agentctl_stacks import program, aws_deployment, hcloud_deployment, policy
+from agentctl_stacks import program, aws_deployment, hcloud_deployment, policy, agent_imds, proxy_secrets
 # The provider SDKs load submodules lazily: load them once here, not in every child.
 for _mod in ("ec2", "vpc", "iam", "kms", "ssm", "route53", "cloudwatch", "sns", "ec2transitgateway"):
     getattr(pulumi_aws, _mod).__dict__
@@ -46,6 +46,20 @@ def after(cls, method, extra):
         extra(self)
     setattr(cls, method, mutant)
 
+def expected_user_data(folder, stack):
+    """host -> the user-data the program should hand that host, rendered here, in the
+    evaluating process and before any mutation (None when the project has no CA yet)."""
+    from agentctl.ca import ca_dir, ensure_ca
+    from agentctl.stackfile import load
+    if not ca_dir(folder, stack).is_dir():
+        return None
+    d = load(folder, stack)
+    hosts = agentctl.render.render_hosts(d, ensure_ca(folder, stack).cert_pem, stack=stack,
+                                         project=agentctl.plan.project_name(folder))
+    # Hetzner servers get render's Hetzner form of it, once render has one.
+    wrap = getattr(agentctl.render, "hcloud_user_data", None) if d.cloud == "hcloud" else None
+    return {h.name: wrap(h.user_data) if wrap else h.user_data for h in hosts}
+
 jobs = json.load(sys.stdin)
 results = {}
 for key, job in jobs.items():
@@ -54,8 +68,10 @@ for key, job in jobs.items():
     if pid == 0:
         os.close(read_end)
         try:
+            rendered = expected_user_data(Path(job["dir"]), job["stack"])
             exec(job["patch"], dict(globals()))
-            out = {"resources": agentctl.plan.evaluate(Path(job["dir"]), job["stack"])}
+            resources, outputs = agentctl.plan.evaluate_with_outputs(Path(job["dir"]), job["stack"])
+            out = {"resources": resources, "outputs": outputs, "rendered": rendered}
         except BaseException as exc:
             out = {"error": f"{type(exc).__name__}: {exc}"}
         with os.fdopen(write_end, "w") as fh:
@@ -82,8 +98,10 @@ def make_project(tmp: Path, stack: str, edit=None) -> Path:
     return tmp
 
 
-def evaluate_variants(jobs: dict[str, dict], workers: int = 2) -> dict[str, list[dict]]:
-    """jobs: name -> {dir, stack, patch}. Returns name -> registered resources."""
+def evaluate_variants(jobs: dict[str, dict], workers: int = 2, with_outputs: bool = False) -> dict:
+    """jobs: name -> {dir, stack, patch}. Returns name -> registered resources, or with
+    with_outputs name -> {"resources": [...], "outputs": {...} (the stack outputs),
+    "rendered": {host: user-data} (what render gives each host, when the project has a CA)}."""
     names = sorted(jobs)
     shards = [names[i::workers] for i in range(workers)]
 
@@ -99,7 +117,7 @@ def evaluate_variants(jobs: dict[str, dict], workers: int = 2) -> dict[str, list
         merged = {k: v for part in pool.map(run, shards) for k, v in part.items()}
     errors = {k: v["error"] for k, v in merged.items() if "error" in v}
     assert not errors, errors
-    return {k: v["resources"] for k, v in merged.items()}
+    return merged if with_outputs else {k: v["resources"] for k, v in merged.items()}
 
 
 # --- lookups over recorded registrations -------------------------------------------

@@ -31,9 +31,23 @@ def test_agent_subnet_has_no_routes_and_proxy_one():
 
 
 def test_metadata_options():
-    assert policy.agent_metadata_options()["http_endpoint"] == "disabled"
+    # Agents launch with IMDSv2 only (cloud-init needs it once); AgentImds then closes it.
+    assert policy.agent_metadata_options() == {"http_endpoint": "enabled", "http_tokens": "required",
+                                               "http_put_response_hop_limit": 1, "instance_metadata_tags": "disabled"}
+    assert policy.agent_instance_ignore_changes() == ["metadataOptions.httpEndpoint"]
     proxy = policy.proxy_metadata_options()
     assert proxy["http_tokens"] == "required" and proxy["http_put_response_hop_limit"] == 1
+
+
+def test_alert_key_and_topic_policies():
+    key = policy.alerts_key_policy("111122223333")
+    principals = [s["Principal"] for s in key["Statement"]]
+    assert principals == [{"AWS": "arn:aws:iam::111122223333:root"}, {"Service": "cloudwatch.amazonaws.com"}]
+    assert key["Statement"][1]["Action"] == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    (publish,) = policy.alerts_topic_policy(topic_arn="arn:t", alarm_arn="arn:a", account="111122223333")["Statement"]
+    assert publish["Action"] == "sns:Publish" and publish["Resource"] == "arn:t"
+    assert publish["Condition"] == {"ArnEquals": {"aws:SourceArn": "arn:a"},
+                                    "StringEquals": {"aws:SourceAccount": "111122223333"}}
 
 
 def test_proxy_role_policy_is_scoped():
@@ -63,7 +77,7 @@ def test_ami_filters(distro, itype, owner, needle):
 def test_rejected_egress_pattern_matches_exactly_the_agent_subnet(net):
     from agentctl.model import Deployment
 
-    d = Deployment.model_validate({"cloud": "aws", "region": "r", "agents": [{"name": "ab", "runtime": {"command": {"exec": "x"}}}],
+    d = Deployment.model_validate({"cloud": "aws", "region": "r", "agents": [{"name": "ab", "runtime": {"command": {"exec": "/usr/bin/x"}}}],
                                    "adminSshKeys": ["ssh-ed25519 AAAA"], "network": {"cidr": str(net)}})
     prefix = re.search(r'srcaddr="([0-9.]+)\.\*"', policy.rejected_egress_pattern(d)).group(1)
     assert ipaddress.ip_network(prefix + ".0/24") == d.agent_subnet
@@ -74,9 +88,15 @@ def test_hcloud_zone_and_firewall():
     with pytest.raises(ValueError, match="not a Hetzner location"):
         policy.hcloud_network_zone("us-east-1")
     hc = load(ROOT, "example-hcloud")
-    assert policy.hcloud_firewall_rules(hc) == [{"direction": "in", "protocol": "tcp", "port": "22",
-                                                 "source_ips": ["203.0.113.0/24"],
-                                                 "description": "break-glass SSH from admin CIDRs"}]
+    rules = policy.hcloud_firewall_rules(hc)
+    assert rules[0] == {"direction": "in", "protocol": "tcp", "port": "22", "source_ips": ["203.0.113.0/24"],
+                        "description": "break-glass SSH from admin CIDRs"}
+    out = {(r["protocol"], r["port"]) for r in rules if r["direction"] == "out"}
+    assert out == {("tcp", "80"), ("tcp", "443"), ("tcp", "53"), ("udp", "53"), ("udp", "123"),
+                   ("udp", "41641"), ("udp", "3478")}
+    assert all(r["destination_ips"] == ["0.0.0.0/0"] for r in rules if r["direction"] == "out")
+    without = hc.model_copy(update={"tailscale": None})
+    assert {r["port"] for r in policy.hcloud_firewall_rules(without) if r["direction"] == "out"} == {"80", "443", "53", "123"}
     assert policy.agent_public_nets() == [{"ipv4_enabled": False, "ipv6_enabled": False}]
 
 
