@@ -42,8 +42,14 @@ def ensure_ca(project_dir: Path, stack: str) -> Ca:
     ca = Ca(folder / "ca.crt", folder / "ca.key")
     if ca.cert_path.is_file() and ca.key_path.is_file():
         return ca
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_pem, cert_pem = new_ca(f"agentctl {stack} egress CA")
+    return _write(project_dir, stack, key_pem, cert_pem)
+
+
+def _write(project_dir: Path, stack: str, key_pem: bytes, cert_pem: bytes) -> Ca:
+    folder = ca_dir(project_dir, stack)
+    ca = Ca(folder / "ca.crt", folder / "ca.key")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     # O_EXCL: two concurrent first runs must not end with a key that does not match its cert.
     fd = os.open(ca.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -69,3 +75,27 @@ def new_ca(common_name: str, days: int = 3650) -> tuple[bytes, bytes]:
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class PendingCa:
+    """The stack's CA as render needs it: the existing one, or a new one that is
+    written only by save(), after every input has been checked."""
+
+    project_dir: Path
+    stack: str
+    cert_pem: str
+    key_pem: bytes | None  # None: it exists on disk already
+
+    def save(self) -> Ca:
+        if self.key_pem is None:
+            return ensure_ca(self.project_dir, self.stack)
+        return _write(self.project_dir, self.stack, self.key_pem, self.cert_pem.encode())
+
+
+def pending_ca(project_dir: Path, stack: str) -> PendingCa:
+    folder = ca_dir(project_dir, stack)
+    if (folder / "ca.crt").is_file() and (folder / "ca.key").is_file():
+        return PendingCa(Path(project_dir), stack, (folder / "ca.crt").read_text(), None)
+    key_pem, cert_pem = new_ca(f"agentctl {stack} egress CA")
+    return PendingCa(Path(project_dir), stack, cert_pem.decode(), key_pem)

@@ -9,11 +9,9 @@ from typing import List, Optional
 import typer
 
 from agentctl.errors import AgentctlError
-from agentctl.lab.cli import app as lab_app
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, pretty_exceptions_enable=False, add_completion=False,
                   help="Dedicated hardened hosts for AI agents, with an egress proxy as their only way out.")
-app.add_typer(lab_app, name="lab")
 
 StackOpt = typer.Option(..., "--stack", help="Stack name: reads Pulumi.<stack>.yaml")
 ProjectDirOpt = typer.Option(Path("."), "--project-dir", help="Folder that holds Pulumi.yaml and the stack files")
@@ -42,6 +40,15 @@ def verify(stack: str = StackOpt, host: List[str] = typer.Option(..., "--host", 
     """Run each host's role suite (testinfra) against converged hosts."""
     from agentctl.verify import run_verify
     raise typer.Exit(run_verify(project_dir, stack, host, ssh_key))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def lab(ctx: typer.Context) -> None:
+    """The local lab: up | verify | escape | down | status | ssh HOST (see: agentctl lab --help)."""
+    # Imported only when used: the lab's modules cost a second that --help and render should not pay.
+    from agentctl.lab.cli import app as lab_app
+    group = typer.main.get_group(lab_app)  # a group: no completion options of its own
+    group.main(args=ctx.args, prog_name=f"{ctx.find_root().info_name or 'agentctl'} lab")
 
 
 def main() -> None:

@@ -63,11 +63,19 @@ def schema_errors(user_data: Path, distro: str) -> str | None:
     return (proc.stdout + proc.stderr).strip() or f"cloud-init schema exited {proc.returncode}"
 
 
-def read_as_cloud_init(blob: Path, distro: str) -> str:
+def read_as_cloud_init(blob: Path, distro: str, *, datasource: str = "") -> str:
     """Feed raw user-data (plain or gzip) through cloud-init's own user-data processor
-    and return the cloud-config text it extracts."""
+    and return the cloud-config text it extracts. datasource="hetzner" first decodes it
+    as cloud-init's Hetzner datasource does (maybe_b64decode: base64 if it is base64)."""
+    decode = ""
+    if datasource == "hetzner":
+        # 22.4 keeps the helper in the Hetzner helpers; 25.x moved it to cloudinit.util.
+        decode = ("try:\n    from cloudinit.util import maybe_b64decode\n"
+                  "except ImportError:\n    from cloudinit.sources.helpers.hetzner import maybe_b64decode\n"
+                  "raw = maybe_b64decode(raw)\n")
     proc = _run(distro, "import sys; from cloudinit.user_data import UserDataProcessor\n"
-                        "msg = UserDataProcessor({}).process(open(sys.argv[1],'rb').read())\n"
+                        "raw = open(sys.argv[1],'rb').read()\n" + decode +
+                        "msg = UserDataProcessor({}).process(raw)\n"
                         "parts = [p for p in msg.walk() if p.get_content_type() == 'text/cloud-config']\n"
                         "sys.stdout.write(parts[0].get_payload(decode=True).decode())", str(blob))
     if proc.returncode != 0:

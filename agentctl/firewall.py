@@ -23,9 +23,17 @@ def admin_ssh_sources(d: Deployment) -> list[tuple[str, str]]:
     return [(management_subnet(d), "admin ssh")]
 
 
-def _dhcp() -> list[str]:
-    # Lease renewals: without them a cloud host loses its address after the lease.
-    return ["allow out 67/udp comment 'dhcp'"]
+def _dhcp(d: Deployment, role: str) -> list[str]:
+    """Lease renewals: without them a cloud host loses its address after the lease.
+    DHCP only: from the client port 68 (below 1024, so no unprivileged process can
+    send from it) to the server port 67. An agent's DHCP server is inside the
+    deployment network (AWS: the subnet router; Hetzner: the network gateway), or
+    reached by broadcast. The proxy's public link gets its lease from outside it
+    (Hetzner: 172.31.1.1), and the proxy may send DNS anywhere anyway: any address."""
+    rule = "allow out from any port 68 to {} port 67 proto udp comment 'dhcp'"
+    if role == "proxy":
+        return [rule.format("any")]
+    return [rule.format("255.255.255.255"), rule.format(d.network.cidr)]
 
 
 def agent_rules(d: Deployment) -> list[str]:
@@ -36,7 +44,7 @@ def agent_rules(d: Deployment) -> list[str]:
         f"allow out to {proxy} port {listen.dns} proto tcp comment 'dns via proxy'",
         f"allow out to {proxy} port {listen.dns} proto udp comment 'dns via proxy'",
         f"allow out to {proxy} port 123 proto udp comment 'ntp via proxy'",
-        *_dhcp(),
+        *_dhcp(d, "agent"),
         *[f"allow from {src} to any port 22 proto tcp comment '{why}'" for src, why in admin_ssh_sources(d)],
         f"allow from {proxy} to any port 22 proto tcp comment 'admin ssh via proxy jump'",
     ]
@@ -59,12 +67,13 @@ def proxy_rules(d: Deployment) -> list[str]:
         "allow out 53/udp comment 'dns'",
         "allow out 123/udp comment 'ntp'",
         f"allow out to {agents} port 22 proto tcp comment 'ssh jump to agents'",
-        *_dhcp(),
+        *_dhcp(d, "proxy"),
     ]
     if d.cloud == "aws":
         # IMDSv2 for the instance profile's credentials (hop limit 1 keeps it on this host).
         rules.append("allow out to 169.254.169.254 port 80 proto tcp comment 'imds'")
     if d.tailscale:
         rules.append("allow out 41641/udp comment 'tailscale'")
+        rules.append("allow out 3478/udp comment 'tailscale stun'")
         rules.append("allow in on tailscale0 comment 'tailscale admin path'")
     return rules

@@ -8,14 +8,38 @@ proxy's own (iron-proxy) format and keeps its snake_case keys verbatim.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
+from functools import lru_cache
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agentctl import values
 
 HOSTNAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
 DURATION = r"^[0-9]+(s|m|h)$"
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"}
+# Environment the agent unit sets itself: a stack may not point the agent elsewhere.
+RESERVED_ENV = {"HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy", "SSL_CERT_FILE",
+                "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "HERMES_HOME"}
+
+
+def _not_reserved(name: str) -> str:
+    if name in RESERVED_ENV:
+        raise ValueError("is set by agentctl itself (proxy, CA bundle, Hermes home); expected another name")
+    return name
+
+
+OneLine = Annotated[str, AfterValidator(values.no_control)]
+EnvName = Annotated[str, AfterValidator(values.env_name), AfterValidator(_not_reserved)]
+HttpsUrl = Annotated[str, AfterValidator(values.https_url)]
+
+
+@lru_cache(maxsize=64)
+def _first_24s(cidr: str) -> tuple[ipaddress.IPv4Network, ...]:
+    """The first three /24s of the deployment network: admin, proxy, agents."""
+    return tuple(itertools.islice(ipaddress.ip_network(cidr).subnets(new_prefix=24), 3))
 
 
 class Strict(BaseModel):
@@ -147,8 +171,9 @@ class Bootstrap(Strict):
 # --- runtime -------------------------------------------------------------------------
 
 class Hermes(Strict):
-    repo: str = "https://github.com/NousResearch/hermes-agent"
-    version: str | None = None
+    repo: Annotated[str, AfterValidator(lambda v: values.https_url(v, query=False))] = \
+        "https://github.com/NousResearch/hermes-agent"
+    version: Annotated[str, AfterValidator(values.git_ref)] | None = None
     commit: Annotated[str, Field(pattern=r"^[0-9a-f]{7,40}$")] | None = None
 
     @model_validator(mode="after")
@@ -163,8 +188,9 @@ class Hermes(Strict):
 
 
 class Command(Strict):
-    exec: Annotated[str, Field(min_length=1)]
-    environment: dict[str, str] = {}
+    # A systemd command line, verbatim (its quoting, its $VAR), except that % is literal.
+    exec: Annotated[OneLine, Field(min_length=2, pattern=r"^/")]
+    environment: dict[EnvName, OneLine] = {}
 
 
 class Runtime(Strict):
@@ -180,13 +206,22 @@ class Runtime(Strict):
 
 # --- hosts ---------------------------------------------------------------------------
 
+class Backups(Strict):
+    """A local backup of the agent's state (tar + zstd under /var/backups/agentctl),
+    secrets files excluded; off unless enabled."""
+
+    enabled: bool = False
+    interval_hours: Annotated[int, Field(alias="intervalHours", ge=1, le=168)] = 24
+    keep: Annotated[int, Field(ge=1, le=365)] = 7
+
+
 class Agent(Strict):
     name: Annotated[str, Field(pattern=HOSTNAME)]
     size: str | None = None
     runtime: Runtime
     egress: Egress = Egress()
     bootstrap: Bootstrap = Bootstrap()
-    backups: bool = False
+    backups: Backups = Backups()
 
 
 class Listen(Strict):
@@ -199,7 +234,7 @@ class Listen(Strict):
 class ProxyInstall(Strict):
     """How the proxy host gets agentctl-proxy: a pip requirement, installed in a venv."""
 
-    pip: str = "agentctl-proxy"
+    pip: Annotated[str, AfterValidator(values.shell_word), Field(min_length=1)] = "agentctl-proxy"
 
 
 class DnsRecord(Strict):
@@ -255,6 +290,7 @@ class Watchdog(Strict):
     interval_minutes: Annotated[int, Field(alias="intervalMinutes", ge=1, le=60)] = 2
     failure_threshold: Annotated[int, Field(alias="failureThreshold", ge=1, le=20)] = 3
     disk_max_percent: Annotated[int, Field(alias="diskMaxPercent", ge=50, le=99)] = 90
+    # Checked only on hosts whose backups are enabled (an agent's `backups.enabled`).
     backup_max_age_hours: Annotated[int | None, Field(alias="backupMaxAgeHours", ge=1)] = None
 
 
@@ -266,7 +302,7 @@ class Tailscale(Strict):
 
 class Deployment(Strict):
     cloud: Literal["aws", "hcloud", "lab"]
-    region: str
+    region: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")]
     distro: Literal["ubuntu-24.04", "debian-12"] = "ubuntu-24.04"
     admin_ssh_keys: Annotated[list[str], Field(alias="adminSshKeys", min_length=1)]
     network: Network = Network()
@@ -275,7 +311,7 @@ class Deployment(Strict):
     maintenance: Maintenance = Maintenance()
     watchdog: Watchdog = Watchdog()
     tailscale: Tailscale | None = None
-    heartbeat_url: Annotated[str | None, Field(alias="heartbeatUrl", pattern=r"^https://")] = None
+    heartbeat_url: Annotated[HttpsUrl | None, Field(alias="heartbeatUrl")] = None
     ami: str | None = None
     image: str | None = None
     # Which top-level config keys are Pulumi secrets; filled by the loader, not by users.
@@ -298,18 +334,20 @@ class Deployment(Strict):
     # Addressing is pure and shared by every cloud and the lab, so a test of it holds everywhere.
     @property
     def proxy_subnet(self) -> ipaddress.IPv4Network:
-        return list(ipaddress.ip_network(self.network.cidr).subnets(new_prefix=24))[1]
+        return _first_24s(self.network.cidr)[1]
 
     @property
     def agent_subnet(self) -> ipaddress.IPv4Network:
-        return list(ipaddress.ip_network(self.network.cidr).subnets(new_prefix=24))[2]
+        return _first_24s(self.network.cidr)[2]
 
     @property
     def proxy_ip(self) -> str:
         return str(self.proxy_subnet.network_address + 10)
 
     def agent_ip(self, agent: Agent) -> str:
-        return str(self.agent_subnet.network_address + 11 + self.agents.index(agent))
+        # By identity first: == compares two models field by field (render asks per host).
+        index = next((i for i, a in enumerate(self.agents) if a is agent), None)
+        return str(self.agent_subnet.network_address + 11 + (self.agents.index(agent) if index is None else index))
 
     def secret_refs(self) -> list[tuple[str, ConfigSecretRef]]:
         """Every (key path, reference) to a Pulumi config secret in the model."""

@@ -6,12 +6,8 @@ as data and dumped as YAML, so no template can break its syntax.
 """
 from __future__ import annotations
 
-import base64
-import gzip
 import json
-import os
-import shutil
-import tempfile
+import shlex
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,20 +16,29 @@ from typing import Any
 import jinja2
 import yaml
 
-from agentctl import firewall, hardening
-from agentctl.ca import ensure_ca
+from agentctl import escape, firewall, hardening
+from agentctl.ca import pending_ca
 from agentctl.model import Agent, Deployment
+from agentctl.outdir import check_out, write_atomically
 from agentctl.proxyconfig import proxy_config
+from agentctl.resources import ROLES, TEMPLATES
 from agentctl.secrets import TAILSCALE_AUTHKEY_PATH
-from agentctl.stackfile import load
+from agentctl.stackfile import load, stack_path
+# The stacks hand user-data to the clouds through these (EC2: base64; Hetzner: text).
+from agentctl.userdata import (EC2_USER_DATA_LIMIT, HCLOUD_USER_DATA_LIMIT,  # noqa: F401
+                               check_user_data_limits, ec2_user_data_base64, hcloud_user_data)
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "templates"
-ROLES = ROOT / "roles"
-EC2_USER_DATA_LIMIT = 16384
 PROXY_BIN = "/opt/agentctl-proxy/venv/bin/agentctl-proxy"
 AGENT_SERVICE = "agentctl-agent.service"
 PROXY_SERVICE = "agentctl-proxy.service"
+# Hermes' home (its config, sessions, memories): outside /home/agentuser, in a folder
+# whose parent the agent cannot write, so it can neither edit nor replace the
+# root-owned config that holds its guardrails. Its code is root-owned too.
+HERMES_HOME = "/var/lib/agentctl-hermes"
+HERMES_CONFIG = f"{HERMES_HOME}/config.yaml"
+HERMES_INSTALL = "/opt/agentctl-hermes"
+BACKUP_DIR = "/var/backups/agentctl"
+BACKUP_MARKER = "/var/lib/agentctl/last-backup"
 
 
 class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml: 10x faster
@@ -68,8 +73,10 @@ class RenderedHost:
 @lru_cache(maxsize=None)
 def _env(role: str) -> jinja2.Environment:
     loader = jinja2.FileSystemLoader([str(TEMPLATES), str(ROLES / role / "templates")])
-    return jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              autoescape=False)
+    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=False)
+    env.filters.update(escape.FILTERS)
+    return env
 
 
 @lru_cache(maxsize=None)
@@ -113,6 +120,7 @@ def _common(d: Deployment, *, name: str, role: str, private_ip: str, stack: str,
         "tailscale_enabled": role == "proxy" and d.tailscale is not None,
         "tailscale_authkey_path": TAILSCALE_AUTHKEY_PATH,
         "heartbeat_url": d.heartbeat_url,
+        "backups_enabled": False, "backup_marker": BACKUP_MARKER,
         "heartbeat_curl_proxy": f"--proxy {proxy_url}" if role == "agent" else "",
         "ufw_rules": firewall.agent_rules(d) if role == "agent" else firewall.proxy_rules(d),
     }
@@ -129,18 +137,21 @@ def _proxy_env(d: Deployment) -> dict[str, str]:
 
 def _agent_exec(agent: Agent) -> str:
     if agent.runtime.hermes:
-        return "/home/agentuser/hermes-agent/venv/bin/hermes gateway"
+        return f"{HERMES_INSTALL}/venv/bin/hermes gateway"
     assert agent.runtime.command is not None
     return agent.runtime.command.exec
 
 
 def _agent_context(d: Deployment, agent: Agent) -> dict[str, Any]:
     env = _proxy_env(d)
-    agent_env = dict(env)
+    agent_env = {**env, "HERMES_HOME": HERMES_HOME}
     if agent.runtime.command:
         agent_env.update(agent.runtime.command.environment)
-    return {"agent": agent, "proxy_env": env, "agent_env": agent_env, "agent_exec": _agent_exec(agent),
-            "shell_proxy_env": " ".join(f"{k}={v}" for k, v in env.items())}
+    return {"agent": agent, "proxy_env": env, "agent_exec": escape.systemd_specifiers(_agent_exec(agent)),
+            "agent_environment": [escape.systemd_env(k, v) for k, v in agent_env.items()],
+            "shell_proxy_env": " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()),
+            "hermes_home": HERMES_HOME, "hermes_config": HERMES_CONFIG, "hermes_install": HERMES_INSTALL,
+            "backups_enabled": agent.backups.enabled, "backups": agent.backups, "backup_dir": BACKUP_DIR}
 
 
 def _users(d: Deployment, role: str) -> list[Any]:
@@ -194,6 +205,11 @@ def _cloud_config(d: Deployment, role: str, name: str, ctx: dict[str, Any]) -> s
         ip, port = d.proxy_ip, d.proxy.listen.tunnel
         doc["bootcmd"] = [["bash", "-c", f"for i in $(seq 120); do (exec 3<>/dev/tcp/{ip}/{port}) 2>/dev/null "
                                          f"&& exit 0; sleep 5; done; exit 0"]]
+    if role == "proxy" and ctx["proxy_own_resolvers"]:
+        # The VPC resolver answers NXDOMAIN to everyone (DNS Firewall): switch to our own
+        # before cloud-init's packages step and the pip install need names (bootcmd runs
+        # in the init stage; packages and runcmd run in the final stage).
+        doc["bootcmd"] = [["bash", "-c", _env(role).get_template("proxy-resolvers.sh.j2").render(ctx)]]
     doc["runcmd"] = [["/usr/local/sbin/agentctl-converge"]]
     doc["power_state"] = {"mode": "reboot", "delay": "now", "condition": "test -e /run/agentctl/reboot-required",
                           "message": "agentctl: reboot once so sshd starts with the hardened config"}
@@ -203,16 +219,7 @@ def _cloud_config(d: Deployment, role: str, name: str, ctx: dict[str, Any]) -> s
 
 
 def render_hosts(d: Deployment, ca_cert_pem: str, *, stack: str, project: str = "agentctl") -> list[RenderedHost]:
-    hosts = []
-    pconf = dump_yaml(proxy_config(d, project=project, stack=stack))
-    ctx = _common(d, name=d.proxy.name, role="proxy", private_ip=d.proxy_ip, stack=stack, project=project,
-                  ca_cert_pem=ca_cert_pem)
-    ctx.update(proxy_config=pconf, proxy_bin=PROXY_BIN,
-               proxy_own_resolvers=d.proxy.resolvers if d.cloud == "aws" else [],
-               proxy_install_spec=None if d.cloud == "lab" else d.proxy.install.pip,
-               host_facts=_facts(d, "proxy", d.proxy.name, d.proxy_ip, stack))
-    hosts.append(RenderedHost(d.proxy.name, "proxy", d.proxy_ip, _cloud_config(d, "proxy", d.proxy.name, ctx),
-                              _meta_data(d.proxy.name, stack), pconf))
+    hosts = [_render_proxy(d, ca_cert_pem, stack=stack, project=project)]
     for agent in d.agents:
         ip = d.agent_ip(agent)
         ctx = _common(d, name=agent.name, role="agent", private_ip=ip, stack=stack, project=project,
@@ -222,6 +229,18 @@ def render_hosts(d: Deployment, ca_cert_pem: str, *, stack: str, project: str = 
         hosts.append(RenderedHost(agent.name, "agent", ip, _cloud_config(d, "agent", agent.name, ctx),
                                   _meta_data(agent.name, stack)))
     return hosts
+
+
+def _render_proxy(d: Deployment, ca_cert_pem: str, *, stack: str, project: str) -> RenderedHost:
+    pconf = dump_yaml(proxy_config(d, project=project, stack=stack))
+    ctx = _common(d, name=d.proxy.name, role="proxy", private_ip=d.proxy_ip, stack=stack, project=project,
+                  ca_cert_pem=ca_cert_pem)
+    ctx.update(proxy_config=pconf, proxy_bin=PROXY_BIN,
+               proxy_own_resolvers=d.proxy.resolvers if d.cloud == "aws" else [],
+               proxy_install_spec=None if d.cloud == "lab" else d.proxy.install.pip,
+               host_facts=_facts(d, "proxy", d.proxy.name, d.proxy_ip, stack))
+    return RenderedHost(d.proxy.name, "proxy", d.proxy_ip, _cloud_config(d, "proxy", d.proxy.name, ctx),
+                        _meta_data(d.proxy.name, stack), pconf)
 
 
 def _facts(d: Deployment, role: str, name: str, ip: str, stack: str) -> dict[str, Any]:
@@ -234,45 +253,26 @@ def _meta_data(name: str, stack: str) -> str:
     return json.dumps({"instance-id": f"agentctl-{stack}-{name}", "local-hostname": name}) + "\n"
 
 
-def ec2_user_data_base64(user_data: str) -> str:
-    """EC2 takes at most 16 KB; cloud-init reads gzip user-data as it is."""
-    raw = user_data.encode()
-    if len(base64.b64encode(raw)) > EC2_USER_DATA_LIMIT:
-        raw = gzip.compress(raw, compresslevel=9, mtime=0)
-    encoded = base64.b64encode(raw).decode()
-    if len(encoded) > EC2_USER_DATA_LIMIT:
-        raise ValueError(f"user-data is {len(encoded)} bytes after compression; EC2 takes {EC2_USER_DATA_LIMIT}")
-    return encoded
-
-
-def write(hosts: list[RenderedHost], out: Path) -> None:
-    """Write all hosts at once: into a sibling temp folder, then swap it in."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for h in hosts:
-            folder = staging / h.name
-            folder.mkdir()
-            (folder / "user-data").write_text(h.user_data)
-            (folder / "meta-data").write_text(h.meta_data)
-            if h.proxy_config is not None:
-                (folder / "proxy.yaml").write_text(h.proxy_config)
-        os.chmod(staging, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-
-
 def render_stack(project_dir: Path, stack: str, out: Path) -> list[RenderedHost]:
-    deployment = load(project_dir, stack)  # raises ConfigError before anything is written
-    ca = ensure_ca(project_dir, stack)
-    hosts = render_hosts(deployment, ca.cert_pem, stack=stack, project=_project_name(project_dir))
-    write(hosts, out)
+    """Validate everything (config, --out, sizes) before writing anything."""
+    deployment = load(project_dir, stack)
+    check_out(Path(out), Path(project_dir))
+    ca = pending_ca(project_dir, stack)
+    project = _project_name(project_dir)
+    hosts = render_hosts(deployment, ca.cert_pem, stack=stack, project=project)
+
+    def proxy_with(n: int) -> str:  # the proxy's user-data with the first n agents only
+        d = deployment.model_copy(update={"agents": deployment.agents[:n]})
+        return _render_proxy(d, ca.cert_pem, stack=stack, project=project).user_data
+    check_user_data_limits(deployment, hosts, str(stack_path(project_dir, stack)), proxy_with)
+    ca.save()
+    write_atomically({f"{h.name}/{name}": text for h in hosts for name, text in _files(h)}, Path(out))
     return hosts
+
+
+def _files(h: RenderedHost) -> list[tuple[str, str]]:
+    files = [("user-data", h.user_data), ("meta-data", h.meta_data)]
+    return files + ([("proxy.yaml", h.proxy_config)] if h.proxy_config is not None else [])
 
 
 def _project_name(project_dir: Path) -> str:

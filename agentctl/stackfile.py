@@ -14,6 +14,8 @@ from pydantic import ValidationError
 
 from agentctl.errors import ConfigError
 from agentctl.model import Deployment
+from agentctl.modelerrors import one_line
+from agentctl.yamlkeys import find_duplicate
 
 NAMESPACE = "agentctl"
 
@@ -27,12 +29,19 @@ def load(project_dir: Path, stack: str) -> Deployment:
     if not path.is_file():
         raise ConfigError(str(path), "", "no such stack file", f"Pulumi.{stack}.yaml in {project_dir}")
     try:
-        doc = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        duplicate = find_duplicate(text)
+        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         raise ConfigError(str(path), "", f"is not valid YAML ({where}: {getattr(exc, 'problem', exc)})",
                           "a Pulumi stack file") from None
+    if duplicate:
+        key_path, line = duplicate
+        key_path = key_path.removeprefix("config.").replace("\n", "\\n")  # one line, whatever the key holds
+        raise ConfigError(str(path), key_path, f"is given twice (again on line {line})",
+                          "each key once (Pulumi refuses duplicates too)")
     return from_config(_config_section(doc, path), str(path))
 
 
@@ -56,11 +65,18 @@ def from_config(config: dict[str, Any], source: str) -> Deployment:
             values[key] = value
 
     known = {f.alias or n for n, f in Deployment.model_fields.items()} - {"secureKeys"}
+    if secure & known:
+        # A settings key made a Pulumi secret would be dropped here (we never decrypt),
+        # and it is not secret anyway: it is rendered into user-data.
+        key = sorted(secure & known)[0]
+        raise ConfigError(source, f"{NAMESPACE}:{key}", "is a Pulumi secret (secure:), but agentctl reads it as "
+                          "plain config and renders it into the hosts' user-data, so it cannot stay secret",
+                          f"plain config: pulumi config set {key} VALUE (without --secret)")
     try:
         deployment = Deployment.model_validate(
             {**{k: v for k, v in values.items() if k in known}, "secureKeys": frozenset(secure)})
     except ValidationError as exc:
-        raise _one_line(exc, source) from None
+        raise one_line(exc, source) from None
 
     for key_path, ref in deployment.secret_refs():
         if ref.config in values:
@@ -79,43 +95,23 @@ def from_config(config: dict[str, Any], source: str) -> Deployment:
             raise ConfigError(source, f"{NAMESPACE}:agents[{i}].name", f"host name {agent.name!r} is used twice",
                               "unique host names across the proxy and the agents")
         seen.add(agent.name)
+    _check_backups(deployment, source)
     return deployment
 
 
-def _one_line(exc: ValidationError, source: str) -> ConfigError:
-    err = exc.errors(include_url=False)[0]
-    loc = [p for p in err["loc"] if not (isinstance(p, str) and _is_union_tag(p))]
-    key_path = f"{NAMESPACE}:" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-    msg = err["msg"].removeprefix("Value error, ")
-    more = len(exc.errors()) - 1
-    if err["type"] in {"literal_error", "union_tag_invalid", "enum"}:
-        msg = f"{err.get('input', (err.get('ctx') or {}).get('tag'))!r} is not allowed"
-    elif err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif err["type"] == "missing":
-        msg = "is required but missing"
-    problem = msg + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
-    return ConfigError(source, key_path, problem, _expected(err))
-
-
-def _is_union_tag(part: str) -> bool:
-    # pydantic names the member of a tagged union in the location ('file', 'aws_ssm', ...)
-    return part in {"env", "file", "aws_ssm", "ConfigSecretRef"}
-
-
-def _expected(err: dict[str, Any]) -> str:
-    kind = err["type"]
-    ctx = err.get("ctx") or {}
-    if kind == "literal_error":
-        return ctx.get("expected", "")
-    if kind.endswith("_type") or kind.endswith("_parsing"):
-        return kind.removesuffix("_type").removesuffix("_parsing").replace("_", " ")
-    if kind == "string_pattern_mismatch":
-        return f"a value matching {ctx.get('pattern')}"
-    if kind == "too_short":
-        return f"at least {ctx.get('min_length')} item(s)"
-    if kind in {"greater_than_equal", "less_than_equal"}:
-        return f"a number {'>=' if kind == 'greater_than_equal' else '<='} {ctx.get('ge', ctx.get('le'))}"
-    if kind == "union_tag_invalid":
-        return ctx.get("expected_tags", "")
-    return ""
+def _check_backups(d: Deployment, source: str) -> None:
+    """The watchdog's backup-age check needs backups that write the marker it reads."""
+    max_age = d.watchdog.backup_max_age_hours
+    if max_age is None:
+        return
+    backed_up = [(i, a) for i, a in enumerate(d.agents) if a.backups.enabled]
+    if not backed_up:
+        raise ConfigError(source, f"{NAMESPACE}:watchdog.backupMaxAgeHours", "is set, but no agent has backups "
+                          "enabled, so no backup would ever be recent", "backups: {enabled: true} on an agent, "
+                          "or no backupMaxAgeHours")
+    for i, agent in backed_up:
+        if agent.backups.interval_hours >= max_age:
+            raise ConfigError(source, f"{NAMESPACE}:watchdog.backupMaxAgeHours", f"is {max_age}, but "
+                              f"agents[{i}] backs up every {agent.backups.interval_hours} hours, so the check "
+                              "would fail between two good backups",
+                              f"more than {agent.backups.interval_hours} hours")

@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 from agentctl.errors import ConfigError
+from agentctl.resources import ROLES
 from agentctl.stackfile import load
-
-ROLES = Path(__file__).resolve().parent.parent / "roles"
 SPEC = re.compile(r"^(paramiko|ssh)://(?P<user>[a-z_][a-z0-9_-]*)@(?P<addr>[A-Za-z0-9.:\[\]-]+?)(:(?P<port>\d+))?$")
 
 

@@ -2,6 +2,8 @@
 nothing written."""
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -17,10 +19,21 @@ def agentctl(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
-def _project(tmp_path: Path) -> Path:
-    for name in ("Pulumi.yaml", "Pulumi.lab.yaml"):
+def _project(tmp_path: Path, *stacks: str) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for name in ("Pulumi.yaml", "Pulumi.lab.yaml", *(f"Pulumi.{s}.yaml" for s in stacks)):
         shutil.copy(ROOT / name, tmp_path / name)
     return tmp_path
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _refused(proc: subprocess.CompletedProcess[str], words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert words in proc.stderr, proc.stderr
 
 
 def test_render_writes_one_folder_per_host(tmp_path):
@@ -28,7 +41,7 @@ def test_render_writes_one_folder_per_host(tmp_path):
     out = tmp_path / "out"
     proc = agentctl("render", "--stack", "lab", "--out", str(out), "--project-dir", str(project))
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["proxy", "scout"]
+    assert sorted(p.name for p in out.iterdir()) == [".agentctl-render", "proxy", "scout"]  # the marker: ours
     for host in ("proxy", "scout"):
         assert (out / host / "user-data").read_text().startswith("#cloud-config\n")
         assert yaml.safe_load((out / host / "meta-data").read_text())["local-hostname"] == host
@@ -64,3 +77,103 @@ def test_bad_input_leaves_previous_output_alone(tmp_path):
 def test_missing_flag_exits_2():
     proc = agentctl("render", "--stack", "lab")
     assert proc.returncode == 2 and "--out" in proc.stderr
+
+
+def test_out_dot_in_the_project_is_refused_and_deletes_nothing(tmp_path):
+    project = _project(tmp_path)
+    before = _tree(project)
+    _refused(agentctl("render", "--stack", "lab", "--out", ".", cwd=project), "--out: .: is the project folder")
+    assert _tree(project) == before
+
+
+def test_out_above_the_project_is_refused(tmp_path):
+    project = _project(tmp_path / "p")
+    _refused(agentctl("render", "--stack", "lab", "--out", str(tmp_path), "--project-dir", str(project)),
+             "is the project folder or one of its parents")
+    assert (project / "Pulumi.lab.yaml").is_file()
+
+
+def test_out_with_foreign_files_is_refused(tmp_path):
+    project = _project(tmp_path / "p")
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    _refused(agentctl("render", "--stack", "lab", "--out", str(out), "--project-dir", str(project)),
+             "is a non-empty folder that agentctl did not write")
+    assert _tree(out) == {"keep.txt": b"mine"} and not (project / ".agentctl").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    project = _project(tmp_path / "p")
+    (tmp_path / "f").write_text("x")
+    _refused(agentctl("render", "--stack", "lab", "--out", str(tmp_path / "f"), "--project-dir", str(project)),
+             "is a file, not a folder")
+    assert (tmp_path / "f").read_text() == "x"
+
+
+def test_previous_output_is_replaced_whole(tmp_path):
+    project = _project(tmp_path / "p")
+    out = tmp_path / "out"
+    out.mkdir()  # an empty folder is fine
+    args = ("render", "--stack", "lab", "--out", str(out), "--project-dir", str(project))
+    assert agentctl(*args).returncode == 0
+    (out / "stale-host").mkdir()
+    (out / "stale-host" / "user-data").write_text("old")
+    proc = agentctl(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".agentctl-render", "proxy", "scout"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+
+
+def test_injection_through_the_cli_is_refused_before_anything_is_written(tmp_path):
+    project = _project(tmp_path)
+    text = (project / "Pulumi.lab.yaml").read_text() + "  agentctl:heartbeatUrl: https://hb.example/$(id>/tmp/x)\n"
+    (project / "Pulumi.lab.yaml").write_text(text)
+    out = tmp_path / "out"
+    _refused(agentctl("render", "--stack", "lab", "--out", str(out), "--project-dir", str(project)),
+             "Pulumi.lab.yaml: agentctl:heartbeatUrl: contains characters a URL must percent-encode")
+    assert not out.exists() and not (project / ".agentctl").exists()
+
+
+def _many_agents(project: Path, stack: str, n: int) -> None:
+    """n agents, each with grants of its own (unique hosts: what gzip cannot fold away)."""
+    path = project / f"Pulumi.{stack}.yaml"
+    doc = yaml.safe_load(path.read_text())
+    base = doc["config"]["agentctl:agents"][-1]
+
+    def rules(i: int) -> list[dict]:
+        digest = [hashlib.sha256(f"{i}-{j}".encode()).hexdigest() for j in range(4)]
+        return [{"host": f"{h[:20]}.example.com", "methods": ["GET"], "paths": [f"/{h[20:40]}/*"]} for h in digest]
+    doc["config"]["agentctl:agents"] = [dict(base, name=f"agent{i:03d}", egress={"rules": rules(i)}) for i in range(n)]
+    path.write_text(yaml.safe_dump(doc))
+
+
+def test_a_deployment_too_big_for_hetzner_is_refused_with_the_count_that_fits(tmp_path):
+    from agentctl.ca import ensure_ca
+    from agentctl.render import HCLOUD_USER_DATA_LIMIT, _render_proxy
+    from agentctl.userdata import hcloud_encode
+    from agentctl.stackfile import load
+    project = _project(tmp_path / "p", "example-hcloud")
+    _many_agents(project, "example-hcloud", 200)
+    ca = ensure_ca(project, "example-hcloud")  # the same CA for the CLI and the check below
+    out = tmp_path / "out"
+    proc = agentctl("render", "--stack", "example-hcloud", "--out", str(out), "--project-dir", str(project))
+    _refused(proc, "Pulumi.example-hcloud.yaml: agentctl:agents: the proxy's user-data is ")
+    fits = int(re.search(r"at most (\d+) fit", proc.stderr).group(1))
+    assert not out.exists()
+    d = load(project, "example-hcloud")
+
+    def size(n: int) -> int:
+        proxy = _render_proxy(d.model_copy(update={"agents": d.agents[:n]}), ca.cert_pem, stack="example-hcloud",
+                              project="agentctl")
+        return len(hcloud_encode(proxy.user_data).encode())
+    assert 1 < fits < 200 and size(fits) <= HCLOUD_USER_DATA_LIMIT < size(fits + 1)
+
+
+def test_cli_help_and_render_do_not_import_the_lab(tmp_path):
+    project = _project(tmp_path)
+    for args in (["--help"], ["render", "--stack", "lab", "--out", str(tmp_path / "out"), "--project-dir", str(project)]):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "agentctl.cli", *args], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert " agentctl.lab" not in proc.stderr

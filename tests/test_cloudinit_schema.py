@@ -6,10 +6,11 @@ import base64
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agentctl import cloudinit_check
-from agentctl.render import ec2_user_data_base64, render_hosts
-from agentctl.stackfile import load
+from agentctl.render import HCLOUD_USER_DATA_LIMIT, ec2_user_data_base64, hcloud_user_data, render_hosts
+from agentctl.stackfile import from_config, load
 
 from .conftest import EXAMPLE_STACKS, ROOT
 
@@ -40,3 +41,24 @@ def test_cloud_init_reads_compressed_user_data(rendered, distro, tmp_path):
     assert blob[:2] == b"\x1f\x8b", "this host's user-data is over 16 KB, so it must be compressed"
     (tmp_path / "ud").write_bytes(blob)
     assert cloudinit_check.read_as_cloud_init(tmp_path / "ud", distro) == host.user_data
+
+
+@pytest.mark.parametrize("distro", DISTROS)
+def test_cloud_init_reads_hetzner_user_data_over_32_kib(distro, ca_cert_pem, tmp_path):
+    """A dozen agents take the Hetzner proxy's user-data over 32 KiB: it goes as base64 of
+    gzip, which cloud-init's Hetzner datasource decodes (maybe_b64decode) and reads."""
+    config = yaml.safe_load((ROOT / "Pulumi.example-hcloud.yaml").read_text())["config"]
+    agents = config["agentctl:agents"]
+    config["agentctl:agents"] = [dict(agents[i % 2], name=f"agent{i}") for i in range(12)]
+    d = from_config(config, "t").model_copy(update={"distro": distro})
+    proxy = next(h for h in render_hosts(d, ca_cert_pem, stack="example-hcloud") if h.role == "proxy")
+    assert len(proxy.user_data.encode()) > HCLOUD_USER_DATA_LIMIT
+    encoded = hcloud_user_data(proxy.user_data)
+    assert len(encoded.encode()) <= HCLOUD_USER_DATA_LIMIT
+    (tmp_path / "ud").write_text(encoded)
+    assert cloudinit_check.read_as_cloud_init(tmp_path / "ud", distro, datasource="hetzner") == proxy.user_data
+    # And what fits goes as plain text, which the same path reads unchanged.
+    agent = next(h for h in render_hosts(load(ROOT, "example-hcloud"), ca_cert_pem, stack="example-hcloud")
+                 if h.role == "agent")
+    (tmp_path / "plain").write_text(hcloud_user_data(agent.user_data))
+    assert cloudinit_check.read_as_cloud_init(tmp_path / "plain", distro, datasource="hetzner") == agent.user_data

@@ -7,7 +7,9 @@ import base64
 import configparser
 import gzip
 import ipaddress
+import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +18,8 @@ import pytest
 import yaml
 
 from agentctl import firewall, hardening
-from agentctl.render import EC2_USER_DATA_LIMIT, ec2_user_data_base64
+from agentctl.render import (EC2_USER_DATA_LIMIT, HCLOUD_USER_DATA_LIMIT, HERMES_CONFIG, HERMES_HOME,
+                             ec2_user_data_base64, hcloud_user_data)
 from agentctl.stackfile import load
 
 from .conftest import ROOT
@@ -48,6 +51,55 @@ class _MultiDict(dict):
 
 def _values(unit: configparser.ConfigParser, section: str, key: str) -> list[str]:
     return unit.get(section, key, raw=True).split("\n")
+
+
+_C_UNESCAPE = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "a": "\a", "b": "\b",
+               "f": "\f", "v": "\v", "s": " "}
+
+
+def systemd_words(value: str) -> list[str]:
+    """A unit-file value split as systemd splits Environment= (specifiers first, then
+    extract_first_word with EXTRACT_UNQUOTE | EXTRACT_CUNESCAPE), from systemd.syntax(7)."""
+    value = re.sub(r"%(.)", lambda m: "%" if m.group(1) == "%" else pytest.fail(f"specifier %{m.group(1)}"), value)
+    words, i, n = [], 0, len(value)
+    while i < n:
+        while i < n and value[i] in " \t":
+            i += 1
+        if i >= n:
+            break
+        word, quote = [], None
+        while i < n and (quote or value[i] not in " \t"):
+            ch = value[i]
+            if ch == "\\" and i + 1 < n:
+                nxt = value[i + 1]
+                if nxt == "x":
+                    word.append(chr(int(value[i + 2:i + 4], 16)))
+                    i += 4
+                    continue
+                word.append(_C_UNESCAPE.get(nxt, nxt))
+                i += 2
+                continue
+            if quote and ch == quote:
+                quote = None
+            elif not quote and ch in "\"'":
+                quote = ch
+            else:
+                word.append(ch)
+            i += 1
+        assert quote is None, f"unterminated quote in {value!r}"
+        words.append("".join(word))
+    return words
+
+
+def unit_environment(unit: configparser.ConfigParser) -> dict[str, str]:
+    return dict(w.split("=", 1) for v in _values(unit, "Service", "Environment") for w in systemd_words(v))
+
+
+def unit_keys(text: str) -> list[str]:
+    """Every directive a unit file sets, in order, as systemd reads the lines."""
+    logical = re.sub(r"\\\n", " ", text)
+    return [l.split("=", 1)[0].strip() for l in logical.splitlines()
+            if l.strip() and not l.lstrip().startswith(("#", ";", "[")) and "=" in l]
 
 
 # --- users and sudo -----------------------------------------------------------------
@@ -87,6 +139,60 @@ def test_sudoers_grants_and_guard_list(hosts, stack, name, tmp_path):
     sudoers.write_text(text)
     check = subprocess.run(["visudo", "-cf", str(sudoers)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr + check.stdout
+
+
+def _install_sudoers(converge: str) -> str:
+    return re.search(r"# BEGIN install_sudoers.*?\n(.*?)# END install_sudoers", converge, re.S).group(1)
+
+
+def _run_install_sudoers(hosts, tmp_path, main_text, *, fail_visudo_call=0):
+    """Run converge's own install_sudoers on a scratch sudo config (visudo is real)."""
+    converge = hosts["lab", "scout"].file("/usr/local/sbin/agentctl-converge")
+    src = tmp_path / "new"
+    src.write_text(hosts["lab", "scout"].file("/etc/agentctl/sudoers"))
+    main, folder = tmp_path / "sudoers", tmp_path / "sudoers.d"
+    folder.mkdir(mode=0o750)
+    main.write_text(main_text.format(dir=folder))
+    main.chmod(0o440)
+    (folder / "agentctl").write_text("# previous\nadmin ALL=(ALL:ALL) ALL\n")
+    (folder / "agentctl").chmod(0o440)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # Optionally the Nth visudo call fails: the config broke between check and landing.
+    (bin_dir / "visudo").write_text(f'#!/bin/bash\nn=$(( $(cat {tmp_path}/n 2>/dev/null || echo 0) + 1 )); '
+                                    f'echo $n > {tmp_path}/n\n[ "$n" = {fail_visudo_call} ] && exit 1\n'
+                                    f'exec {shutil.which("visudo")} "$@"\n')
+    (bin_dir / "visudo").chmod(0o755)
+    script = f"log() {{ echo \"$*\" >&2; }}\n{_install_sudoers(converge)}\ninstall_sudoers {src} {main} {folder} agentctl\n"
+    proc = subprocess.run(["bash", "-c", script], env={"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/bin"},
+                          capture_output=True, text=True)
+    return proc, folder
+
+
+MAIN_SUDOERS = "Defaults env_reset\nroot ALL=(ALL:ALL) ALL\n@includedir {dir}\n"
+
+
+def test_sudoers_lands_when_the_whole_config_is_valid(hosts, tmp_path):
+    proc, folder = _run_install_sudoers(hosts, tmp_path, MAIN_SUDOERS)
+    assert proc.returncode == 0, proc.stderr
+    assert (folder / "agentctl").read_text() == hosts["lab", "scout"].file("/etc/agentctl/sudoers")
+    assert oct((folder / "agentctl").stat().st_mode & 0o777) == "0o440"
+    assert sorted(p.name for p in folder.iterdir()) == ["agentctl"]
+
+
+def test_sudoers_that_breaks_the_whole_config_never_lands(hosts, tmp_path):
+    """Valid alone, invalid with the rest (an alias defined twice): the old file stays."""
+    proc, folder = _run_install_sudoers(hosts, tmp_path, "Cmnd_Alias AGENTCTL_GUARDED = /bin/true\n" + MAIN_SUDOERS)
+    assert proc.returncode == 1 and "would be invalid" in proc.stderr
+    assert (folder / "agentctl").read_text().startswith("# previous")
+    assert sorted(p.name for p in folder.iterdir()) == ["agentctl"]
+
+
+def test_sudoers_rolls_back_when_the_final_check_fails(hosts, tmp_path):
+    proc, folder = _run_install_sudoers(hosts, tmp_path, MAIN_SUDOERS, fail_visudo_call=3)
+    assert proc.returncode == 1 and "rolled back" in proc.stderr
+    assert (folder / "agentctl").read_text().startswith("# previous")
+    assert sorted(p.name for p in folder.iterdir()) == ["agentctl"]
 
 
 # --- sshd, read through the real sshd -----------------------------------------------
@@ -130,6 +236,20 @@ def test_sshd_effective_settings_win_over_cloud_init(hosts, stack, name, tmp_pat
     assert eff["macs"].split(",") == hardening.SSH_MACS
 
 
+def test_ssh_algorithms_are_dev_sec_s_with_the_documented_deviation():
+    """dev-sec ssh-baseline (libraries/ssh_crypto.rb) and ansible-collection-hardening
+    (ssh_kex_85_default, ssh_ciphers_66_default, ssh_macs_76_default) for OpenSSH >= 8.5."""
+    assert hardening.SSH_KEX == ["sntrup761x25519-sha512@openssh.com", "curve25519-sha256@libssh.org",
+                                 "diffie-hellman-group-exchange-sha256"]
+    assert hardening.SSH_CIPHERS == ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com",
+                                     "aes128-gcm@openssh.com", "aes256-ctr", "aes192-ctr", "aes128-ctr"]
+    dev_sec_macs = ["hmac-sha2-512-etm@openssh.com", "hmac-sha2-256-etm@openssh.com", "umac-128-etm@openssh.com",
+                    "hmac-sha2-512", "hmac-sha2-256"]
+    assert hardening.DEV_SEC_MACS == dev_sec_macs
+    # The one deviation (hardening.py says why): no encrypt-and-MAC forms.
+    assert hardening.SSH_MACS == [m for m in dev_sec_macs if m.endswith("-etm@openssh.com")]
+
+
 def test_sshd_dropin_order_matters(hosts, tmp_path):
     """The guard above can fail: named to sort after cloud-init's file, ours loses."""
     ours = hosts["lab", "scout"].file(SSHD_DROPIN)
@@ -148,11 +268,49 @@ def test_agent_firewall_lets_out_only_to_the_proxy(hosts, stack, name):
     d = load(ROOT, stack)
     rules = _ufw(hosts[stack, name])
     assert rules == firewall.agent_rules(d)
-    for rule in rules:
-        if rule.startswith("allow out "):
-            target = re.search(r"\bto (\S+)", rule)
-            assert (target and target.group(1) == d.proxy_ip) or rule == "allow out 67/udp comment 'dhcp'", rule
+    for rule in map(ufw_rule, rules):
+        if rule["direction"] == "out" and rule["to"] != d.proxy_ip:
+            # The one exception: DHCP, from the client port to the server port, inside the network.
+            assert (rule["from_port"], rule["port"], rule["proto"]) == ("68", "67", "udp"), rule
+            assert rule["to"] in {"255.255.255.255", d.network.cidr}, rule
     assert all(re.match(r"allow (out|from \S+ to any port 22 proto tcp)", r) for r in rules), rules
+
+
+def ufw_rule(text: str) -> dict[str, str]:
+    """One `ufw show added` rule (without its `ufw ` prefix) as fields."""
+    words = shlex.split(text)
+    rule = {"action": words[0], "direction": "in", "from": "any", "from_port": "any", "to": "any", "port": "any",
+            "proto": "any"}
+    rest = words[1:]
+    if rest and rest[0] == "out":
+        rule["direction"], rest = "out", rest[1:]
+    if rest and "/" in rest[0] and rest[0][0].isdigit():  # short form: PORT/PROTO
+        rule["port"], rule["proto"] = rest[0].split("/")
+        rest = rest[1:]
+    side = None
+    while rest:
+        word, rest = rest[0], rest[1:]
+        if word in ("from", "to"):
+            side = word
+            rule[side], rest = rest[0], rest[1:]
+        elif word == "port":
+            rule["from_port" if side == "from" else "port"], rest = rest[0], rest[1:]
+        elif word == "proto":
+            rule["proto"], rest = rest[0], rest[1:]
+        elif word == "comment":
+            rule["comment"], rest = rest[0], rest[1:]
+    return rule
+
+
+@pytest.mark.parametrize("stack", ["lab", "example-aws", "example-hcloud"])
+def test_dhcp_is_the_only_udp_out_besides_the_proxy(hosts, stack):
+    """Not `allow out 67/udp` to anywhere (a UDP channel out): client port to server port."""
+    d = load(ROOT, stack)
+    for name in [d.proxy.name, *(a.name for a in d.agents)]:
+        dhcp = [r for r in map(ufw_rule, _ufw(hosts[stack, name])) if r.get("comment") == "dhcp"]
+        assert dhcp and all((r["from_port"], r["port"], r["proto"]) == ("68", "67", "udp") for r in dhcp), dhcp
+        if name != d.proxy.name:
+            assert sorted(r["to"] for r in dhcp) == sorted(["255.255.255.255", d.network.cidr])
     assert "ufw default deny outgoing" in hosts[stack, name].file("/usr/local/sbin/agentctl-converge")
 
 
@@ -196,14 +354,44 @@ def test_agent_unit_is_sandboxed_and_fenced_to_the_proxy(hosts, stack, name):
         assert unit.get(s, key, raw=True) == want, key
     assert "@system-service" in _values(unit, s, "SystemCallFilter")
     assert _values(unit, s, "IPAddressAllow") == [f"{d.proxy_ip}/32", "localhost"]
-    env = dict(v.strip('"').split("=", 1) for v in _values(unit, s, "Environment"))
+    env = unit_environment(unit)
     assert env["HTTPS_PROXY"] == f"http://{d.proxy_ip}:{d.proxy.listen.tunnel}"
     for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
         assert env[var].startswith("/")
     config = yaml.safe_load(hosts[stack, name].file("/etc/agentctl/agent-config.yaml"))
     assert config["approvals"]["mode"] == "manual" and config["checkpoints"]["enabled"] is True
-    excluded = hosts[stack, name].file("/etc/agentctl/backup-exclude.txt")
-    assert "/home/agentuser/.hermes/.env" in excluded and "/home/agentuser/.hermes/auth.json" in excluded
+
+
+def _commands(script: str, program: str) -> list[list[str]]:
+    """Every simple command of a rendered script that runs `program`, as argv (shlex)."""
+    logical = re.sub(r"\\\n", " ", script)
+    found = []
+    for line in logical.splitlines():
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:  # a line inside a multi-line quoted argument
+            continue
+        if words[:1] == [program]:
+            found.append(words)
+    return found
+
+
+@pytest.mark.parametrize("stack,name", AGENTS)
+def test_agent_cannot_rewrite_its_guardrails(hosts, stack, name):
+    """The config (approvals manual, checkpoints on) is root's, read-only to the agent, at
+    the path the unit points Hermes at (Hermes reads $HERMES_HOME/config.yaml)."""
+    h = hosts[stack, name]
+    unit = _unit(h.file("/etc/systemd/system/agentctl-agent.service"))
+    assert unit_environment(unit)["HERMES_HOME"] == HERMES_HOME == os.path.dirname(HERMES_CONFIG)
+    assert _values(unit, "Service", "ReadOnlyPaths") == [HERMES_CONFIG]
+    writable = unit.get("Service", "ReadWritePaths", raw=True).split()
+    assert HERMES_HOME in writable and not any(Path(HERMES_HOME).parent == Path(w) for w in writable)
+    converge = h.file("/usr/local/sbin/agentctl-converge")
+    installs = [w for w in _commands(converge, "install") if w[-1] in (HERMES_CONFIG, HERMES_HOME)]
+    assert installs == [["install", "-d", "-o", "root", "-g", "agentuser", "-m", "1770", HERMES_HOME],
+                        ["install", "-m", "0640", "-o", "root", "-g", "agentuser", "/etc/agentctl/agent-config.yaml",
+                         HERMES_CONFIG]]
+    assert not [w for w in _commands(converge, "chown") + _commands(converge, "chmod") if HERMES_CONFIG in w]
 
 
 # --- upgrades, sysctl, watchdog -----------------------------------------------------
@@ -279,7 +467,7 @@ def test_secret_sources_by_cloud(rendered):
     aws, aws_tls = sources("example-aws")
     assert {s["type"] for s in aws} == {"aws_ssm"}
     assert {s["name"] for s in aws} == {"/agentctl/example-aws/scout/anthropic-key", "/agentctl/example-aws/scout/github-pat"}
-    assert "ca_key" not in aws_tls and aws_tls["ca_key_source"]["name"] == "/agentctl/example-aws/proxy/ca-key"
+    assert "ca_key" not in aws_tls and aws_tls["ca_key_source"]["name"] == "/agentctl/example-aws/_proxy/ca-key"
     hc, hc_tls = sources("example-hcloud")
     assert hc == [{"type": "file", "path": "/etc/agentctl-proxy/secrets/scout/github-pat", "ttl": "15m",
                    "failure_ttl": "30s"}]
@@ -333,8 +521,65 @@ def test_aws_proxy_resolves_without_the_vpc_resolver(hosts):
     resolved = configparser.ConfigParser()
     resolved.read_string(aws.file("/etc/systemd/resolved.conf.d/agentctl-proxy.conf"))
     assert resolved["Resolve"]["DNS"].split() == load(ROOT, "example-aws").proxy.resolvers
-    assert "UseDNS=no" in aws.file("/usr/local/sbin/agentctl-converge")
+    assert ["/usr/local/sbin/agentctl-proxy-resolvers"] in _commands(aws.file("/usr/local/sbin/agentctl-converge"),
+                                                                     "/usr/local/sbin/agentctl-proxy-resolvers")
     assert "/etc/systemd/resolved.conf.d/agentctl-proxy.conf" not in hosts["example-hcloud", "proxy"].files
+    assert "bootcmd" not in hosts["example-hcloud", "proxy"].doc and "bootcmd" not in hosts["lab", "proxy"].doc
+
+
+def _cloud_init_stage(distro: str) -> dict[str, tuple[int, int]]:
+    """Module name -> (stage, position), from the cloud.cfg cloud-init ships."""
+    from agentctl import cloudinit_check
+    cfg = yaml.safe_load((cloudinit_check.ensure(distro) / "etc/cloud/cloud.cfg").read_text())
+    stages = ["cloud_init_modules", "cloud_config_modules", "cloud_final_modules"]
+    return {(m if isinstance(m, str) else m[0]).replace("-", "_"): (s, i)
+            for s, stage in enumerate(stages) for i, m in enumerate(cfg[stage])}
+
+
+@pytest.mark.parametrize("distro", ["debian-12", "ubuntu-24.04"])
+def test_aws_proxy_switches_resolvers_before_packages_and_pip(hosts, distro):
+    """The VPC resolver answers NXDOMAIN to the proxy too: its own resolvers must be in
+    place before cloud-init installs packages and converge pip-installs the proxy."""
+    doc = hosts["example-aws", "proxy"].doc
+    order = _cloud_init_stage(distro)
+    assert doc["packages"] and doc["runcmd"] == [["/usr/local/sbin/agentctl-converge"]]
+    assert order["bootcmd"] < order["package_update_upgrade_install"] < order["scripts_user"]
+    (bash, flag, script), = doc["bootcmd"]
+    assert (bash, flag) == ("bash", "-c")
+    assert script == hosts["example-aws", "proxy"].file("/usr/local/sbin/agentctl-proxy-resolvers")
+
+
+@pytest.mark.parametrize("resolved_active", [True, False])
+def test_aws_proxy_bootcmd_sets_its_own_resolvers(hosts, tmp_path, resolved_active):
+    """Run the bootcmd script on a scratch root: systemd-resolved (netplan/networkd) or
+    plain resolv.conf (ifupdown + dhclient)."""
+    d = load(ROOT, "example-aws")
+    (script,) = [c[2] for c in hosts["example-aws", "proxy"].doc["bootcmd"]]
+    root, bin_dir, calls = tmp_path / "root", tmp_path / "bin", tmp_path / "calls"
+    (root / "run/systemd/network").mkdir(parents=True)
+    (root / "run/systemd/network/10-netplan-ens5.network").write_text("[Match]\nName=ens5\n")
+    bin_dir.mkdir()
+    for tool, rc in (("systemctl", 0 if resolved_active else 3), ("networkctl", 0)):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho {tool} "$@" >> {calls}\nexit {rc}\n')
+        (bin_dir / tool).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "AGENTCTL_ROOT": str(root)}
+    for _ in range(2):  # every boot: the second run states the same result
+        subprocess.run(["bash", "-c", script], env=env, check=True)
+    conf = configparser.ConfigParser()
+    conf.read_string((root / "etc/systemd/resolved.conf.d/agentctl-proxy.conf").read_text())
+    assert conf["Resolve"]["DNS"].split() == d.proxy.resolvers
+    dropin = configparser.ConfigParser()
+    dropin.read_string((root / "etc/systemd/network/10-netplan-ens5.network.d/agentctl-no-dhcp-dns.conf").read_text())
+    assert {dropin[s]["UseDNS"] for s in ("DHCPv4", "DHCPv6", "IPv6AcceptRA")} == {"no"}
+    recorded = calls.read_text().splitlines()
+    if resolved_active:
+        assert "systemctl restart --no-block systemd-resolved.service" in recorded
+        assert not (root / "etc/resolv.conf").exists()
+    else:
+        servers = [l.split()[1] for l in (root / "etc/resolv.conf").read_text().splitlines()
+                   if l.startswith("nameserver")]
+        assert servers == d.proxy.resolvers
+        assert (root / "etc/dhcp/dhclient-enter-hooks.d/agentctl-keep-resolv-conf").is_file()
 
 
 def test_aws_admin_ssh_comes_from_the_instance_connect_endpoint_subnet(hosts):
@@ -345,5 +590,17 @@ def test_aws_admin_ssh_comes_from_the_instance_connect_endpoint_subnet(hosts):
 
 @pytest.mark.parametrize("stack,name", [h for h in ALL_HOSTS if h[0] == "example-hcloud"])
 def test_fits_hetzner_user_data_limit(hosts, stack, name):
-    # Hetzner takes user-data as text, up to 32 KiB.
-    assert len(hosts[stack, name].rendered.user_data.encode()) <= 32 * 1024
+    # Hetzner takes user-data as text, up to 32 KiB: what fits goes as it is.
+    text = hosts[stack, name].rendered.user_data
+    assert len(text.encode()) <= HCLOUD_USER_DATA_LIMIT and hcloud_user_data(text) == text
+
+
+def test_hetzner_user_data_over_the_limit_is_compressed():
+    text = "#cloud-config\n" + "".join(f"# line {i} of a long document\n" for i in range(3000))
+    assert len(text.encode()) > HCLOUD_USER_DATA_LIMIT
+    encoded = hcloud_user_data(text)
+    assert len(encoded.encode()) <= HCLOUD_USER_DATA_LIMIT
+    assert gzip.decompress(base64.b64decode(encoded, validate=True)).decode() == text
+    noise = "#cloud-config\n# " + base64.b64encode(os.urandom(40000)).decode() + "\n"  # does not compress
+    with pytest.raises(ValueError, match="Hetzner takes 32768"):
+        hcloud_user_data(noise)

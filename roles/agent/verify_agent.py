@@ -3,14 +3,23 @@ proxy, it trusts the proxy's CA, and the agent runs sandboxed as agentuser."""
 from __future__ import annotations
 
 import pytest
+import yaml
+
+from agentctl.render import HERMES_CONFIG, HERMES_HOME, HERMES_INSTALL
 
 SERVICE = "agentctl-agent.service"
 
 
 @pytest.fixture(scope="module")
+def agent(deployment, host_name):
+    return next(a for a in deployment.agents if a.name == host_name)
+
+
+@pytest.fixture(scope="module")
 def unit(root) -> dict[str, str]:
     props = ("User NoNewPrivileges ProtectSystem PrivateTmp PrivateDevices CapabilityBoundingSet AmbientCapabilities "
-             "SystemCallFilter IPAddressDeny IPAddressAllow RestrictNamespaces Environment ActiveState").split()
+             "SystemCallFilter IPAddressDeny IPAddressAllow RestrictNamespaces Environment ActiveState "
+             "ReadOnlyPaths ReadWritePaths").split()
     out = root.check_output(f"systemctl show {SERVICE} " + " ".join(f"-p {p}" for p in props))
     return dict(line.split("=", 1) for line in out.splitlines())
 
@@ -82,6 +91,69 @@ def test_time_syncs_from_the_proxy(host, deployment, in_container):
 
 def test_agent_holds_no_proxy_secrets(host):
     assert not host.file("/etc/agentctl-proxy").exists
+
+
+# --- the agent's guardrails are root's ----------------------------------------------
+
+def test_agent_config_is_roots_and_only_readable_by_the_agent(root):
+    f = root.file(HERMES_CONFIG)  # through sudo: admin may not enter the agent's folder
+    assert (f.user, f.group, f.mode) == ("root", "agentuser", 0o640)
+    home = root.file(HERMES_HOME)
+    assert (home.user, home.group, home.mode) == ("root", "agentuser", 0o1770)  # sticky: no rename of root's files
+
+
+def test_agent_config_holds_the_guardrails(root):
+    config = yaml.safe_load(root.file(HERMES_CONFIG).content_string)
+    assert config["approvals"]["mode"] == "manual" and config["checkpoints"]["enabled"] is True
+
+
+def test_agent_unit_reads_its_config_read_only(unit):
+    env = dict(item.split("=", 1) for item in unit["Environment"].split())
+    assert env["HERMES_HOME"] == HERMES_HOME
+    assert HERMES_CONFIG in unit["ReadOnlyPaths"].split()
+
+
+@pytest.mark.parametrize("attempt", [
+    f"sh -c 'echo approvals: {{mode: off}} >> {HERMES_CONFIG}'",
+    f"sh -c 'echo x > {HERMES_CONFIG}.new && mv -f {HERMES_CONFIG}.new {HERMES_CONFIG}'",
+    f"mv {HERMES_CONFIG} {HERMES_HOME}/moved.yaml",
+    f"rm -f {HERMES_CONFIG}",
+    f"chmod 0666 {HERMES_CONFIG}",
+    f"mv {HERMES_HOME} {HERMES_HOME}.moved",
+])
+def test_agentuser_cannot_change_its_config(root, attempt):
+    before = root.check_output(f"sha256sum {HERMES_CONFIG}")
+    try:
+        assert root.run(f"runuser -u agentuser -- {attempt}").rc != 0
+    finally:  # if an attempt got through, put the files back where they were
+        root.run(f"[ -e {HERMES_HOME}.moved ] && mv {HERMES_HOME}.moved {HERMES_HOME}; "
+                 f"[ -e {HERMES_HOME}/moved.yaml ] && mv {HERMES_HOME}/moved.yaml {HERMES_CONFIG}; "
+                 f"rm -f {HERMES_CONFIG}.new")
+    assert root.check_output(f"sha256sum {HERMES_CONFIG}") == before
+
+
+def test_agent_process_cannot_write_its_config(root):
+    """From inside the running service (its mount namespace) the file is a read-only
+    bind mount: not even root there can write it, so permissions are not the only wall."""
+    pid = root.check_output(f"systemctl show -p MainPID --value {SERVICE}")
+    result = root.run(f"nsenter -t {pid} -m -- runuser -u agentuser -- sh -c ': >> {HERMES_CONFIG}'")
+    assert result.rc != 0
+    assert root.run(f"nsenter -t {pid} -m -- sh -c ': >> {HERMES_CONFIG}'").rc != 0, "not mounted read-only"
+
+
+def test_agent_code_is_roots(root, agent):
+    if not agent.runtime.hermes:
+        pytest.skip("a generic command agent: its code is wherever the operator installed it")
+    assert root.check_output(f"find {HERMES_INSTALL} ! -user root | head -n 1") == ""
+    assert root.run(f"runuser -u agentuser -- touch {HERMES_INSTALL}/venv/bin/probe").rc != 0
+
+
+def test_backups_timer_matches_the_stack(host, agent):
+    timer = host.service("agentctl-backup.timer")
+    if not agent.backups.enabled:
+        assert not host.file("/etc/systemd/system/agentctl-backup.timer").exists
+        pytest.skip("backups are off for this agent in the stack")
+    assert timer.is_enabled and timer.is_running
 
 
 def test_agentuser_cannot_use_sudo(host):
