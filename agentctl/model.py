@@ -18,6 +18,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from agentctl import values
 
 HOSTNAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
+# Agents' private addresses start at .11 of the agent subnet (.1-.10: the cloud's own).
+FIRST_AGENT_HOST = 11
 DURATION = r"^[0-9]+(s|m|h)$"
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"}
 # Environment the agent unit sets itself: a stack may not point the agent elsewhere.
@@ -222,6 +224,10 @@ class Agent(Strict):
     egress: Egress = Egress()
     bootstrap: Bootstrap = Bootstrap()
     backups: Backups = Backups()
+    # The last octet of the agent's private address. Unset, it follows the list (the
+    # first agent .11, the next .12, ...), so removing an agent renumbers the ones after
+    # it, and a cloud replaces those hosts: pin it on a deployment that will change.
+    host_number: Annotated[int | None, Field(alias="hostNumber", ge=FIRST_AGENT_HOST, le=254)] = None
 
 
 class Listen(Strict):
@@ -344,10 +350,15 @@ class Deployment(Strict):
     def proxy_ip(self) -> str:
         return str(self.proxy_subnet.network_address + 10)
 
-    def agent_ip(self, agent: Agent) -> str:
+    def agent_host_number(self, agent: Agent) -> int:
+        if agent.host_number is not None:
+            return agent.host_number
         # By identity first: == compares two models field by field (render asks per host).
         index = next((i for i, a in enumerate(self.agents) if a is agent), None)
-        return str(self.agent_subnet.network_address + 11 + (self.agents.index(agent) if index is None else index))
+        return FIRST_AGENT_HOST + (self.agents.index(agent) if index is None else index)
+
+    def agent_ip(self, agent: Agent) -> str:
+        return str(self.agent_subnet.network_address + self.agent_host_number(agent))
 
     def secret_refs(self) -> list[tuple[str, ConfigSecretRef]]:
         """Every (key path, reference) to a Pulumi config secret in the model."""

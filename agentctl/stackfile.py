@@ -95,6 +95,14 @@ def from_config(config: dict[str, Any], source: str) -> Deployment:
             raise ConfigError(source, f"{NAMESPACE}:agents[{i}].name", f"host name {agent.name!r} is used twice",
                               "unique host names across the proxy and the agents")
         seen.add(agent.name)
+    numbers: dict[int, str] = {}
+    for i, agent in enumerate(deployment.agents):
+        number = deployment.agent_host_number(agent)
+        if number in numbers:
+            raise ConfigError(source, f"{NAMESPACE}:agents[{i}]", f"would take address .{number}, which agent "
+                              f"{numbers[number]!r} has", "a unique hostNumber per agent (unset ones follow the "
+                              "list from .11)")
+        numbers[number] = agent.name
     _check_backups(deployment, source)
     return deployment
 

@@ -3,7 +3,6 @@ reads the compressed form EC2 gets."""
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import pytest
 import yaml

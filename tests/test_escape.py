@@ -9,7 +9,6 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -55,6 +54,8 @@ def _run_watchdog(script: str, tmp_path: Path) -> list[str]:
     """Run the rendered watchdog with a healthy agent; return the argv curl got."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    marker = tmp_path / "last-backup"  # a fresh backup, where the stack keeps them
+    marker.touch()
     (bin_dir / "systemctl").write_text("#!/bin/sh\nexit 0\n")
     (bin_dir / "logger").write_text("#!/bin/sh\nexit 0\n")
     (bin_dir / "curl").write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" > {tmp_path}/curl-argv\n")
@@ -62,7 +63,8 @@ def _run_watchdog(script: str, tmp_path: Path) -> list[str]:
         f.chmod(0o755)
     (tmp_path / "watchdog").write_text(script)
     subprocess.run(["bash", str(tmp_path / "watchdog")], check=True, cwd=tmp_path,
-                   env={"PATH": f"{bin_dir}:/usr/bin:/bin", "AGENTCTL_WATCHDOG_STATE": str(tmp_path / "state")})
+                   env={"PATH": f"{bin_dir}:/usr/bin:/bin", "AGENTCTL_WATCHDOG_STATE": str(tmp_path / "state"),
+                        "AGENTCTL_BACKUP_MARKER": str(marker)})
     return (tmp_path / "curl-argv").read_text().split("\0")[:-1]
 
 

@@ -39,3 +39,18 @@ def test_secret_refs_lists_every_pulumi_secret():
     d = load(ROOT, "example-hcloud")
     assert [(p, r.config) for p, r in d.secret_refs()] == [
         ("agents[0].egress.secrets[0].from", "githubPat"), ("tailscale.authKey", "tailscaleAuthKey")]
+
+
+def _agents(*numbers):
+    agent = BASE["agentctl:agents"][0]
+    return [dict(agent, name=f"agent{i}", **({"hostNumber": n} if n else {})) for i, n in enumerate(numbers)]
+
+
+def test_pinned_host_numbers_survive_removing_an_agent():
+    """Unpinned, removing the first agent renumbers the rest (the cloud replaces them);
+    pinned, every other agent keeps its address."""
+    three = from_config({**BASE, "agentctl:agents": _agents(20, 21, 22)}, "t")
+    two = from_config({**BASE, "agentctl:agents": _agents(20, 21, 22)[1:]}, "t")
+    assert {a.name: three.agent_ip(a) for a in three.agents[1:]} == {a.name: two.agent_ip(a) for a in two.agents}
+    unpinned = from_config({**BASE, "agentctl:agents": _agents(None, None)}, "t")
+    assert [unpinned.agent_ip(a).rsplit(".", 1)[1] for a in unpinned.agents] == ["11", "12"]

@@ -3,7 +3,6 @@ replacement is one swap."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 

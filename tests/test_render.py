@@ -604,3 +604,12 @@ def test_hetzner_user_data_over_the_limit_is_compressed():
     noise = "#cloud-config\n# " + base64.b64encode(os.urandom(40000)).decode() + "\n"  # does not compress
     with pytest.raises(ValueError, match="Hetzner takes 32768"):
         hcloud_user_data(noise)
+
+
+def test_every_written_file_is_a_readable_literal_block(rendered):
+    """A trailing space anywhere in a template makes YAML fall back to one quoted line
+    (\\n escapes): user-data an operator can no longer read. Each file stays a block."""
+    for stack, hosts in rendered.items():
+        for h in hosts:
+            quoted = [line for line in h.user_data.splitlines() if line.lstrip().startswith('content: "')]
+            assert not quoted, f"{stack}/{h.name}: {quoted[0][:80]}"

@@ -55,8 +55,13 @@ CASES = [
      "exactly one"),
     ("unpinned hermes", lambda c: _agent(c).update(runtime={"hermes": {}}), "agentctl:agents[0].runtime.hermes",
      "pin Hermes"),
+    ("two agents on one address", lambda c: c["agentctl:agents"].append(dict(copy.deepcopy(_agent(c)), name="other",
+                                                                              hostNumber=11)),
+     "agentctl:agents[1]", "would take address .11"),
+    ("host number outside the subnet", lambda c: _agent(c).update(hostNumber=300), "agentctl:agents[0].hostNumber",
+     "less than or equal to 254"),
     ("nested unknown key says what is allowed", lambda c: _agent(c).update(colour="red"), "agentctl:agents[0].colour",
-     "expected one of: backups, bootstrap, egress, name, runtime, size"),
+     "expected one of: backups, bootstrap, egress, hostNumber, name, runtime, size"),
     ("plain tailscale key names the reference form", lambda c: c.update({"agentctl:tailscale": {"authKey": "tskey-x"}}),
      "agentctl:tailscale.authKey", "expected a reference to a Pulumi secret, {config: NAME}"),
 ]
@@ -169,7 +174,8 @@ def _backups(**kw):
 
 
 @pytest.mark.parametrize("mutate,words", [
-    (lambda c: c["agentctl:watchdog"].update(backupMaxAgeHours=30), "no agent has backups enabled"),
+    (lambda c: (_agent(c).pop("backups", None), c["agentctl:watchdog"].update(backupMaxAgeHours=30)),
+     "no agent has backups enabled"),
     (lambda c: (_backups(intervalHours=24)(c), c["agentctl:watchdog"].update(backupMaxAgeHours=24)),
      "would fail between two good backups"),
 ])

@@ -9,14 +9,12 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-from dataclasses import dataclass
 
 import pytest
 import yaml
-from tests.test_stacks_harness import evaluate_variants, make_project, named, of_type
+from tests.test_stacks_harness import Ctx, Plan, evaluate_variants, make_project, named, of_type
 
 from agentctl.ca import ensure_ca
-from agentctl.model import Deployment
 from agentctl.plan import PLACEHOLDER_ACCOUNT, SECRET_PLACEHOLDER, mock_id
 from agentctl.secrets import ca_key_parameter_name
 from agentctl.stackfile import load
@@ -33,19 +31,6 @@ IMDS = "pulumi-python:dynamic/agentctl:AgentImds"
 ARN = f"arn:aws:mock:us-east-1:{PLACEHOLDER_ACCOUNT}"  # how the mocks name an ARN
 
 
-@dataclass(frozen=True)
-class Plan:
-    resources: list[dict]
-    outputs: dict
-    rendered: dict  # host -> its user-data from render, made in the evaluating process
-
-
-@dataclass(frozen=True)
-class Ctx:
-    """What the program should have derived its resources from."""
-
-    deployment: Deployment
-    ca_fingerprint: str
 
 
 def rules_of(rs, token, sg_name):

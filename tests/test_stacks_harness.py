@@ -11,9 +11,12 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from agentctl.model import Deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,6 +87,22 @@ for key, job in jobs.items():
     results[key] = json.loads(data)
 json.dump(results, sys.stdout)
 '''
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One evaluated program: what it registered, its outputs, and each host's
+    user-data as render made it in the evaluating process."""
+    resources: list[dict]
+    outputs: dict
+    rendered: dict
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What the program should have derived its resources from."""
+    deployment: Deployment
+    ca_fingerprint: str
 
 
 def make_project(tmp: Path, stack: str, edit=None) -> Path:

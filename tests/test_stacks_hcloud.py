@@ -4,15 +4,13 @@ broken in one facet of it."""
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
 import pytest
 
 from agentctl.ca import ensure_ca
-from agentctl.model import Deployment
 from agentctl.stackfile import load
 from agentctl_stacks import proxy_secrets
-from tests.test_stacks_harness import evaluate_variants, make_project, named, of_type
+from tests.test_stacks_harness import Ctx, Plan, evaluate_variants, make_project, named, of_type
 
 STACK = "example-hcloud"
 N = "agentctl"
@@ -25,17 +23,6 @@ EGRESS = [("tcp", "80"), ("tcp", "443"), ("udp", "53"), ("tcp", "53"), ("udp", "
 TAILSCALE_EGRESS = [("udp", "41641"), ("udp", "3478")]
 
 
-@dataclass(frozen=True)
-class Plan:
-    resources: list[dict]
-    outputs: dict
-    rendered: dict  # host -> its user-data from render, made in the evaluating process
-
-
-@dataclass(frozen=True)
-class Ctx:
-    deployment: Deployment
-    ca_fingerprint: str
 
 
 def servers(rs):

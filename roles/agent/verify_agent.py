@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from agentctl.render import HERMES_CONFIG, HERMES_HOME, HERMES_INSTALL
+from agentctl.render import BACKUP_DIR, BACKUP_MARKER, HERMES_CONFIG, HERMES_HOME, HERMES_INSTALL
 
 SERVICE = "agentctl-agent.service"
 
@@ -154,6 +154,27 @@ def test_backups_timer_matches_the_stack(host, agent):
         assert not host.file("/etc/systemd/system/agentctl-backup.timer").exists
         pytest.skip("backups are off for this agent in the stack")
     assert timer.is_enabled and timer.is_running
+
+
+@pytest.mark.destructive
+def test_backup_keeps_the_state_and_leaves_out_credentials(root, agent):
+    """A real backup run: the agent's files are in the archive, its .env is not, and
+    the marker the watchdog reads moved."""
+    if not agent.backups.enabled:
+        pytest.skip("backups are off for this agent in the stack")
+    probe, secret = "agentctl-backup-probe.txt", ".env"
+    root.check_output(f"runuser -u agentuser -- sh -c 'echo probe > ~/{probe} && echo TOKEN=probe > ~/{secret}'")
+    try:
+        before = root.run(f"stat -c %Y {BACKUP_MARKER}").stdout.strip()
+        root.check_output("sleep 1.1; systemctl start agentctl-backup.service")  # oneshot: returns when done
+        newest = root.check_output(f"ls -1t {BACKUP_DIR}/agentctl-*.tar.zst | head -n 1")
+        members = root.check_output(f"zstd -dcq {newest} | tar -t").splitlines()
+        assert f"home/agentuser/{probe}" in members
+        assert not [m for m in members if m.rsplit("/", 1)[-1] == secret], "a credentials file was backed up"
+        assert root.check_output(f"stat -c %Y {BACKUP_MARKER}").strip() != before
+        assert root.file(newest).user == "root" and root.file(newest).mode == 0o600
+    finally:
+        root.run(f"rm -f /home/agentuser/{probe} /home/agentuser/{secret}")
 
 
 def test_agentuser_cannot_use_sudo(host):
