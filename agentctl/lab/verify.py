@@ -3,12 +3,13 @@ namespace (the only place the switch lets SSH come from), and with --score the
 figures of tools no one here wrote: lynis inside each host, ssh-audit from outside."""
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -34,27 +35,47 @@ def lynis_index(ns: str) -> tuple[int | None, str]:
                         timeout=LYNIS_TIMEOUT)
     m = re.search(r"Hardening index\s*:\s*(\d+)", proc.stdout)
     warnings = re.search(r"Warnings \((\d+)\)", proc.stdout)
-    return (int(m.group(1)) if m else None), (f"{warnings.group(1)} warnings" if warnings else proc.stderr[-200:])
+    if m is None:
+        tail = (proc.stdout.strip().splitlines() or ["no output"])[-1]
+        return None, f"no hardening index (exit {proc.returncode}): {tail[-120:]}"
+    return int(m.group(1)), f"{warnings.group(1)} warnings" if warnings else "warnings not reported"
 
 
 def ssh_audit(ip: str) -> tuple[int, str]:
-    """ssh-audit's exit code (0 = nothing to fix) and its fail/warn counts."""
-    proc = subprocess.run(["ip", "netns", "exec", topology.ADMIN_NS, "ssh-audit", "-j", ip],
+    """ssh-audit's exit code (0 = nothing to fix) and its fail/warn counts, read from
+    its text report (the JSON layout changes between releases; the markers do not)."""
+    proc = subprocess.run(["ip", "netns", "exec", topology.ADMIN_NS, "ssh-audit", "--no-colors", ip],
                           capture_output=True, text=True, timeout=120)
-    fails = warns = 0
+    findings = [line for line in proc.stdout.splitlines() if not line.startswith("(rec)")]
+    fails = [line for line in findings if "[fail]" in line]
+    warns = [line for line in findings if "[warn]" in line]
+    if not findings:
+        return proc.returncode, (proc.stderr or "no report").strip()[-200:]
+    named = "; ".join(line.split(" -- ")[0].strip() + ": " + line.split("]", 1)[-1].strip() for line in warns)
+    return proc.returncode, f"{len(fails)} fail, {len(warns)} warn" + (f" ({named})" if named else "")
+
+
+@contextmanager
+def fail2ban_ignoring(ns: str, ip: str, quiet: float = 3, limit: float = 30) -> Iterator[None]:
+    """ssh-audit's probing looks like an attack, and fail2ban rightly bans it. Ignore
+    the admin namespace while it runs, and until fail2ban has read every line it left
+    (fail2ban reads the journal a moment behind): a line read after the ignore ends
+    would lock the lab's admin out."""
+    hosts.run_in(ns, "fail2ban-client", "set", "sshd", "addignoreip", ip)
     try:
-        data = json.loads(proc.stdout)
-        recs = data.get("recommendations", {})
-        for level in ("critical", "warning"):
-            for items in (recs.get(level) or {}).values():
-                n = sum(len(v) for v in items.values()) if isinstance(items, dict) else len(items)
-                if level == "critical":
-                    fails += n
-                else:
-                    warns += n
-    except (json.JSONDecodeError, AttributeError):
-        return proc.returncode, (proc.stdout or proc.stderr).strip()[-200:]
-    return proc.returncode, f"{fails} critical, {warns} warnings"
+        yield
+    finally:
+        count = f"grep -c 'Ignore {ip} by ip' /var/log/fail2ban.log || true"
+        seen, still_since, deadline = None, time.monotonic(), time.monotonic() + limit
+        while time.monotonic() < deadline:
+            now = hosts.run_in(ns, "sh", "-c", count).stdout.strip()
+            if now != seen:
+                seen, still_since = now, time.monotonic()
+            elif time.monotonic() - still_since >= quiet:
+                break
+            time.sleep(0.5)
+        hosts.run_in(ns, "fail2ban-client", "set", "sshd", "delignoreip", ip)
+        hosts.run_in(ns, "fail2ban-client", "set", "sshd", "unbanip", ip)
 
 
 def run(project_dir: Path, stack: str, state_dir: Path, score: bool, out: Console) -> int:
@@ -69,13 +90,12 @@ def run(project_dir: Path, stack: str, state_dir: Path, score: bool, out: Consol
         table = Table(title="scores")
         for col in ("host", "lynis hardening index", "lynis", "ssh-audit"):
             table.add_column(col)
+        admin_ip = next(n.ip for n in topology.nodes(d) if n.kind == "admin")
         for name in lab.host_names(d):
-            index, note = lynis_index(topology.host_netns(name))
-            audit_rc, audit_note = ssh_audit(lab.host_ip(d, name))
-            # ssh-audit's probing looks like an attack, and fail2ban rightly bans it:
-            # lift that ban for the admin namespace so the lab stays reachable.
-            admin_ip = next(n.ip for n in topology.nodes(d) if n.kind == "admin")
-            hosts.run_in(topology.host_netns(name), "fail2ban-client", "set", "sshd", "unbanip", admin_ip)
+            ns = topology.host_netns(name)
+            index, note = lynis_index(ns)
+            with fail2ban_ignoring(ns, admin_ip):
+                audit_rc, audit_note = ssh_audit(lab.host_ip(d, name))
             table.add_row(name, str(index) if index is not None else "?", note,
                           f"exit {audit_rc}: {audit_note}")
         out.print(table)
