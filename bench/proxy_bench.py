@@ -295,7 +295,7 @@ def decision_bench() -> list[dict]:
                 v = check_path(path)
                 m.decide(host, None, 443, True, "GET", path, v.encoded_slash)
 
-            def connect_scan(host, _path):  # what addon.http_connect computes today
+            def connect_scan(host, _path):  # what addon.http_connect computed before it used host_grant
                 grants = [g for g in m.host_ports(host, None) if not (g.bootstrap and g.bootstrap in frozenset())]
                 return [g for g in grants if g.port_ok(443, True)]
 
@@ -473,10 +473,11 @@ def write_report(out: Path, names, runs, mem, micro, args, loads, calib) -> None
         "## Policy decision per request",
         "",
         "`check_path + decide` is what a request pays; `decide` is the compiled match alone;",
-        "`host_grant` is the CONNECT/SNI host decision (`Matcher.host_grant`), and `CONNECT scan` the",
-        "same decision computed the way `addon.http_connect` does it today (a list over",
-        "`host_ports()`). CPU time in us, best [median] of 7 passes over 1,000 queries; growth is",
-        "10k / 1k of the best times. Calibration on the shared cores at the time: one `dict.get` took "
+        "`host_grant` is the CONNECT/SNI host decision (`Matcher.host_grant`, what `addon.http_connect`",
+        "calls), and `CONNECT scan` the same decision computed the way `http_connect` did before (a list",
+        "over `host_ports()`), for comparison. CPU time in us, best [median] of 7 passes over 1,000",
+        "queries; growth is 10k / 1k of the best times. Calibration on the shared cores at the time: one "
+        "`dict.get` took "
         f"{calib[0]:.0f} ns before and {calib[1]:.0f} ns after (scale the us figures by it).",
         "",
         "| shape | rules | check_path + decide | decide | host_grant | CONNECT scan | compile ms |",

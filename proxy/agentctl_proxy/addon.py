@@ -22,7 +22,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from agentctl_proxy import limits
 from agentctl_proxy.hosts import is_canonical_ip, is_valid_name, normalize_host, parse_ip_literal, split_host_port
-from agentctl_proxy.inbound import authority_problem, header_problem, is_absolute_form
+from agentctl_proxy.inbound import authority_problem, drop_header, header_get, header_problem, is_absolute_form
 from agentctl_proxy.layer_choice import LayerChoice
 from agentctl_proxy.netguard import UpstreamDenied
 from agentctl_proxy.paths import check_path, check_query, split_target
@@ -78,15 +78,15 @@ class EgressAddon(LayerChoice):
         elif ip is None and not is_valid_name(host):
             self._deny(flow, v, 400, "invalid host", "CONNECT target is not a host name")
         else:
-            grants = [g for g in ident.allow.host_ports(host, ip)
-                      if not (g.bootstrap and g.bootstrap in closed)]
-            ok = [g for g in grants if g.port_ok(port, True)]
-            if not grants:
-                self._deny(flow, v, 403, "no rule names this host", f"{host} is not allowed")
-            elif not ok:
+            # the first open grant of this host, in host_ports() order, that allows the
+            # port (tests/test_matcher.py checks it against that scan)
+            d = ident.allow.host_grant(host, ip, port, True, closed)
+            if d.grant is not None:
+                v.action, v.rule, v.status_code = "allow", d.grant.label, 200
+            elif d.reason == "port not allowed":
                 self._deny(flow, v, 403, "port not allowed", f"port {port} of {host} is not allowed")
             else:
-                v.action, v.rule, v.status_code = "allow", ok[0].label, 200
+                self._deny(flow, v, 403, "no rule names this host", f"{host} is not allowed")
         self._allow_or_refuse(flow, v)  # one line for the tunnel decision, before the 200
 
     # --------------------------------------------------------------- requests
@@ -115,7 +115,7 @@ class EgressAddon(LayerChoice):
                     method=req.method, path=path, identity=ident)
         flow.metadata[_META] = v
         # never forwarded, whatever happens next
-        req.headers.pop("proxy-authorization", None)
+        drop_header(req.headers, b"proxy-authorization")
         tls = client.tls
         v.tls = tls
 
@@ -158,7 +158,7 @@ class EgressAddon(LayerChoice):
             return self._deny(flow, v, 403, "non-canonical IP literal", f"{target} is not a canonical IP address")
         if ip is None and not is_valid_name(target):
             return self._deny(flow, v, 400, "invalid host", "target is not a host name")
-        upgrade = req.headers.get("upgrade")
+        upgrade = header_get(req.headers, b"upgrade")
         if upgrade is not None and upgrade.lower() != "websocket":
             return self._deny(flow, v, 403, "upgrade not allowed", "only WebSocket upgrades are relayed")
         verdict = check_path(path)
@@ -168,6 +168,7 @@ class EgressAddon(LayerChoice):
         if query_problem:
             return self._deny(flow, v, 403, "non-canonical path", f"query refused: {query_problem}")
         closed = self.rt.policy.closed_set()
+        v.encoded_slash = verdict.encoded_slash  # the secrets match reuses it
         d = ident.allow.decide(target, ip, req.port, tls, req.method, path, verdict.encoded_slash, closed)
         if d.grant is None:
             return self._deny(flow, v, 403, d.reason, f"not allowed: {d.reason}")
@@ -199,6 +200,13 @@ class EgressAddon(LayerChoice):
         return None
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        # In place of mitmproxy's DisableH2C addon (not loaded): an h2c upgrade was refused
+        # in requestheaders (only WebSocket upgrades pass), and so was an HTTP/2 preface
+        # (`PRI *` is no origin-form path); like DisableH2C, the preface is killed, not answered.
+        req = flow.request
+        if req.method == "PRI" and req.path == "*" and req.http_version == "HTTP/2.0":
+            flow.kill()
+            return
         v: Verdict | None = flow.metadata.get(_META)
         if flow.response is not None:
             return  # already answered (denied, or the control endpoint)
@@ -223,9 +231,10 @@ class EgressAddon(LayerChoice):
         assert ident is not None
         # The agent holds no credential by design: whatever it sends as one is dropped,
         # whether or not a secret of ours replaces it.
-        flow.request.headers.pop("authorization", None)
-        d = ident.secrets.decide(v.host, v.ip, v.port, v.tls, flow.request.method, v.path,
-                                 check_path(v.path).encoded_slash)
+        drop_header(flow.request.headers, b"authorization")
+        if not ident.secrets.grants:  # decide() would find no rule naming the host
+            return None
+        d = ident.secrets.decide(v.host, v.ip, v.port, v.tls, flow.request.method, v.path, v.encoded_slash)
         if d.grant is None:
             return None
         spec = d.grant.payload

@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps uses
 
 # DESIGN.md's keys plus `event`: "decision" (written before the proxy acts on it) or
 # "complete" (an allowed exchange ended; carries the final status and duration).
@@ -29,6 +29,54 @@ KEYS = (
     "time", "event", "remote_addr", "agent", "mode", "host", "sni", "method", "path", "action",
     "rule", "rejected_by", "status_code", "duration_ms", "request_transforms",
 )
+# the line with a %s for each value's JSON text, keys in KEYS order
+_TEMPLATE = "{" + ",".join(f'"{k}":%s' for k in KEYS) + "}\n"
+
+
+def _json_value(v: object) -> str:
+    """The JSON text json.dumps(..., separators=(",", ":"), default=str) gives a value
+    inside a record, with fast paths for exact str, int, finite float, None and lists
+    of str (tests/test_audit.py compares the two over generated values)."""
+    if v is None:
+        return "null"
+    cls = v.__class__
+    if cls is str:
+        return _json_str(v)
+    if cls is int:
+        return int.__repr__(v)
+    if cls is float and v - v == 0.0:  # finite (json spells inf and nan its own way)
+        return float.__repr__(v)
+    if cls is list:
+        try:
+            return "[" + ",".join(map(_json_str, v)) + "]"
+        except TypeError:  # an item that is not a str: json.dumps decides
+            pass
+    return json.dumps(v, separators=(",", ":"), default=str)
+
+
+def encode_line(values: tuple) -> bytes:
+    """One audit line (what json.dumps of the record gives); values in KEYS order."""
+    if len(values) != len(KEYS):
+        raise TypeError(f"expected a value for each of {KEYS}")
+    return (_TEMPLATE % tuple([_json_str(v) if v.__class__ is str else _json_value(v) for v in values])).encode()
+
+
+class _Clock:
+    """UTC time as datetime.isoformat(timespec="milliseconds") spells it
+    (2026-12-01T08:24:00.123+00:00), formatting the date and time once a second."""
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")
+
+    def now(self) -> str:
+        return self.format_ns(time.time_ns())
+
+    def format_ns(self, ns: int) -> str:
+        sec, frac = divmod(ns, 1_000_000_000)
+        cached = self._second  # one tuple: a reader never sees a half-updated pair
+        if cached[0] != sec:
+            cached = self._second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+        return f"{cached[1]}.{frac // 1_000_000:03d}+00:00"
 
 
 class AuditLog:
@@ -38,6 +86,7 @@ class AuditLog:
         self._fd: int | None = None
         self._ino: int | None = None
         self._last_check = 0.0
+        self._clock = _Clock()
         if path:
             self._open()
 
@@ -67,20 +116,28 @@ class AuditLog:
             return True
 
     def write(self, **fields: object) -> dict:
+        """Write one line of these fields (by KEYS name; others are dropped)."""
         record = {k: fields.get(k) for k in KEYS}
-        record["time"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
+        record["time"] = self._clock.now()
+        self._emit(encode_line(tuple(record.values())))
+        return record
+
+    def write_values(self, *values: object) -> None:
+        """write() with the values of KEYS[1:] (all but the time) in order: the
+        per-request path."""
+        self._emit(encode_line((self._clock.now(), *values)))
+
+    def _emit(self, line: bytes) -> None:
         if self._fd is None:
             sys.stdout.buffer.write(line)
             sys.stdout.flush()
-            return record
+            return
         if self._rotated():
             self._open()
         if os.write(self._fd, line) != len(line):  # only on a full disk; the tail is torn
             raise OSError(errno.ENOSPC, "short write to the audit file")
         if self.fsync:
             os.fsync(self._fd)
-        return record
 
     def close(self) -> None:
         if self._fd is not None:

@@ -7,6 +7,7 @@ some resolver would read as an address (decimal 2130706433, octal 0177.0.0.1, he
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -14,6 +15,9 @@ import socket
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+# no spelling of an address (dotted, inet_aton, IPv6) has any other character before
+# an IPv6 zone ("%eth0"); normalize_host has lower-cased "0X7F" and "FE80::"
+_NOT_IP = re.compile(r"[^0-9a-fx.:]")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -27,6 +31,22 @@ def normalize_host(host: str) -> str:
     return host
 
 
+def _cached(fn):
+    """Cache a pure function of a host string (a request asks about its host in
+    requestheaders, the upstream check and server_connect; answers are immutable).
+    Only strings as long as a host can be are cached, so the cache stays small
+    (4,096 entries of at most 300 characters) whatever names clients send."""
+    cached = functools.lru_cache(maxsize=4096)(fn)
+
+    @functools.wraps(fn)
+    def lookup(host: str, *args):
+        return cached(host, *args) if len(host) <= 300 else fn(host, *args)
+
+    lookup.cache_info = cached.cache_info  # type: ignore[attr-defined]
+    return lookup
+
+
+@_cached
 def split_host_port(value: str, default_port: int) -> tuple[str, int]:
     """Split a Host header / authority; raises ValueError on a malformed one."""
     value = value.strip()
@@ -49,6 +69,7 @@ def split_host_port(value: str, default_port: int) -> tuple[str, int]:
     return normalize_host(host), default_port
 
 
+@_cached
 def parse_ip_literal(host: str) -> IPAddress | None:
     """The address a host denotes if any resolver could read it as one, else None.
 
@@ -56,8 +77,11 @@ def parse_ip_literal(host: str) -> IPAddress | None:
     addresses are returned as their IPv4 address so CIDR checks see the real target.
     """
     host = normalize_host(host)
+    address = host.split("%", 1)[0]
+    if not address or _NOT_IP.search(address):  # a name: neither parser below accepts it
+        return None
     try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
+        ip = ipaddress.ip_address(address)
     except ValueError:
         ip = None
     if ip is None:
@@ -72,6 +96,7 @@ def parse_ip_literal(host: str) -> IPAddress | None:
     return ip
 
 
+@_cached
 def is_canonical_ip(host: str) -> bool:
     """True for the one spelling an address should have (dotted quad, RFC 5952).
 
@@ -87,6 +112,7 @@ def is_canonical_ip(host: str) -> bool:
     return str(ip) == host
 
 
+@_cached
 def is_valid_name(host: str) -> bool:
     """A syntactically valid DNS name (already normalised), not an IP literal."""
     if not host or len(host) > 253 or parse_ip_literal(host) is not None:

@@ -28,16 +28,29 @@ def _unmap(ip: IPAddress) -> IPAddress:
 class Resolver:
     def __init__(self, deny_cidrs: list[str], records: dict[str, list[str]] | None = None):
         self.deny = [ipaddress.ip_network(c) for c in deny_cidrs]
+        self._denied: dict[IPAddress, ipaddress.IPv4Network | ipaddress.IPv6Network | None] = {}
         self.records = records or {}
+        # parsed once, not per request (config.DnsRecord has validated each value)
+        self._record_ips = {name: [ipaddress.ip_address(v) for v in values]
+                            for name, values in self.records.items()}
         self._cache: dict[str, tuple[IPAddress, float]] = {}
         self.cache_ttl = 30.0
 
     def denied(self, ip: IPAddress) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-        ip = _unmap(ip)
-        for net in self.deny:
-            if ip.version == net.version and ip in net:
-                return net
-        return None
+        try:
+            return self._denied[ip]  # the same upstream, request after request
+        except KeyError:
+            pass
+        net = None
+        unmapped = _unmap(ip)
+        for candidate in self.deny:
+            if unmapped.version == candidate.version and unmapped in candidate:
+                net = candidate
+                break
+        if len(self._denied) > 10000:
+            self._denied.clear()
+        self._denied[ip] = net
+        return net
 
     def check(self, host: str, ips: list[IPAddress]) -> IPAddress:
         """The first address, if no address of the name is denied."""
@@ -56,8 +69,9 @@ class Resolver:
         literal = parse_ip_literal(host)
         if literal is not None:
             return self.check(host, [literal])
-        if host in self.records:
-            return self.check(host, [ipaddress.ip_address(v) for v in self.records[host]])
+        ips = self._record_ips.get(host)
+        if ips is not None:
+            return self.check(host, ips)
         hit = self._cache.get(host)
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]  # checked when it was cached

@@ -19,6 +19,12 @@ _MAX_LAYERS = 4  # %25252e... deeper than this is refused outright
 # into the HTTP/1 request line upstream and change how it parses there.
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*")
 _QUERY_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*")
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+# The fast path: "/" and non-empty segments (the last may be empty) of RFC 3986 pchars
+# other than ".", "%" and ";". Such a path has no encoding layer, no dot, no control
+# character, backslash, parameter, empty segment or non-ASCII character, so the full
+# check accepts it without an encoded slash; anything else takes the full check.
+_PLAIN = re.compile(r"/(?:[A-Za-z0-9\-_~!$&'()*+,=:@]+/)*[A-Za-z0-9\-_~!$&'()*+,=:@]*")
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,7 @@ def _unquote(raw: bytes) -> bytes:
 
 
 def _layer_problem(layer: bytes, first: bool) -> str | None:
-    if any(b < 0x20 or b == 0x7F for b in layer):
+    if _CONTROL.search(layer):
         return "control character"
     if b"\\" in layer:
         return "backslash"
@@ -53,8 +59,8 @@ def _layer_problem(layer: bytes, first: bool) -> str | None:
         if "" in segments[:-1]:
             return "empty segment (//)"
     else:
-        segments = re.split(r"/", text)[1:]
-    if any(_dot_like(s) for s in segments):
+        segments = text.split("/")[1:]
+    if "." in text and any(_dot_like(s) for s in segments):
         return "dot segment"
     if first and not _PATH_CHARS.fullmatch(text):
         return "character outside RFC 3986 path characters"
@@ -64,12 +70,24 @@ def _layer_problem(layer: bytes, first: bool) -> str | None:
 def _dot_like(segment: str) -> bool:
     """`.`, `..`, `...`, `. .`, `.. `: servers that trim spaces or collapse dot runs
     may treat any segment made only of dots and white space as a dot segment."""
-    folded = unicodedata.normalize("NFKC", segment)
+    # NFKC leaves ASCII as it is; a layer's non-ASCII text that folds to a "." has
+    # already been refused by _layer_problem, so this only runs where "." is present
+    folded = segment if segment.isascii() else unicodedata.normalize("NFKC", segment)
     return "." in folded and all(c == "." or c.isspace() for c in folded)
+
+
+_OK = PathVerdict(True)
 
 
 def check_path(path: str) -> PathVerdict:
     """Check the path part (no query) of a request target."""
+    if _PLAIN.fullmatch(path):  # the common case; tests/test_paths.py proves it equal
+        return _OK
+    return check_path_full(path)
+
+
+def check_path_full(path: str) -> PathVerdict:
+    """check_path without the fast path: every layer decoded and checked."""
     if not path.startswith("/"):
         return PathVerdict(False, "not an origin-form path")
     raw = path.encode("utf-8", "surrogateescape")
@@ -92,7 +110,9 @@ def check_path(path: str) -> PathVerdict:
 
 def check_query(query: str) -> str | None:
     """Why a raw query string is refused (characters outside RFC 3986 query), or None."""
-    return None if _QUERY_CHARS.fullmatch(query) else "character outside RFC 3986 query characters"
+    if not query or _QUERY_CHARS.fullmatch(query):
+        return None
+    return "character outside RFC 3986 query characters"
 
 
 def split_target(target: str) -> tuple[str, str]:

@@ -17,7 +17,7 @@ import certifi
 logging.getLogger("passlib").setLevel(logging.ERROR)
 
 from mitmproxy import options as mopts
-from mitmproxy.addons import core, disable_h2c, errorcheck, proxyserver, tlsconfig
+from mitmproxy.addons import core, errorcheck, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
 from agentctl_proxy import dns_server, health, limits, pki, protocol_errors
@@ -102,6 +102,7 @@ class ProxyApp:
         self.addon = EgressAddon(Runtime.build(cfg), self.audit)
         self.reloads = 0
         self.extra_servers: list = []
+        self.master: Master | None = None  # while run() runs
 
     def status(self) -> dict:
         rt = self.addon.rt
@@ -145,10 +146,14 @@ class ProxyApp:
         try:
             limits.install(self.cfg.proxy.max_request_body_bytes)
             protocol_errors.install()
-            master = Master(mopts.Options(), with_termlog=False)
+            master = self.master = Master(mopts.Options(), with_termlog=False)
+            # mitmproxy passes every event to every addon in the chain (twice per flow
+            # event: the hook, then "update"), whether or not it has a method for it, so
+            # the chain holds only what serves requests. Not mitmproxy's DisableH2C: the
+            # addon refuses every request that it acts on (see EgressAddon.request).
             master.addons.add(
-                core.Core(), disable_h2c.DisableH2C(), proxyserver.Proxyserver(),
-                self.addon, tlsconfig.TlsConfig(), errorcheck.ErrorCheck(),
+                core.Core(), proxyserver.Proxyserver(), self.addon, tlsconfig.TlsConfig(),
+                _StartupErrorCheck(master),
             )
             # options exist once the addons that declare them are loaded
             master.options.update(**option_values(self.cfg, confdir))
@@ -157,7 +162,7 @@ class ProxyApp:
             loop.add_signal_handler(signal.SIGUSR1, self.audit_reopen)
             loop.add_signal_handler(signal.SIGTERM, master.shutdown)
             loop.add_signal_handler(signal.SIGINT, master.shutdown)
-            master.addons.add(_Extras(self))
+            master.addons.add(_Extras(self, master))
             await master.run()
         finally:
             for s in self.extra_servers:
@@ -169,11 +174,28 @@ class ProxyApp:
         self.audit.reopen()
 
 
-class _Extras:
-    """DNS and health listeners, started once the proxy listeners are up."""
+class _StartupErrorCheck(errorcheck.ErrorCheck):
+    """mitmproxy's ErrorCheck (exit if startup logged an error), leaving the addon chain
+    once Master.run has made its last startup check and called finish()."""
 
-    def __init__(self, app: ProxyApp) -> None:
+    name = "errorcheck"  # what Master.run looks up
+
+    def __init__(self, master: Master) -> None:
+        super().__init__()
+        self.master = master
+
+    def finish(self) -> None:
+        super().finish()
+        self.master.addons.remove(self)
+
+
+class _Extras:
+    """DNS and health listeners, started once the proxy listeners are up; then it
+    leaves the addon chain."""
+
+    def __init__(self, app: ProxyApp, master: Master) -> None:
         self.app = app
+        self.master = master
 
     async def running(self) -> None:
         app = self.app
@@ -181,3 +203,4 @@ class _Extras:
             app.extra_servers += await dns_server.start(app.cfg.dns.listen, app.addon)
         if app.cfg.proxy.health_listen:
             app.extra_servers.append(await health.start(app.cfg.proxy.health_listen, app.status))
+        self.master.addons.remove(self)  # rebinds the chain: this event's loop goes on

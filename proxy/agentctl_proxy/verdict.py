@@ -43,6 +43,7 @@ class Verdict:
     port: int = 0
     tls: bool = False
     ip: object = None
+    encoded_slash: bool = False  # the path check's finding, for the secrets match
     recorded: bool = False  # its decision line is in the audit file
     forwarded: bool = False  # recorded as allowed: the upstream exchange may start
     completed: bool = False  # its "complete" line is written
@@ -67,12 +68,10 @@ class AuditTrail:
     def _write(self, v: Verdict, remote: str, event: str = "decision") -> bool:
         """One audit line; False if it could not be written (the caller then refuses)."""
         try:
-            self.audit.write(
-                event=event, remote_addr=remote, agent=v.agent, mode=v.mode, host=v.host,
-                sni=v.sni, method=v.method, path=v.path, action=v.action, rule=v.rule,
-                rejected_by=v.rejected_by, status_code=v.status_code,
-                duration_ms=round((time.monotonic() - v.start) * 1000, 3),
-                request_transforms=v.transforms,
+            self.audit.write_values(  # audit.KEYS order
+                event, remote, v.agent, v.mode, v.host, v.sni, v.method, v.path, v.action, v.rule,
+                v.rejected_by, v.status_code, round((time.monotonic() - v.start) * 1000, 3),
+                v.transforms,
             )
         except (OSError, ValueError) as e:  # ValueError: stdout closed under us
             log.error("audit write failed (%s); nothing is allowed until it works",

@@ -62,3 +62,68 @@ def test_a_write_that_fails_raises_so_the_caller_can_refuse():
     a = AuditLog("/dev/full")
     with pytest.raises(OSError):
         a.write(agent="x", action="allow")
+
+
+# ------------------------------------------- the line encoder against json.dumps
+# AuditLog encodes a line with a template and the C string encoder json.dumps uses, and
+# formats the time once a second; the bytes must be exactly what the original wrote:
+# json.dumps(record, separators=(",", ":"), default=str) with datetime's isoformat.
+
+from datetime import datetime, timezone  # noqa: E402
+from enum import IntEnum  # noqa: E402
+
+import originals  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from agentctl_proxy.audit import _Clock, encode_line  # noqa: E402
+
+
+class _Status(IntEnum):
+    OK = 200
+
+
+class _Name(str):
+    pass
+
+
+_OBJECT = object()
+scalars = st.one_of(st.none(), st.text(max_size=8), st.sampled_from(["", "/v1/\udcff", "caf\u00e9", "\x00\n\"\\", "\U0001f600"]),
+                    st.integers(-2**70, 2**70), st.booleans(), st.floats(), st.sampled_from([float("inf"), float("nan"), -0.0]),
+                    st.sampled_from([_Status.OK, _Name("agent\u00e9"), _OBJECT, b"bytes", ("t", 1)]))
+values = st.one_of(scalars, st.lists(st.text(max_size=6), max_size=3), st.lists(scalars, max_size=3),
+                   st.dictionaries(st.text(max_size=3), scalars, max_size=2))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(values, min_size=len(KEYS), max_size=len(KEYS)))
+def test_encode_line_is_what_json_dumps_wrote(vals):
+    assert encode_line(tuple(vals)) == originals.audit_line(dict(zip(KEYS, vals)))
+
+
+def test_write_and_write_values_write_the_same_line(tmp_path):
+    a = AuditLog(str(tmp_path / "a"))
+    a.write(event="decision", remote_addr="127.0.0.11", agent="scout", mode="tunnel", host="h", sni=None,
+            method="GET", path="/x", action="allow", rule="r", rejected_by=None, status_code=200,
+            duration_ms=1.5, request_transforms=["allowlist"])
+    a.write_values("decision", "127.0.0.11", "scout", "tunnel", "h", None, "GET", "/x", "allow", "r", None, 200,
+                   1.5, ["allowlist"])
+    first, second = (json.loads(x) for x in (tmp_path / "a").read_text().splitlines())
+    del first["time"], second["time"]
+    assert first == second
+    with __import__("pytest").raises(TypeError):
+        a.write_values("decision")  # a value missing: never a line with a key left out
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.integers(0, 253402300797 * 10**9), min_size=1, max_size=6))  # to 9999-12-31
+def test_clock_spells_time_as_datetime_isoformat(stamps):
+    clock = _Clock()  # one clock: its once-a-second cache must never serve the wrong second
+    for ns in stamps + [stamps[0] + 1, stamps[0] + 10**9]:
+        dt = datetime.fromtimestamp(ns // 10**9, timezone.utc).replace(microsecond=ns // 1000 % 10**6)
+        assert clock.format_ns(ns) == dt.isoformat(timespec="milliseconds")
+
+
+def test_line_time_is_now():
+    before = datetime.now(timezone.utc)
+    t = datetime.fromisoformat(_Clock().now())
+    assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= t <= datetime.now(timezone.utc)

@@ -324,7 +324,7 @@ def _count(proxy, **match) -> int:
 def _wait_count(proxy, n: int, **match) -> int:
     """How many lines match, once there are `n` (or 3 s passed): lines are written async."""
     deadline = time.monotonic() + 3
-    while (got := _count(proxy, **match)) < n and time.monotonic() < deadline:
+    while _count(proxy, **match) < n and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.1)  # and no more than that
     return _count(proxy, **match)
@@ -709,3 +709,17 @@ def test_bootstrap_grant_closes_after_ready(proxy, pki):
     assert curl(proxy, "https://files.example.test/boot/setup.sh", pki=pki)[0] == 403
     assert curl(proxy, "http://agentctl-proxy.internal/v1/ready", "-X", "POST")[0] == 200  # idempotent
     assert curl(proxy, "https://files.example.test/boot/setup.sh", pki=pki)[0] == 403
+
+
+def test_http2_preface_over_http1_is_killed(proxy, pki, upstreams):
+    """HTTP/2 by prior knowledge on a connection that negotiated HTTP/1.1: refused and
+    the connection killed without an answer, as mitmproxy's DisableH2C (no longer
+    loaded) did; audited; nothing reaches the upstream."""
+    before = len(upstreams["tls443"].seen)
+    for extra in (b"", b"Host: api.example.test\r\n"):  # refused for the Host, or for the path
+        resp = raw_request(proxy, pki, "api.example.test:443", b"PRI * HTTP/2.0\r\n" + extra + b"\r\nSM\r\n\r\n")
+        assert resp == b""  # killed: not even the refusal is sent
+    assert len(upstreams["tls443"].seen) == before
+    refused = [r for r in proxy.audit() if r["method"] == "PRI" and r["path"] == "*"]
+    assert [r["action"] for r in refused] == ["deny", "deny"]
+    assert {r["rejected_by"] for r in refused} == {"host mismatch", "non-canonical path"}

@@ -45,3 +45,51 @@ def test_header_problem_names_smuggling_shapes():
     assert header_problem(_req(headers=[("transfer-encoding", "gzip")]))
     assert header_problem(_req(headers=[("content-length", "1"), ("content-length", "2")]))
     assert header_problem(_req(headers=[("host", "api.example.test")])) is None
+
+
+# --------------------------------------- the header helpers against mitmproxy's Headers
+# header_problem, authority_problem and the addon read `Headers.fields` directly instead
+# of mitmproxy's get_all / get / pop; every answer must be the original's.
+
+import originals  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from agentctl_proxy.inbound import drop_header, header_get, header_values  # noqa: E402
+
+NAMES = [b"host", b"Host", b"HOST", b"content-length", b"Content-Length", b"CONTENT-LENGTH", b"transfer-encoding",
+         b"Transfer-Encoding", b"upgrade", b"Upgrade", b"authorization", b"Authorization", b"proxy-authorization",
+         b"Proxy-Authorization", b"x-a", b"bad name", b"a:b", b"a\r", b"a\n", b"a\x00", b"content-length ",
+         b"\xc4\xb0host", b"hos\xc5\xbf"]
+VALUES = [b"", b"1", b"2", b" 1", b"1 ", b"01", b"-1", b"1,1", b"chunked", b"Chunked", b" chunked ", b"gzip",
+          b"chunked, gzip", b"websocket", b"h2c", b"\r", b"\n", b"a\x00b", b"api.example.test", b"API.example.test.:443",
+          b"api.example.test:443", b"api.example.test:8443", b"evil.example.test", b"[::1]:443", b"x:y:z",
+          "\u00b2".encode(), "\u0661".encode(), b"\xff", b"\xc3\xa9", b"Bearer x"]
+fields = st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=5)
+LOOKUPS = [b"host", b"content-length", b"transfer-encoding", b"upgrade", b"authorization", b"proxy-authorization"]
+
+
+def _raw_req(fs, version="HTTP/1.1", authority=b""):
+    return http.Request("api.example.test", 443, b"GET", b"https", authority, b"/v1/x", version.encode(),
+                        http.Headers(list(fs)), b"", None, 0, 0)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(fields, st.sampled_from(["HTTP/1.1", "HTTP/2.0"]),
+       st.sampled_from([b"", b"api.example.test", b"api.example.test:443", b"evil.example.test", b"a:b"]),
+       st.sampled_from([("api.example.test", 443, True), ("api.example.test", 80, False), ("1.2.3.4", 443, True)]))
+def test_header_checks_equal_the_originals(fs, version, authority, target):
+    req = _raw_req(fs, version, authority)
+    assert header_problem(req) == originals.header_problem(req)
+    assert authority_problem(req, *target) == originals.authority_problem(req, *target)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(fields, st.sampled_from(LOOKUPS))
+def test_header_helpers_equal_mitmproxys_headers(fs, name):
+    headers = http.Headers(list(fs))
+    assert header_values(headers, name) == headers.get_all(name.decode())
+    assert header_get(headers, name) == headers.get(name.decode())
+    mine, theirs = http.Headers(list(fs)), http.Headers(list(fs))
+    drop_header(mine, name)
+    theirs.pop(name.decode(), None)
+    assert mine.fields == theirs.fields
