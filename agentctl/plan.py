@@ -109,6 +109,10 @@ def evaluate_with_outputs(project_dir: Path, stack: str) -> tuple[list[dict[str,
     stack_config = yaml.safe_load(stack_path(project_dir, stack).read_text())["config"]
     project = project_name(project_dir)
 
+    if deployment.cloud == "aws":
+        from agentctl import provider_imports
+
+        provider_imports.install()
     from agentctl_stacks import program
 
     program.check_deployment(deployment, source, stack_config, project=project, stack=stack)
