@@ -394,6 +394,24 @@ def test_agent_cannot_rewrite_its_guardrails(hosts, stack, name):
     assert not [w for w in _commands(converge, "chown") + _commands(converge, "chmod") if HERMES_CONFIG in w]
 
 
+@pytest.mark.parametrize("stack", ["lab", "example-aws", "example-hcloud"])
+def test_an_agent_reports_ready_only_when_it_has_bootstrap_grants_to_close(rendered, hosts, stack):
+    # the proxy answers /v1/ready 403 "no bootstrap" to an agent without any, and the
+    # converge log would say it failed on every first boot
+    d = load(ROOT, stack)
+    proxy = next(h for h in rendered[stack] if h.role == "proxy")
+    entries = {a["name"]: a for a in yaml.safe_load(proxy.proxy_config)["agents"]}
+    seen = set()
+    for agent in d.agents:
+        converge = hosts[stack, agent.name].file("/usr/local/sbin/agentctl-converge")
+        has_bootstrap = bool(entries[agent.name].get("bootstrap", {}).get("rules"))
+        assert has_bootstrap == bool(agent.bootstrap.rules)
+        assert ("http://agentctl-proxy.internal/v1/ready" in converge) == has_bootstrap, agent.name
+        seen.add(has_bootstrap)
+    if stack != "lab":
+        assert True in seen  # the examples install Hermes under bootstrap grants
+
+
 # --- upgrades, sysctl, watchdog -----------------------------------------------------
 
 @pytest.mark.parametrize("stack,name", ALL_HOSTS)
