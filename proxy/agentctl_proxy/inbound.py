@@ -33,17 +33,26 @@ def header_get(headers: http.Headers, name: bytes) -> str | None:
 
 def drop_header(headers: http.Headers, name: bytes) -> None:
     """headers.pop(name, None): every field of that name removed; for a lower-case name."""
-    if any(k.lower() == name for k, _ in headers.fields):
-        del headers[name]
+    for k, _ in headers.fields:
+        if k.lower() == name:
+            del headers[name]
+            return
 
 
 def header_problem(req: http.Request) -> str | None:
-    headers = req.headers
-    for name, value in headers.fields:
-        if _BAD_VALUE.search(value) or _BAD_NAME.search(name):
-            return "header with CR, LF or NUL"
-    lengths = header_values(headers, b"content-length")
-    te = header_values(headers, b"transfer-encoding")
+    fields = req.headers.fields
+    # one search over all values and one over all names; \x01 is in neither class
+    if _BAD_VALUE.search(b"\x01".join([v for _, v in fields])) or \
+            _BAD_NAME.search(b"\x01".join([k for k, _ in fields])):
+        return "header with CR, LF or NUL"
+    lengths: list[str] = []
+    te: list[str] = []
+    for k, v in fields:
+        k = k.lower()
+        if k == b"content-length":
+            lengths.append(v.decode("utf-8", "surrogateescape"))
+        elif k == b"transfer-encoding":
+            te.append(v.decode("utf-8", "surrogateescape"))
     if te and lengths:
         return "both Content-Length and Transfer-Encoding"
     if len(set(lengths)) > 1 or any(not x.strip().isdigit() for x in lengths):
