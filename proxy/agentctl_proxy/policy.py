@@ -83,6 +83,9 @@ class Policy:
         self.identities: dict[str, Identity] = {}
         self._nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
         self.closed: set[str] = set()  # agents whose bootstrap window ended
+        self._who: dict[str, Identity | None] = {}  # client address -> identity
+        self._closed_now: frozenset[str] | None = None  # closed_set()'s answer ...
+        self._recheck_at = float("-inf")  # ... until the next open window's deadline
         sys_allow: list[Grant] = []
         sys_secrets: list[Grant] = []
         if not self.has_agents:
@@ -118,6 +121,17 @@ class Policy:
         if not self.has_agents:
             return self.identities[ANY_AGENT]
         try:
+            return self._who[remote_ip]  # the same client, request after request
+        except KeyError:
+            pass
+        ident = self._identify(remote_ip)
+        if len(self._who) >= 4096:  # any address may connect: keep it bounded
+            self._who.clear()
+        self._who[remote_ip] = ident
+        return ident
+
+    def _identify(self, remote_ip: str) -> Identity | None:
+        try:
             ip = ipaddress.ip_address(remote_ip.split("%", 1)[0])
         except ValueError:
             return None
@@ -131,15 +145,22 @@ class Policy:
     def closed_set(self, now: float | None = None) -> frozenset[str]:
         """Agents whose bootstrap grants no longer apply (ready, or timed out)."""
         now = time.monotonic() if now is None else now
+        if self._closed_now is not None and now < self._recheck_at:
+            return self._closed_now  # no open window has reached its deadline since
         for ident in self.identities.values():
             if ident.bootstrap_deadline is not None and now >= ident.bootstrap_deadline \
                     and ident.name not in self.closed:
                 self.closed.add(ident.name)
                 self.ledger.close({ident.name})
-        return frozenset(self.closed)
+        self._closed_now = frozenset(self.closed)
+        self._recheck_at = min((i.bootstrap_deadline for i in self.identities.values()
+                                if i.bootstrap_deadline is not None and i.name not in self.closed),
+                               default=float("inf"))
+        return self._closed_now
 
     def close_bootstrap(self, agent: str) -> None:
         self.closed.add(agent)  # only ever closes; nothing reopens a window
+        self._closed_now = None
         self.ledger.close({agent})
 
     def carry_state(self, old: Policy) -> None:
@@ -149,6 +170,7 @@ class Policy:
             prev = old.identities.get(name)
             if prev and prev.bootstrap_deadline is not None and ident.bootstrap_deadline is not None:
                 ident.bootstrap_deadline = min(prev.bootstrap_deadline, ident.bootstrap_deadline)
+        self._closed_now = None
 
     def all_names(self) -> set[str]:
         """Every host name some grant names exactly (for DNS), and the suffixes."""
