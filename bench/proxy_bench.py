@@ -209,16 +209,24 @@ def serve_minimal(port: int, confdir: str, bundle: str, config: str) -> None:
 
 def write_agentctl_config(work: Path, ca: tuple[Path, Path], bundle: str) -> tuple[Path, int]:
     port = free_port()
-    rule = {"methods": ["GET"], "paths": ["/v1/*"], "ports": [UP_PORT]}
+    def rule():
+        return {"methods": ["GET"], "paths": ["/v1/*"], "ports": [UP_PORT]}
     cfg = {
         "proxy": {"tunnel_listen": f"127.0.0.1:{port}", "upstream_deny_cidrs": ["169.254.0.0/16", "10.0.0.0/8"]},
         "dns": {"listen": f"127.0.0.1:{free_port()}", "proxy_ip": "127.0.0.1",
                 "records": [{"name": UP_NAME, "type": "A", "value": UP_IP}]},
         "tls": {"ca_cert": str(ca[0]), "ca_key": str(ca[1]), "upstream_ca_bundle": bundle},
-        "transforms": [{"name": "allowlist", "config": {"rules": [
-            {"cidr": f"{UP_IP}/32", **rule}, {"host": UP_NAME, **rule}]}}],
         "log": {"audit_path": str(work / "audit.jsonl")},
     }
+    # As deployed: one identity per agent, by source address. The client is the last of
+    # ten agents; the other nine still have their bootstrap windows open.
+    def allow():
+        return [{"name": "allowlist", "config": {"rules": [{"cidr": f"{UP_IP}/32", **rule()}, {"host": UP_NAME, **rule()}]}}]
+
+    cfg["agents"] = [{"name": f"agent{i}", "sources": [f"10.9.{i}.11/32"], "transforms": allow(),
+                      "bootstrap": {"max_duration": "24h", "rules": [{"host": "pypi.org", "methods": ["GET"]}]}}
+                     for i in range(9)]
+    cfg["agents"].append({"name": "bench", "sources": ["127.0.0.1/32"], "transforms": allow()})
     (work / "proxy.yaml").write_text(yaml.safe_dump(cfg))
     return work / "proxy.yaml", port
 
@@ -422,9 +430,10 @@ def write_report(out: Path, names, runs, mem, micro, args, loads, calib) -> None
         "  NextLayer and TlsConfig, and the mitmproxy options agentctl-proxy sets (`runner.option_values`:",
         "  lazy upstream connections, no upstream-cert sniffing, no raw TCP / HTTP/3).",
         "- `mitmdump (defaults)`: mitmdump's ~30 default addons and default options; a reference only.",
-        "- `agentctl-proxy`: the full proxy (policy, canonical-path check, audit line per request,",
-        "  deny-list check of the resolved address, response streaming), to the IP literal (cidr rule)",
-        "  and to a name that its `dns.records` resolve.",
+        "- `agentctl-proxy`: the full proxy (policy, canonical-path check, two audit lines per request,",
+        "  deny-list check of the resolved address, response streaming), configured as deployed: the",
+        "  client is one of ten agents identified by source address (the other nine with bootstrap",
+        "  windows open); to the IP literal (cidr rule) and to a name that its `dns.records` resolve.",
         "",
         f"Every configuration ran {args.reps} times for {args.seconds:g} s each, interleaved (the order",
         "rotates every repetition). Ratios are computed within a repetition (against `direct` and the",
