@@ -56,6 +56,7 @@ class Matcher:
 
     def __init__(self, grants: list[Grant]) -> None:
         self.grants = grants
+        self._decided: dict[tuple, Decision] = {}  # decide()'s answers for host names
         self._exact: dict[str, PathTrie] = {}
         self._suffix: dict[str, PathTrie] = {}
         self._any: PathTrie | None = None
@@ -153,6 +154,37 @@ class Matcher:
         path: str,
         encoded_slash: bool = False,
         closed: frozenset[str] = frozenset(),
+    ) -> Decision:
+        """The grant that allows this request (the first in config order), or why none does.
+
+        A client asks the same few things again and again (one API endpoint per request
+        of a session), so answers for host names are kept: the grants never change for
+        this Matcher (a reload builds new ones), and the key is every input. Bounded:
+        paths up to 512 characters, 4,096 answers. IP literals are rare and their address
+        objects hash slowly, so those are decided each time."""
+        if ip is not None or len(path) > 512:
+            return self._decide(host, ip, port, tls, method, path, encoded_slash, closed)
+        key = (host, port, tls, method, path, encoded_slash, closed)
+        try:
+            return self._decided[key]
+        except KeyError:
+            pass
+        d = self._decide(host, None, port, tls, method, path, encoded_slash, closed)
+        if len(self._decided) >= 4096:
+            self._decided.clear()
+        self._decided[key] = d
+        return d
+
+    def _decide(
+        self,
+        host: str,
+        ip: IPAddress | None,
+        port: int,
+        tls: bool,
+        method: str,
+        path: str,
+        encoded_slash: bool,
+        closed: frozenset[str],
     ) -> Decision:
         tries = self._tries(host, ip)
         if not tries:

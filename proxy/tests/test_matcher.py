@@ -158,9 +158,10 @@ def _grants(rules):
 def test_compiled_equals_naive_scan(rules, queries):
     grants = _grants(rules)
     m = Matcher(grants)
-    for host, method, path, (port, tls), encoded_slash, closed in queries:
-        ip = ipaddress.ip_address(host) if host[0].isdigit() or ":" in host else None
-        _check(m, grants, host, ip, port, tls, method, path, encoded_slash, closed)
+    for _ in range(2):  # the second pass answers host names from what decide() kept
+        for host, method, path, (port, tls), encoded_slash, closed in queries:
+            ip = ipaddress.ip_address(host) if host[0].isdigit() or ":" in host else None
+            _check(m, grants, host, ip, port, tls, method, path, encoded_slash, closed)
 
 
 @settings(max_examples=200, deadline=None)
@@ -219,3 +220,22 @@ def test_host_grant_is_the_first_open_grant_for_the_port():
     assert m.host_grant("nope", None, 443, True).reason == "no rule names this host"
     m = Matcher([g("boot", "h", bootstrap="scout")])
     assert m.host_grant("h", None, 443, True, frozenset({"scout"})).reason == "no rule names this host"
+
+
+def test_kept_answers_are_bounded_and_keyed_by_every_input():
+    m = Matcher([g("api", "api.example.test", methods=("GET",), paths=["/v1/*"], order=0, bootstrap="scout")])
+    for i in range(10_000):
+        m.decide("api.example.test", None, 443, True, "GET", f"/v1/{i}")
+    assert len(m._decided) <= 4096
+    assert m.decide("api.example.test", None, 443, True, "GET", "/v1/x").grant is not None
+    # each input changes the answer, kept or not
+    assert m.decide("api.example.test", None, 443, True, "POST", "/v1/x").reason == "method not allowed"
+    assert m.decide("api.example.test", None, 8443, True, "GET", "/v1/x").reason == "port not allowed"
+    assert m.decide("api.example.test", None, 443, True, "GET", "/v2/x").reason == "no rule allows this path"
+    assert m.decide("api.example.test", None, 443, True, "GET", "/v1/x", closed=frozenset({"scout"})).reason == \
+        "bootstrap window closed"
+    assert m.decide("other.example.test", None, 443, True, "GET", "/v1/x").reason == "no rule names this host"
+    assert m.decide("api.example.test", None, 443, True, "GET", "/v1/x").grant is not None
+    long_path = "/v1/" + "a" * 600
+    assert m.decide("api.example.test", None, 443, True, "GET", long_path).grant is not None
+    assert not any(k[4] == long_path for k in m._decided)
