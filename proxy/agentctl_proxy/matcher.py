@@ -175,17 +175,9 @@ class Matcher:
         self._decided[key] = d
         return d
 
-    def _decide(
-        self,
-        host: str,
-        ip: IPAddress | None,
-        port: int,
-        tls: bool,
-        method: str,
-        path: str,
-        encoded_slash: bool,
-        closed: frozenset[str],
-    ) -> Decision:
+    def _decide(self, host: str, ip: IPAddress | None, port: int, tls: bool, method: str, path: str,
+                encoded_slash: bool, closed: frozenset[str]) -> Decision:
+        """decide() without the kept answers: the compiled match."""
         tries = self._tries(host, ip)
         if not tries:
             return Decision(None, "no rule names this host")
