@@ -15,6 +15,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from agentctl_proxy.hosts import IPAddress
+from agentctl_proxy.kept import KeptAnswers
 from agentctl_proxy.pathindex import PathTrie
 
 __all__ = ["Decision", "Grant", "Matcher", "PathTrie"]
@@ -56,7 +57,7 @@ class Matcher:
 
     def __init__(self, grants: list[Grant]) -> None:
         self.grants = grants
-        self._decided: dict[tuple, Decision] = {}  # decide()'s answers for host names
+        self._decided: KeptAnswers = KeptAnswers()  # decide()'s answers for host names
         self._exact: dict[str, PathTrie] = {}
         self._suffix: dict[str, PathTrie] = {}
         self._any: PathTrie | None = None
@@ -169,11 +170,7 @@ class Matcher:
             return self._decided[key]
         except KeyError:
             pass
-        d = self._decide(host, None, port, tls, method, path, encoded_slash, closed)
-        if len(self._decided) >= 4096:
-            self._decided.clear()
-        self._decided[key] = d
-        return d
+        return self._decided.keep(key, self._decide(host, None, port, tls, method, path, encoded_slash, closed))
 
     def _decide(self, host: str, ip: IPAddress | None, port: int, tls: bool, method: str, path: str,
                 encoded_slash: bool, closed: frozenset[str]) -> Decision:

@@ -13,6 +13,7 @@ import socket
 import time
 
 from agentctl_proxy.hosts import IPAddress, parse_ip_literal
+from agentctl_proxy.kept import KeptAnswers
 
 
 class UpstreamDenied(Exception):
@@ -28,7 +29,7 @@ def _unmap(ip: IPAddress) -> IPAddress:
 class Resolver:
     def __init__(self, deny_cidrs: list[str], records: dict[str, list[str]] | None = None):
         self.deny = [ipaddress.ip_network(c) for c in deny_cidrs]
-        self._denied: dict[IPAddress, ipaddress.IPv4Network | ipaddress.IPv6Network | None] = {}
+        self._denied: KeptAnswers = KeptAnswers(limit=10_000)  # address -> the denied net it is in
         self.records = records or {}
         # parsed once, not per request (config.DnsRecord has validated each value)
         self._record_ips = {name: [ipaddress.ip_address(v) for v in values]
@@ -47,10 +48,7 @@ class Resolver:
             if unmapped.version == candidate.version and unmapped in candidate:
                 net = candidate
                 break
-        if len(self._denied) > 10000:
-            self._denied.clear()
-        self._denied[ip] = net
-        return net
+        return self._denied.keep(ip, net)
 
     def check(self, host: str, ips: list[IPAddress]) -> IPAddress:
         """The first address, if no address of the name is denied."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from agentctl_proxy import config as c
 from agentctl_proxy.bootstrap_ledger import BootstrapLedger
+from agentctl_proxy.kept import KeptAnswers
 from agentctl_proxy.matcher import Grant, Matcher
 
 UNKNOWN_AGENT = "-"
@@ -83,7 +84,7 @@ class Policy:
         self.identities: dict[str, Identity] = {}
         self._nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
         self.closed: set[str] = set()  # agents whose bootstrap window ended
-        self._who: dict[str, Identity | None] = {}  # client address -> identity
+        self._who: KeptAnswers = KeptAnswers()  # client address -> identity
         self._closed_now: frozenset[str] | None = None  # closed_set()'s answer ...
         self._recheck_at = float("-inf")  # ... until the next open window's deadline
         sys_allow: list[Grant] = []
@@ -124,11 +125,7 @@ class Policy:
             return self._who[remote_ip]  # the same client, request after request
         except KeyError:
             pass
-        ident = self._identify(remote_ip)
-        if len(self._who) >= 4096:  # any address may connect: keep it bounded
-            self._who.clear()
-        self._who[remote_ip] = ident
-        return ident
+        return self._who.keep(remote_ip, self._identify(remote_ip))
 
     def _identify(self, remote_ip: str) -> Identity | None:
         try:

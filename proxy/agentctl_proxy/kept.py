@@ -1,0 +1,23 @@
+"""A bounded dict of answers the proxy keeps between requests.
+
+The same client asks the same things request after request (who it is, whether its
+upstream address is denied, which grant allows its endpoint), and each answer is
+fixed for the config it came from. Clients choose the keys, so the dict is bounded:
+once full it starts over, which costs a recomputation, never a wrong answer.
+"""
+from __future__ import annotations
+
+
+class KeptAnswers(dict):
+    """Read it as a dict (`.get`, `[key]`: dict's own C paths); add through keep()."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def keep(self, key, value):
+        """Store `value` for `key` (emptying the dict first when it is full); returns value."""
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+        return value

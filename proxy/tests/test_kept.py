@@ -1,0 +1,21 @@
+"""KeptAnswers never holds more than its limit, and what it holds is what was kept."""
+import ipaddress
+
+from agentctl_proxy.kept import KeptAnswers
+from agentctl_proxy.netguard import Resolver
+
+
+def test_bounded_and_exact():
+    kept = KeptAnswers(limit=3)
+    for i in range(10):
+        assert kept.keep(f"k{i}", i) == i
+        assert len(kept) <= 3 and kept[f"k{i}"] == i
+    assert all(kept[k] == int(k[1:]) for k in kept)
+
+
+def test_the_deny_list_answers_stay_bounded_and_right():
+    r = Resolver(["10.0.0.0/8"])
+    for i in range(12_000):
+        ip = ipaddress.ip_address(f"192.168.{i // 256 % 256}.{i % 256}") if i % 2 else ipaddress.ip_address(f"10.1.{i // 256 % 256}.{i % 256}")
+        assert (r.denied(ip) is not None) == (i % 2 == 0)
+    assert len(r._denied) <= 10_000
