@@ -34,7 +34,7 @@ class Resolver:
         # parsed once, not per request (config.DnsRecord has validated each value)
         self._record_ips = {name: [ipaddress.ip_address(v) for v in values]
                             for name, values in self.records.items()}
-        self._cache: dict[str, tuple[IPAddress, float]] = {}
+        self._cache: KeptAnswers = KeptAnswers(limit=10_000)  # name -> (checked address, expiry)
         self.cache_ttl = 30.0
 
     def denied(self, ip: IPAddress) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
@@ -84,7 +84,5 @@ class Resolver:
             if ip not in ips:
                 ips.append(ip)
         checked = self.check(host, ips)
-        if len(self._cache) > 10000:
-            self._cache.clear()
-        self._cache[host] = (checked, time.monotonic() + self.cache_ttl)
+        self._cache.keep(host, (checked, time.monotonic() + self.cache_ttl))
         return checked
