@@ -24,9 +24,7 @@ from agentctl.proxyconfig import proxy_config
 from agentctl.resources import ROLES, TEMPLATES
 from agentctl.secrets import TAILSCALE_AUTHKEY_PATH
 from agentctl.stackfile import load, stack_path
-# The stacks hand user-data to the clouds through these (EC2: base64; Hetzner: text).
-from agentctl.userdata import (EC2_USER_DATA_LIMIT, HCLOUD_USER_DATA_LIMIT,  # noqa: F401
-                               check_user_data_limits, ec2_user_data_base64, hcloud_user_data)
+from agentctl.userdata import check_user_data_limits
 
 PROXY_BIN = "/opt/agentctl-proxy/venv/bin/agentctl-proxy"
 AGENT_SERVICE = "agentctl-agent.service"

@@ -14,6 +14,7 @@ from agentctl_stacks import policy
 from agentctl_stacks.agent_imds import AgentImds
 from agentctl_stacks.args import DeploymentArgs
 from agentctl.secrets import ca_key_parameter_name, ssm_parameter_name
+from agentctl.userdata import ec2_user_data_base64
 
 DEFAULT_PROXY_SIZE = "t3.small"
 DEFAULT_AGENT_SIZE = "t3.medium"
@@ -172,8 +173,6 @@ class AwsDeployment(pulumi.ComponentResource):
         return self._amis[key]
 
     def _instances(self) -> None:
-        from agentctl.render import ec2_user_data_base64
-
         n, d, a = self._name, self._d, self._args
         proxy_size = d.proxy.size or DEFAULT_PROXY_SIZE
         self.proxy = aws.ec2.Instance(

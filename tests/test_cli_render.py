@@ -150,7 +150,8 @@ def _many_agents(project: Path, stack: str, n: int) -> None:
 
 def test_a_deployment_too_big_for_hetzner_is_refused_with_the_count_that_fits(tmp_path):
     from agentctl.ca import ensure_ca
-    from agentctl.render import HCLOUD_USER_DATA_LIMIT, _render_proxy
+    from agentctl.render import _render_proxy
+    from agentctl.userdata import HCLOUD_USER_DATA_LIMIT
     from agentctl.userdata import hcloud_encode
     from agentctl.stackfile import load
     project = _project(tmp_path / "p", "example-hcloud")

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from agentctl import cloudinit_check
-from agentctl.render import HCLOUD_USER_DATA_LIMIT, ec2_user_data_base64, hcloud_user_data, render_hosts
+from agentctl.render import render_hosts
+from agentctl.userdata import HCLOUD_USER_DATA_LIMIT, ec2_user_data_base64, hcloud_user_data
 from agentctl.stackfile import from_config, load
 
 from .conftest import EXAMPLE_STACKS, ROOT

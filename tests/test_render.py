@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from agentctl import firewall, hardening
-from agentctl.render import (EC2_USER_DATA_LIMIT, HCLOUD_USER_DATA_LIMIT, HERMES_CONFIG, HERMES_HOME,
-                             ec2_user_data_base64, hcloud_user_data)
+from agentctl.render import HERMES_CONFIG, HERMES_HOME
 from agentctl.stackfile import load
+from agentctl.userdata import EC2_USER_DATA_LIMIT, HCLOUD_USER_DATA_LIMIT, ec2_user_data_base64, hcloud_user_data
 
 from .conftest import ROOT
 

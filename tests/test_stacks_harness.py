@@ -24,7 +24,7 @@ HARNESS = r'''
 import json, os, sys
 from pathlib import Path
 import pulumi, pulumi_aws, pulumi_hcloud
-import agentctl.plan, agentctl.render
+import agentctl.plan, agentctl.render, agentctl.userdata
 from agentctl_stacks import program, aws_deployment, hcloud_deployment, policy, agent_imds, proxy_secrets
 # The provider SDKs load submodules lazily: load them once here, not in every child.
 for _mod in ("ec2", "vpc", "iam", "kms", "ssm", "route53", "cloudwatch", "sns", "ec2transitgateway"):
@@ -59,9 +59,9 @@ def expected_user_data(folder, stack):
     d = load(folder, stack)
     hosts = agentctl.render.render_hosts(d, ensure_ca(folder, stack).cert_pem, stack=stack,
                                          project=agentctl.plan.project_name(folder))
-    # Hetzner servers get render's Hetzner form of it, once render has one.
-    wrap = getattr(agentctl.render, "hcloud_user_data", None) if d.cloud == "hcloud" else None
-    return {h.name: wrap(h.user_data) if wrap else h.user_data for h in hosts}
+    # Hetzner servers get the Hetzner form of it (gzip + base64 past 32 KiB)
+    wrap = agentctl.userdata.hcloud_user_data if d.cloud == "hcloud" else str
+    return {h.name: wrap(h.user_data) for h in hosts}
 
 jobs = json.load(sys.stdin)
 results = {}
