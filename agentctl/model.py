@@ -11,7 +11,7 @@ import ipaddress
 import itertools
 import re
 from functools import lru_cache
-from typing import Annotated, Literal, Union
+from typing import Annotated, Iterator, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -360,10 +360,15 @@ class Deployment(Strict):
     def agent_ip(self, agent: Agent) -> str:
         return str(self.agent_subnet.network_address + self.agent_host_number(agent))
 
+    def agent_secrets(self) -> Iterator[tuple[str, Agent, Secret]]:
+        """(key path under agentctl:, agent, secret) for every secret of every agent."""
+        for i, agent in enumerate(self.agents):
+            for j, secret in enumerate(agent.egress.secrets):
+                yield f"agents[{i}].egress.secrets[{j}]", agent, secret
+
     def secret_refs(self) -> list[tuple[str, ConfigSecretRef]]:
         """Every (key path, reference) to a Pulumi config secret in the model."""
-        refs = [(f"agents[{i}].egress.secrets[{j}].from", s.from_)
-                for i, a in enumerate(self.agents) for j, s in enumerate(a.egress.secrets) if s.from_]
+        refs = [(f"{key_path}.from", s.from_) for key_path, _, s in self.agent_secrets() if s.from_]
         if self.tailscale:
             refs.append(("tailscale.authKey", self.tailscale.auth_key))
         return refs

@@ -72,17 +72,15 @@ def check_secret_names(deployment: Deployment, source: str, *, project: str, sta
     owners = ({ca_key_parameter_name(project, stack): "the proxy's CA key"} if aws else
               {CA_KEY_PATH: "the proxy's CA key", TAILSCALE_AUTHKEY_PATH: "the Tailscale auth key"})
     where = "SSM parameter" if aws else "file"
-    for i, agent in enumerate(deployment.agents):
-        for j, secret in enumerate(agent.egress.secrets):
-            if not secret.from_:
-                continue
-            key_path = f"agents[{i}].egress.secrets[{j}]"
-            name = (ssm_parameter_name(project, stack, agent.name, secret.name) if aws
-                    else secret_file_path(agent.name, secret.name))
-            if name in owners:
-                raise ConfigError(source, f"{NAMESPACE}:{key_path}.name", f"would be stored as {where} {name}, "
-                                  f"which {owners[name]} already uses", "a different agent or secret name")
-            owners[name] = f"{NAMESPACE}:{key_path}"
+    for key_path, agent, secret in deployment.agent_secrets():
+        if not secret.from_:
+            continue
+        name = (ssm_parameter_name(project, stack, agent.name, secret.name) if aws
+                else secret_file_path(agent.name, secret.name))
+        if name in owners:
+            raise ConfigError(source, f"{NAMESPACE}:{key_path}.name", f"would be stored as {where} {name}, "
+                              f"which {owners[name]} already uses", "a different agent or secret name")
+        owners[name] = f"{NAMESPACE}:{key_path}"
 
 
 def check_ssm_sources(deployment: Deployment, source: str, *, project: str, stack: str) -> None:
@@ -92,23 +90,22 @@ def check_ssm_sources(deployment: Deployment, source: str, *, project: str, stac
     if deployment.cloud != "aws":
         return
     prefix, ca_key = ssm_prefix(project, stack), ca_key_parameter_name(project, stack)
-    for i, agent in enumerate(deployment.agents):
-        for j, secret in enumerate(agent.egress.secrets):
-            ref = secret.source
-            if ref is None or ref.type != "aws_ssm":
-                continue
-            key_path = f"{NAMESPACE}:agents[{i}].egress.secrets[{j}].source"
-            if not ref.name.startswith(prefix):
-                raise ConfigError(source, f"{key_path}.name", f"{ref.name!r} is outside this deployment's parameter "
-                                  "path, so the proxy's instance role cannot read it",
-                                  f"a parameter under {prefix} encrypted with alias/{project}-{stack}, "
-                                  "or `from: {config: KEY}`")
-            if ref.name == ca_key:
-                raise ConfigError(source, f"{key_path}.name", "is the proxy's CA key",
-                                  "a credential parameter (the CA key is never injected into requests)")
-            if ref.region not in (None, deployment.region):
-                raise ConfigError(source, f"{key_path}.region", f"is {ref.region!r}, but the proxy's instance role "
-                                  f"reads parameters in {deployment.region!r} only", f"{deployment.region} or no region")
+    for secret_path, _, secret in deployment.agent_secrets():
+        ref = secret.source
+        if ref is None or ref.type != "aws_ssm":
+            continue
+        key_path = f"{NAMESPACE}:{secret_path}.source"
+        if not ref.name.startswith(prefix):
+            raise ConfigError(source, f"{key_path}.name", f"{ref.name!r} is outside this deployment's parameter "
+                              "path, so the proxy's instance role cannot read it",
+                              f"a parameter under {prefix} encrypted with alias/{project}-{stack}, "
+                              "or `from: {config: KEY}`")
+        if ref.name == ca_key:
+            raise ConfigError(source, f"{key_path}.name", "is the proxy's CA key",
+                              "a credential parameter (the CA key is never injected into requests)")
+        if ref.region not in (None, deployment.region):
+            raise ConfigError(source, f"{key_path}.region", f"is {ref.region!r}, but the proxy's instance role "
+                              f"reads parameters in {deployment.region!r} only", f"{deployment.region} or no region")
 
 
 def check_deployment(deployment: Deployment, source: str, config: dict[str, Any], *, project: str,
