@@ -211,7 +211,7 @@ def _cloud_config(d: Deployment, role: str, name: str, ctx: dict[str, Any]) -> s
     doc["runcmd"] = [["/usr/local/sbin/agentctl-converge"]]
     doc["power_state"] = {"mode": "reboot", "delay": "now", "condition": "test -e /run/agentctl/reboot-required",
                           "message": "agentctl: reboot once so sshd starts with the hardened config"}
-    doc["final_message"] = f"agentctl: {role} host {name} converged after $UPTIME s"
+    doc["final_message"] = converged_marker(role, name) + "$UPTIME s"
     header = f"#cloud-config\n# agentctl {role} host '{name}' of stack '{ctx['stack']}'. Rendered: do not edit.\n"
     return header + dump_yaml(doc)
 
@@ -239,6 +239,12 @@ def _render_proxy(d: Deployment, ca_cert_pem: str, *, stack: str, project: str) 
                host_facts=_facts(d, "proxy", d.proxy.name, d.proxy_ip, stack))
     return RenderedHost(d.proxy.name, "proxy", d.proxy_ip, _cloud_config(d, "proxy", d.proxy.name, ctx),
                         _meta_data(d.proxy.name, stack), pconf)
+
+
+def converged_marker(role: str, name: str) -> str:
+    """The start of cloud-init's final message on this host's console: what
+    agentctl_stacks.agent_imds waits for before it closes an agent's IMDS."""
+    return f"agentctl: {role} host {name} converged after "
 
 
 def _facts(d: Deployment, role: str, name: str, ip: str, stack: str) -> dict[str, Any]:

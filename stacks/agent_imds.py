@@ -24,6 +24,7 @@ from typing import Any, Callable
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
+from agentctl import render
 from agentctl.errors import AgentctlError
 
 DEFAULT_TIMEOUT_SECONDS = 45 * 60  # packages, the proxy's bootstrap grants, the agent runtime
@@ -43,8 +44,8 @@ class ImdsCloseError(AgentctlError):
 
 
 def converged_marker(host: str) -> str:
-    """The start of cloud-init's final_message for this agent (agentctl.render)."""
-    return f"agentctl: agent host {host} converged after "
+    """The start of cloud-init's final_message for this agent."""
+    return render.converged_marker("agent", host)
 
 
 def console_text(ec2: Any, instance_id: str) -> str:
