@@ -173,21 +173,23 @@ def start_mitmdump(work: Path, ca: tuple[Path, Path], bundle: str) -> tuple[subp
     return p, port
 
 
-def start_minimal(work: Path, ca: tuple[Path, Path], bundle: str, config: Path) -> tuple[subprocess.Popen, int]:
+def start_minimal(work: Path, ca: tuple[Path, Path], bundle: str, config: Path,
+                  dispatch: str = "stock") -> tuple[subprocess.Popen, int]:
     port = free_port()
     p = subprocess.Popen([sys.executable, __file__, "--serve-minimal", str(port),
-                          str(mitm_confdir(work, ca, "minimal")), bundle, str(config)],
+                          str(mitm_confdir(work, ca, f"minimal-{dispatch}")), bundle, str(config), dispatch],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return p, port
 
 
-def serve_minimal(port: int, confdir: str, bundle: str, config: str) -> None:
+def serve_minimal(port: int, confdir: str, bundle: str, config: str, dispatch: str) -> None:
     """mitmproxy with only what proxying needs: Core (options and commands), Proxyserver
     (listeners, connection handlers), NextLayer (picks HTTP/TLS layers) and TlsConfig
     (interception certificates, upstream verification). Options: agentctl-proxy's own
     (lazy upstream connections, no upstream cert sniffing, ...), so the two differ only
-    by agentctl-proxy's addons."""
+    by agentctl-proxy's addons. dispatch "table": with agentctl-proxy's event dispatch
+    (agentctl_proxy.dispatch) in place of mitmproxy's AddonManager."""
     from mitmproxy import options
     from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
     from mitmproxy.master import Master
@@ -197,6 +199,9 @@ def serve_minimal(port: int, confdir: str, bundle: str, config: str) -> None:
 
     async def main() -> None:
         master = Master(options.Options(), with_termlog=False)
+        if dispatch == "table":
+            from agentctl_proxy import dispatch as handler_table
+            handler_table.install(master)
         master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig())
         opts = option_values(load_config(config), Path(confdir))
         opts.update(mode=[f"regular@127.0.0.1:{port}"], ssl_verify_upstream_trusted_ca=bundle)
@@ -330,11 +335,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--memory-requests", type=int, default=10000)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "proxy.md"))
-    ap.add_argument("--serve-minimal", nargs=4, metavar=("PORT", "CONFDIR", "BUNDLE", "CONFIG"))
+    ap.add_argument("--serve-minimal", nargs=5, metavar=("PORT", "CONFDIR", "BUNDLE", "CONFIG", "DISPATCH"))
     args = ap.parse_args()
     if args.serve_minimal:
-        port, confdir, bundle, config = args.serve_minimal
-        return serve_minimal(int(port), confdir, bundle, config)
+        port, confdir, bundle, config, dispatch = args.serve_minimal
+        return serve_minimal(int(port), confdir, bundle, config, dispatch)
 
     loads = [("start", loadavg())]
     calib = [calibration_ns()]  # the decision microbench first, before any proxy runs
@@ -357,12 +362,15 @@ def main() -> None:
         config, ours_port = write_agentctl_config(ours_dir, (cert, key), bundle)
         minimal, minimal_port = start_minimal(work, (cert, key), bundle, config)
         procs.append(minimal)
+        tabled, tabled_port = start_minimal(work, (cert, key), bundle, config, "table")
+        procs.append(tabled)
         mitmdump, mitmdump_port = start_mitmdump(work, (cert, key), bundle)
         procs.append(mitmdump)
         ours = start_agentctl(config, ours_port)
         procs.append(ours)
         targets = {"direct": Target(direct_ctx, None),
                    "mitmproxy minimal": Target(proxy_ctx, minimal_port, pid=minimal.pid),
+                   "minimal + agentctl dispatch": Target(proxy_ctx, tabled_port, pid=tabled.pid),
                    "mitmdump (defaults)": Target(proxy_ctx, mitmdump_port, pid=mitmdump.pid),
                    "agentctl-proxy, IP (cidr rule)": Target(proxy_ctx, ours_port, pid=ours.pid),
                    "agentctl-proxy, name (dns.records)": Target(proxy_ctx, ours_port, UP_NAME, pid=ours.pid)}

@@ -20,7 +20,7 @@ from mitmproxy import options as mopts
 from mitmproxy.addons import core, errorcheck, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from agentctl_proxy import dns_server, health, limits, pki, protocol_errors
+from agentctl_proxy import dispatch, dns_server, health, limits, pki, protocol_errors
 from agentctl_proxy.addon import EgressAddon
 from agentctl_proxy.audit import AuditLog
 from agentctl_proxy.config import Config, ConfigError, load_config, parse_listen
@@ -147,9 +147,8 @@ class ProxyApp:
             limits.install(self.cfg.proxy.max_request_body_bytes)
             protocol_errors.install()
             master = self.master = Master(mopts.Options(), with_termlog=False)
-            # mitmproxy passes every event to every addon in the chain (twice per flow
-            # event: the hook, then "update"), whether or not it has a method for it, so
-            # the chain holds only what serves requests. Not mitmproxy's DisableH2C: the
+            dispatch.install(master)  # each event goes only to the addons that handle it
+            # The chain holds only what serves requests. Not mitmproxy's DisableH2C: the
             # addon refuses every request that it acts on (see EgressAddon.request).
             master.addons.add(
                 core.Core(), proxyserver.Proxyserver(), self.addon, tlsconfig.TlsConfig(),
