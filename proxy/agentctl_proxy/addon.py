@@ -42,6 +42,16 @@ def _error_response(status: int, reason: str) -> http.Response:
     return http.Response.make(status, body, {"content-type": "application/json", "connection": "close"})
 
 
+def _host_refusal(host: str, ip: object, what: str) -> tuple[int, str, str] | None:
+    """(status, rejected_by, reason) for a target that is neither a canonical IP literal
+    nor a valid host name: the same refusal at CONNECT and for the inner request."""
+    if ip is not None and not is_canonical_ip(host):
+        return 403, "non-canonical IP literal", f"{host} is not a canonical IP address"
+    if ip is None and not is_valid_name(host):
+        return 400, "invalid host", f"{what} is not a host name"
+    return None
+
+
 class EgressAddon(LayerChoice):
     # the only layer-choosing addon; the name keeps mitmproxy's proxyserver from
     # warning that no "nextlayer" addon is loaded
@@ -73,10 +83,8 @@ class EgressAddon(LayerChoice):
         closed = self.rt.policy.closed_set()
         if ident is None:
             self._deny(flow, v, 403, "unknown client", "this client address belongs to no agent")
-        elif ip is not None and not is_canonical_ip(host):
-            self._deny(flow, v, 403, "non-canonical IP literal", f"{host} is not a canonical IP address")
-        elif ip is None and not is_valid_name(host):
-            self._deny(flow, v, 400, "invalid host", "CONNECT target is not a host name")
+        elif (refusal := _host_refusal(host, ip, "CONNECT target")) is not None:
+            self._deny(flow, v, *refusal)
         else:
             # the first open grant of this host, in host_ports() order, that allows the
             # port (tests/test_matcher.py checks it against that scan)
@@ -154,10 +162,9 @@ class EgressAddon(LayerChoice):
             return self._deny(flow, v, 403, "scheme mismatch", "scheme does not match the connection")
         ip = parse_ip_literal(target)
         v.ip = ip
-        if ip is not None and not is_canonical_ip(target):
-            return self._deny(flow, v, 403, "non-canonical IP literal", f"{target} is not a canonical IP address")
-        if ip is None and not is_valid_name(target):
-            return self._deny(flow, v, 400, "invalid host", "target is not a host name")
+        refusal = _host_refusal(target, ip, "target")
+        if refusal is not None:
+            return self._deny(flow, v, *refusal)
         upgrade = header_get(req.headers, b"upgrade")
         if upgrade is not None and upgrade.lower() != "websocket":
             return self._deny(flow, v, 403, "upgrade not allowed", "only WebSocket upgrades are relayed")
