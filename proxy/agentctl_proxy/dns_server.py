@@ -22,6 +22,9 @@ from agentctl_proxy.config import parse_listen
 from agentctl_proxy.hosts import normalize_host, parse_ip_literal
 
 log = logging.getLogger("agentctl_proxy.dns")
+# mitmproxy 12 renamed dns.Message to dns.DNSMessage (same fields). Resolved here, at
+# import: a lookup inside answer() would fail in its catch-all and drop every query.
+DNSMessage = getattr(dns, "DNSMessage", None) or dns.Message
 TTL = 30
 
 
@@ -32,7 +35,7 @@ class DnsAnswerer:
     async def answer(self, packet: bytes, remote: str) -> bytes | None:
         start = time.monotonic()
         try:
-            msg = dns.Message.unpack(packet)
+            msg = DNSMessage.unpack(packet)
         except Exception:
             return None  # not DNS: no answer at all
         rt = self.addon.rt

@@ -2,8 +2,8 @@
 
 mitmproxy has one `body_size_limit` for requests and responses alike, checked
 before any addon sees the response; a 1 MiB request cap would then turn every
-larger download into a 502. We replace HttpStream.check_body_size (mitmproxy
-11.0.x/12.x, pinned) with a version that applies our limit to requests only, both
+larger download into a 502. We replace HttpStream.check_body_size (mitmproxy 11.0.x
+and 12.x, both tested) with a version that applies our limit to requests only, both
 early (Content-Length) and late (chunked / HTTP/2 without a length), so a body is
 never buffered past the cap. Response size is capped separately in the addon.
 tests/test_limits.py fails if a mitmproxy upgrade changes this code path.
@@ -17,6 +17,12 @@ from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import HttpErrorHook, HttpRequestHeadersHook, HttpStream
 from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 from mitmproxy.proxy.layers.http import SendHttp
+
+try:  # mitmproxy 12: protocol errors carry an ErrorCode, mapped to 413 when sent
+    from mitmproxy.proxy.layers.http._events import ErrorCode
+    TOO_LARGE: object = ErrorCode.REQUEST_TOO_LARGE
+except ImportError:  # mitmproxy 11: the HTTP status itself
+    TOO_LARGE = 413
 
 REJECTED_BY = "max_request_body_bytes"
 MESSAGE = "Request body exceeds max_request_body_bytes."
@@ -50,7 +56,7 @@ def _check_body_size(self: HttpStream, request: bool):
     if not self.request_body_buf:
         yield HttpRequestHeadersHook(self.flow)  # let the addon record who asked
     yield HttpErrorHook(self.flow)
-    yield SendHttp(ResponseProtocolError(self.stream_id, MESSAGE, 413), self.context.client)
+    yield SendHttp(ResponseProtocolError(self.stream_id, MESSAGE, TOO_LARGE), self.context.client)
     self.client_state = self.state_errored
     self.flow.live = False
     return True

@@ -22,6 +22,8 @@ from mitmproxy.net.dns import response_codes, types
 from conftest import (BUILDER, SCOUT, STRANGER, UP_OK, base_config, client_tls_context,
                       connect_tunnel, free_port, h2_exchange, http_exchange, status_of)
 
+from agentctl_proxy.dns_server import DNSMessage
+
 PAT = "s3cret-pat-value-0123456789"
 QKEY = "q-key-value-abcdef"
 
@@ -647,7 +649,7 @@ def test_dns_mode_http_routed_by_host(proxy):
 
 
 def _dns_query(proxy, name, qtype=types.A, source=SCOUT, tcp=False):
-    q = mdns.Message(timestamp=0, id=4242, query=True, op_code=0, authoritative_answer=False,
+    q = DNSMessage(timestamp=0, id=4242, query=True, op_code=0, authoritative_answer=False,
                      truncation=False, recursion_desired=True, recursion_available=False, reserved=0,
                      response_code=0, questions=[mdns.Question(name, qtype, 1)], answers=[],
                      authorities=[], additionals=[]).packed
@@ -665,7 +667,7 @@ def _dns_query(proxy, name, qtype=types.A, source=SCOUT, tcp=False):
             s.settimeout(5)
             s.sendto(q, addr)
             data = s.recv(4096)
-    return mdns.Message.unpack(data)
+    return DNSMessage.unpack(data)
 
 
 def test_dns_answers_only_allowed_names(proxy):
