@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 class KeptAnswers(dict):
-    """Read it as a dict (`.get`, `[key]`: dict's own C paths); add through keep()."""
+    """Ask through answer(), or read it as a dict; add through keep()."""
 
     def __init__(self, limit: int = 4096) -> None:
         super().__init__()
@@ -21,3 +21,10 @@ class KeptAnswers(dict):
             self.clear()
         self[key] = value
         return value
+
+    def answer(self, key, compute, *args):
+        """The answer kept for `key`, else compute(*args), kept (None is an answer too)."""
+        try:
+            return self[key]
+        except KeyError:
+            return self.keep(key, compute(*args))

@@ -165,12 +165,8 @@ class Matcher:
         objects hash slowly, so those are decided each time."""
         if ip is not None or len(path) > 512:
             return self._decide(host, ip, port, tls, method, path, encoded_slash, closed)
-        key = (host, port, tls, method, path, encoded_slash, closed)
-        try:
-            return self._decided[key]
-        except KeyError:
-            pass
-        return self._decided.keep(key, self._decide(host, None, port, tls, method, path, encoded_slash, closed))
+        return self._decided.answer((host, port, tls, method, path, encoded_slash, closed),
+                                    self._decide, host, None, port, tls, method, path, encoded_slash, closed)
 
     def _decide(self, host: str, ip: IPAddress | None, port: int, tls: bool, method: str, path: str,
                 encoded_slash: bool, closed: frozenset[str]) -> Decision:

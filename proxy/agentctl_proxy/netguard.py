@@ -38,17 +38,15 @@ class Resolver:
         self.cache_ttl = 30.0
 
     def denied(self, ip: IPAddress) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-        try:
-            return self._denied[ip]  # the same upstream, request after request
-        except KeyError:
-            pass
-        net = None
-        unmapped = _unmap(ip)
-        for candidate in self.deny:
-            if unmapped.version == candidate.version and unmapped in candidate:
-                net = candidate
-                break
-        return self._denied.keep(ip, net)
+        # the same upstream, request after request
+        return self._denied.answer(ip, self._denied_net, ip)
+
+    def _denied_net(self, ip: IPAddress) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        ip = _unmap(ip)
+        for net in self.deny:
+            if ip.version == net.version and ip in net:
+                return net
+        return None
 
     def check(self, host: str, ips: list[IPAddress]) -> IPAddress:
         """The first address, if no address of the name is denied."""

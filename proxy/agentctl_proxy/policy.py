@@ -121,11 +121,8 @@ class Policy:
     def identify(self, remote_ip: str) -> Identity | None:
         if not self.has_agents:
             return self.identities[ANY_AGENT]
-        try:
-            return self._who[remote_ip]  # the same client, request after request
-        except KeyError:
-            pass
-        return self._who.keep(remote_ip, self._identify(remote_ip))
+        # the same client asks request after request
+        return self._who.answer(remote_ip, self._identify, remote_ip)
 
     def _identify(self, remote_ip: str) -> Identity | None:
         try:

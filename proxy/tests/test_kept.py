@@ -13,6 +13,19 @@ def test_bounded_and_exact():
     assert all(kept[k] == int(k[1:]) for k in kept)
 
 
+def test_answer_computes_once_per_key_and_keeps_none():
+    kept, calls = KeptAnswers(limit=2), []
+
+    def compute(x):
+        calls.append(x)
+        return None if x == "none" else x * 2
+
+    assert kept.answer("a", compute, "a") == "aa" and kept.answer("a", compute, "zzz") == "aa"
+    assert kept.answer("n", compute, "none") is None and kept.answer("n", compute, "none") is None
+    assert calls == ["a", "none"]  # a kept None is not computed again
+    assert kept.answer("b", compute, "b") == "bb" and len(kept) == 1  # full: started over
+
+
 def test_the_deny_list_answers_stay_bounded_and_right():
     r = Resolver(["10.0.0.0/8"])
     for i in range(12_000):
