@@ -52,9 +52,8 @@ class HandlerTable(addonmanager.AddonManager):
             return self._handlers[name]
         except KeyError:
             pass
-        table = self._handlers  # built for this chain; a change meanwhile replaces it
         found = None if any(hasattr(a, "addons") for a in self.chain) else _handlers_in(self.chain, name)
-        table[name] = found
+        self._handlers[name] = found
         return found
 
     async def trigger_event(self, event: hooks.Hook) -> None:
