@@ -72,10 +72,7 @@ class OptionsBreaker(Recorder):
 
 
 class ModuleNamedLikeAHook(Recorder):
-    log_module = None
-
-
-ModuleNamedLikeAHook.requestheaders = types.ModuleType("requestheaders")  # `from x import requestheaders`
+    requestheaders = types.ModuleType("requestheaders")  # as after `from x import requestheaders`
 
 
 class NotCallable(Recorder):
