@@ -23,6 +23,16 @@ def admin_ssh_sources(d: Deployment) -> list[tuple[str, str]]:
     return [(management_subnet(d), "admin ssh")]
 
 
+def fail2ban_ignored(d: Deployment, role: str) -> list[str]:
+    """Addresses fail2ban must never ban on a host of this role: the admin paths into
+    an agent host (the proxy as jump host, the admin sources), since a ban there locks
+    every admin out of a host that has no other way in. The proxy keeps banning any
+    address: it faces the internet (break-glass) and its own admins come from outside."""
+    if role != "agent":
+        return []
+    return list(dict.fromkeys([d.proxy_ip, *(src for src, _ in admin_ssh_sources(d))]))
+
+
 def _dhcp(d: Deployment, role: str) -> list[str]:
     """Lease renewals: without them a cloud host loses its address after the lease.
     DHCP only: from the client port 68 (below 1024, so no unprivileged process can

@@ -32,6 +32,11 @@ FAIL2BAN_MAXRETRY = 3
 FAIL2BAN_FINDTIME = "10m"
 FAIL2BAN_BANTIME = "1h"
 
+# login.defs for accounts created later (dev-sec os-05: password aging; UMASK 027,
+# which login sessions get through pam_umask). Converge sets each exactly once.
+LOGIN_DEFS = {"UMASK": "027", "PASS_MAX_DAYS": "365", "PASS_MIN_DAYS": "1", "HOME_MODE": "0750",
+              "SHA_CRYPT_MIN_ROUNDS": "50000", "SHA_CRYPT_MAX_ROUNDS": "100000"}
+
 # Destructive commands the operator may not run through sudo. A guard against
 # accidents, not a boundary: see the sudoers comment.
 _BIN = ["/usr/bin", "/bin"]

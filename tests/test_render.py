@@ -428,11 +428,78 @@ def test_sysctl_network_hardening(hosts):
     values = dict(l.split(" = ") for l in hosts["lab", "scout"].file("/etc/sysctl.d/90-agentctl-net.conf").splitlines()
                   if l and not l.startswith("#"))
     assert values["net.ipv4.ip_forward"] == "0"
-    assert values["net.ipv4.conf.all.accept_redirects"] == "0"
-    assert values["net.ipv4.conf.all.send_redirects"] == "0"
+    # Per interface (glob), not only all/default: eth0 exists before the file applies.
+    for key in ("ipv4.conf.*.accept_redirects", "ipv4.conf.*.send_redirects", "ipv4.conf.*.secure_redirects",
+                "ipv6.conf.*.accept_redirects", "ipv4.conf.*.accept_source_route", "ipv6.conf.*.accept_source_route"):
+        assert values["net." + key] == "0", key
     assert values["net.ipv4.tcp_syncookies"] == "1"
     assert values["net.ipv4.conf.all.rp_filter"] == "1"
     assert not any(k.startswith("kernel.") for k in values)
+
+
+def test_sysctl_glob_reaches_an_interface_that_exists_already(hosts, tmp_path):
+    """Applied with the real procps sysctl in a fresh network namespace whose interface
+    exists before the file is applied (as eth0 on a booted host)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare for a scratch network namespace")
+    conf = tmp_path / "net.conf"
+    conf.write_text(hosts["lab", "scout"].file("/etc/sysctl.d/90-agentctl-net.conf"))
+    script = (f"ip link add eth9 type veth peer name eth10 && sysctl -q -p {conf} >/dev/null 2>&1; "
+              "cat /proc/sys/net/ipv4/conf/eth9/accept_redirects /proc/sys/net/ipv4/conf/eth9/send_redirects "
+              "/proc/sys/net/ipv6/conf/eth9/accept_redirects")
+    out = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "0", "0"]
+
+
+def _set_login_def(hosts) -> str:
+    converge = hosts["lab", "scout"].file("/usr/local/sbin/agentctl-converge")
+    function = re.search(r"# BEGIN set_login_def.*?\n(.*?)# END set_login_def", converge, re.S).group(1)
+    calls = "".join(l + "\n" for l in converge.splitlines() if l.startswith("set_login_def /etc/login.defs "))
+    return function + calls
+
+
+# Debian 12's own login.defs (package `login`): its comment lines start with the keys.
+DEBIAN_LOGIN_DEFS = Path("/etc/login.defs")
+
+
+@pytest.mark.parametrize("already_broken", [False, True])
+def test_converge_sets_login_defs_once_and_keeps_the_comments(hosts, tmp_path, already_broken):
+    if "UMASK is the default umask" not in (DEBIAN_LOGIN_DEFS.read_text() if DEBIAN_LOGIN_DEFS.exists() else ""):
+        pytest.skip("this machine has no Debian login.defs to converge a copy of")
+    original = DEBIAN_LOGIN_DEFS.read_text()
+    defs = tmp_path / "login.defs"
+    # What the old converge left: comment lines turned into settings.
+    defs.write_text(re.sub(r"(?m)^#?\s*UMASK\s+.*", "UMASK\t\t027", original) if already_broken else original)
+    script = _set_login_def(hosts).replace("/etc/login.defs", str(defs))
+    subprocess.run(["bash", "-euo", "pipefail", "-c", script], check=True)
+    once = defs.read_text()
+    for key, value in hardening.LOGIN_DEFS.items():
+        assert re.findall(rf"(?m)^{key}\s+(\S+)\s*$", once) == [value], key
+    if not already_broken:
+        comments = [l for l in original.splitlines() if l.startswith("#")]
+        assert [l for l in once.splitlines() if l.startswith("#")] == comments
+    subprocess.run(["bash", "-euo", "pipefail", "-c", script], check=True)
+    assert defs.read_text() == once, "set_login_def is not idempotent"
+
+
+def test_pam_umask_profile_enabled_by_converge(hosts):
+    host = hosts["lab", "scout"]
+    profile = host.file("/usr/share/pam-configs/agentctl-umask")
+    assert re.search(r"^Session:\n\s+optional\s+pam_umask\.so$", profile, re.M)
+    assert "pam-auth-update --package --enable agentctl-umask" in host.file("/usr/local/sbin/agentctl-converge")
+
+
+@pytest.mark.parametrize("stack", ["lab", "example-aws", "example-hcloud"])
+def test_fail2ban_ignores_the_agents_admin_paths(hosts, stack):
+    d = load(ROOT, stack)
+    jail = configparser.ConfigParser(interpolation=None)
+    jail.read_string(hosts[stack, "scout"].file("/etc/fail2ban/jail.local"))
+    ignored = jail["DEFAULT"]["ignoreip"].split()
+    assert d.proxy_ip in ignored and "127.0.0.1/8" in ignored
+    assert all(src in ignored for src, _ in firewall.admin_ssh_sources(d))
+    proxy_jail = configparser.ConfigParser(interpolation=None)
+    proxy_jail.read_string(hosts[stack, "proxy"].file("/etc/fail2ban/jail.local"))
+    assert proxy_jail["DEFAULT"]["ignoreip"].split() == ["127.0.0.1/8", "::1"]
 
 
 @pytest.mark.parametrize("threshold", [3, 2])

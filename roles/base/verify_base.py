@@ -2,7 +2,9 @@
 expected values come from the stack file that rendered the host."""
 from __future__ import annotations
 
+import fnmatch
 import re
+
 import pytest
 import yaml
 
@@ -12,7 +14,8 @@ from agentctl.render import TEMPLATES, watched_service
 # Every file the base role writes (from the same manifest render used), plus what
 # converge derives from them.
 MANAGED = [item["path"] for item in yaml.safe_load((TEMPLATES / "files.yaml").read_text())] + [
-    "/etc/sudoers.d/agentctl", "/etc/ufw/user.rules", "/etc/ufw/user6.rules", "/etc/login.defs"]
+    "/etc/sudoers.d/agentctl", "/etc/ufw/user.rules", "/etc/ufw/user6.rules", "/etc/login.defs",
+    "/etc/pam.d/common-session"]
 
 
 # --- cloud-init ---------------------------------------------------------------------
@@ -163,6 +166,16 @@ def test_agentuser_cannot_log_in_over_ssh(from_itself, private_ip):
 
 # --- fail2ban -----------------------------------------------------------------------
 
+def test_fail2ban_never_bans_the_admin_paths(root, deployment, role):
+    """On an agent host every admin arrives through the proxy (jump host) or the admin
+    sources: banning one of those would lock every admin out."""
+    ignored = root.check_output("fail2ban-client get sshd ignoreip")
+    for source in firewall.fail2ban_ignored(deployment, role):
+        assert source in ignored, ignored
+    if role == "agent":
+        assert deployment.proxy_ip in ignored, ignored
+
+
 def test_fail2ban_sshd_jail_reads_the_journal(root):
     assert root.service("fail2ban").is_running
     assert "sshd" in root.check_output("fail2ban-client status")
@@ -233,7 +246,13 @@ def test_unattended_upgrades_reboot_window(root, deployment):
 
 
 def _sysctl_file(host, path):
-    return [l.split(" = ") for l in host.file(path).content_string.splitlines() if l and not l.startswith("#")]
+    """(key, value) per setting; a glob key (`net.ipv4.conf.*.x`) stands for every key
+    it matches on the host, as sysctl and systemd-sysctl expand it."""
+    pairs = [l.split(" = ") for l in host.file(path).content_string.splitlines() if l and not l.startswith("#")]
+    if not any("*" in key for key, _ in pairs):
+        return pairs
+    known = [l.split(" = ")[0] for l in host.run("sysctl -a 2>/dev/null").stdout.splitlines()]
+    return [(k, value) for key, value in pairs for k in (fnmatch.filter(known, key) if "*" in key else [key])]
 
 
 def test_ufw_applies_our_sysctls_when_it_starts(root):
@@ -243,6 +262,22 @@ def test_ufw_applies_our_sysctls_when_it_starts(root):
 def test_net_sysctls_applied(host):
     for key, value in _sysctl_file(host, "/etc/sysctl.d/90-agentctl-net.conf"):
         assert host.sysctl(key) == int(value), key
+
+
+def _interfaces(host, family):
+    return sorted(set(host.run(f"ls /proc/sys/net/{family}/conf").stdout.split()) - {"all", "default"})
+
+
+@pytest.mark.parametrize("family,key", [("ipv4", "accept_redirects"), ("ipv4", "send_redirects"),
+                                        ("ipv4", "secure_redirects"), ("ipv4", "accept_source_route"),
+                                        ("ipv6", "accept_redirects"), ("ipv6", "accept_source_route")])
+def test_no_icmp_redirects_or_source_routes_on_any_interface(host, family, key):
+    """Checked on each interface, eth0 included: the kernel ORs `all` with the
+    interface for IPv4 and reads only the interface for IPv6."""
+    interfaces = _interfaces(host, family)
+    assert "lo" in interfaces and len(interfaces) > 1, interfaces
+    on = {i: v for i in interfaces if (v := host.sysctl(f"net.{family}.conf.{i}.{key}")) != 0}
+    assert not on, f"{key} still on: {on}"
 
 
 def test_kernel_sysctls_applied(host, in_container):
@@ -266,8 +301,21 @@ def test_unused_kernel_modules_cannot_load(host, module):
     assert f"install {module} /bin/false" in host.file("/etc/modprobe.d/agentctl-blacklist.conf").content_string
 
 
-def test_login_defs_umask(host):
-    assert re.search(r"^UMASK\s+027$", host.file("/etc/login.defs").content_string, re.M)
+@pytest.mark.parametrize("key", sorted(hardening.LOGIN_DEFS))
+def test_login_defs_sets_each_key_once(host, key):
+    settings = re.findall(rf"^{key}\s+(\S+)\s*$", host.file("/etc/login.defs").content_string, re.M)
+    assert settings == [hardening.LOGIN_DEFS[key]]
+
+
+def test_login_defs_comments_stay_comments(host):
+    """The distribution documents each key in comment lines that start with its name."""
+    text = host.file("/etc/login.defs").content_string
+    assert re.search(r"^#\s*UMASK is the default umask value", text, re.M), "login.defs lost its UMASK comment"
+
+
+def test_login_sessions_get_the_umask(host):
+    """pam_umask applies login.defs' UMASK to SSH sessions (this one, as admin)."""
+    assert host.run("umask").stdout.strip() == "0" + hardening.LOGIN_DEFS["UMASK"]
 
 
 def test_watchdog_timer_enabled(host):
