@@ -24,7 +24,10 @@ MAX_HEAD_BYTES = 32 * 1024  # request line + header fields, as HTTP/1 would carr
 MAX_TARGET_BYTES = 8 * 1024  # the request-target (path and query)
 MAX_HEADER_COUNT = 100
 MAX_METHOD_BYTES = 32
-MAX_CLIENT_CONNECTIONS = 64  # open connections per agent (all unknown clients: one budget)
+MAX_CLIENT_CONNECTIONS = 32  # open connections per agent (all unknown clients: one budget)
+MAX_H2_STREAMS = 10  # open streams per client HTTP/2 connection (h2's default: 100)
+# so the request bodies an agent can make the proxy hold at once are at most
+# MAX_CLIENT_CONNECTIONS * MAX_H2_STREAMS * (max_request_body_bytes + a head)
 
 # RFC 9110 5.6.2: a method is a token
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

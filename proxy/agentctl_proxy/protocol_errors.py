@@ -12,7 +12,8 @@ still unterminated past bounds.MAX_HEAD_BYTES gets 431 and a close; bytes piling
 while a request waits for its response (pipelining) are cut past one head and one
 body. And the refusals mitmproxy answers itself once a head parsed but before any
 hook (HttpStream.state_wait_for_request_headers: an origin-form request without Host
-on the explicit proxy, `PRI * HTTP/2.0` there) yield a RequestRefusedHook first.
+on the explicit proxy, `PRI * HTTP/2.0` there) yield a RequestRefusedHook first. A
+client's HTTP/2 connection is held to bounds.MAX_H2_STREAMS open streams.
 tests/test_protocol_errors.py fails if a mitmproxy upgrade changes these code paths.
 """
 
@@ -31,6 +32,7 @@ from mitmproxy.proxy.layers.http._http2 import Http2Connection, Http2Server
 from agentctl_proxy import bounds, limits
 
 _H2_PROTOCOL_ERROR = Http2Connection.protocol_error
+_H2_SERVER_INIT = Http2Server.__init__
 _H1_READ_HEADERS = Http1Server.read_headers
 _H1_WAIT = Http1Server.wait
 _WAIT_FOR_HEADERS = HttpStream.state_wait_for_request_headers
@@ -67,6 +69,17 @@ class RequestRefusedHook(commands.StartHook):
 
     data: RequestRefused
     blocking = False
+
+
+def _h2_server_init(self: Http2Server, *args, **kwargs) -> None:
+    """A client's HTTP/2 connection allows bounds.MAX_H2_STREAMS open streams, not h2's
+    100: each may hold a request body (up to max_request_body_bytes) in memory. Set
+    before the connection starts, so the first SETTINGS frame carries it (mitmproxy
+    acknowledges its own local settings the same way, _http_h2.BufferedH2Connection);
+    h2 refuses a stream over it with a connection error (audited as a protocol error)."""
+    _H2_SERVER_INIT(self, *args, **kwargs)
+    self.h2_conn.local_settings.max_concurrent_streams = bounds.MAX_H2_STREAMS
+    self.h2_conn.local_settings.acknowledge()
 
 
 def _h2_protocol_error(self: Http2Server, message: str, *args, **kwargs):
@@ -146,6 +159,7 @@ def _status(code: object) -> int:
 def install() -> None:
     # client side only: upstream protocol errors already reach the flow as errors
     Http2Server.protocol_error = _h2_protocol_error  # type: ignore[method-assign]
+    Http2Server.__init__ = _h2_server_init  # type: ignore[method-assign]
     Http1Server.read_headers = _h1_bounded_read_headers  # type: ignore[method-assign]
     Http1Server.wait = _h1_bounded_wait  # type: ignore[method-assign]
     HttpStream.state_wait_for_request_headers = _wait_for_request_headers  # type: ignore[method-assign]

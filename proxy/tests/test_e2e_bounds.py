@@ -166,6 +166,30 @@ def test_http2_heads_over_a_bound_are_refused_and_audited(proxy, pki, upstreams,
     assert all(len(audit.encode_line(tuple(r.values()))) <= audit.MAX_LINE_BYTES for r in new)
 
 
+def test_http2_streams_per_connection_are_bounded(proxy, pki):
+    """Each open stream may hold a request body: h2's default of 100 per connection is
+    cut to bounds.MAX_H2_STREAMS; a client that opens more loses the connection, audited."""
+    before = len(proxy.audit())
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    for i in range(bounds.MAX_H2_STREAMS + 1):  # sent before the proxy's SETTINGS are read
+        conn.send_headers(1 + 2 * i, [(":method", "POST"), (":scheme", "https"), (":path", f"/v1/s{i}"),
+                                      (":authority", "api.example.test")])
+    with _h2(proxy, pki) as sock:
+        sock.sendall(conn.data_to_send())
+        sock.settimeout(3)
+        ended = False
+        try:
+            while data := sock.recv(65536):
+                ended = ended or any(isinstance(e, h2.events.ConnectionTerminated) for e in conn.receive_data(data))
+        except OSError:
+            pass
+    assert ended
+    new = _lines_since(proxy, before)
+    assert [r["rejected_by"] for r in new if r["event"] == "decision" and r["action"] == "deny"][:1] == \
+        ["HTTP/2 protocol error"]
+
+
 # ------------------------------------------------------- refusals mitmproxy makes itself
 
 

@@ -26,8 +26,10 @@ from agentctl_proxy import protocol_errors as pe
 def installed():
     h1, h2 = Http1Server.read_headers, Http2Server.__dict__.get("protocol_error")
     wait, headers = Http1Server.__dict__.get("wait"), HttpStream.state_wait_for_request_headers
+    h2_init = Http2Server.__init__
     pe.install()
     yield
+    Http2Server.__init__ = h2_init
     Http1Server.read_headers = h1
     HttpStream.state_wait_for_request_headers = headers
     if wait is not None:
@@ -148,3 +150,14 @@ def test_request_without_host_yields_the_refusal_hook_before_the_400(installed):
     refused = kinds.index(pe.RequestRefusedHook)
     assert isinstance(cmds[refused + 1], SendHttp) and isinstance(cmds[refused + 1].event, ResponseProtocolError)
     assert cmds[refused].data.status == 400 and "no host header" in cmds[refused].data.message
+
+
+def test_client_h2_connections_announce_and_enforce_the_stream_bound(installed):
+    import h2.connection
+
+    assert "SettingCodes.MAX_CONCURRENT_STREAMS: 100" in inspect.getsource(h2.connection.H2Connection.__init__)
+    assert "self.local_settings.acknowledge()" in inspect.getsource(pe._H2_SERVER_INIT.__globals__["BufferedH2Connection"])
+    server = Http2Server(_ctx())
+    assert server.h2_conn.local_settings.max_concurrent_streams == bounds.MAX_H2_STREAMS
+    sent = list(server.handle_event(events.Start()))[0].data  # the server preface: SETTINGS
+    assert (3).to_bytes(2, "big") + bounds.MAX_H2_STREAMS.to_bytes(4, "big") in sent
