@@ -61,8 +61,10 @@ class AuditTrail:
     def __init__(self, runtime: Runtime, audit: AuditLog) -> None:
         self.rt = runtime
         self.audit = audit
-        log_cfg = runtime.config.log
-        self.refusals = BudgetedAudit(lambda: self.audit, RefusalBudget(log_cfg.refusal_burst, log_cfg.refusal_rate))
+        budget = RefusalBudget()  # the config's defaults (a trail without a runtime: unit tests)
+        if runtime is not None:
+            budget.configure(runtime.config.log.refusal_burst, runtime.config.log.refusal_rate)
+        self.refusals = BudgetedAudit(lambda: self.audit, budget)
 
     def _identify(self, client: connection.Client) -> Identity | None:
         return self.rt.policy.identify(client.peername[0])
