@@ -20,9 +20,10 @@ import logging
 from mitmproxy import connection, http
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from agentctl_proxy import limits
+from agentctl_proxy import bounds, limits
 from agentctl_proxy.hosts import is_canonical_ip, is_valid_name, normalize_host, parse_ip_literal, split_host_port
-from agentctl_proxy.inbound import authority_problem, drop_header, header_get, header_problem, is_absolute_form
+from agentctl_proxy.inbound import (authority_problem, drop_header, frame_for_upstream, header_get, header_problem,
+                                    is_absolute_form)
 from agentctl_proxy.layer_choice import LayerChoice
 from agentctl_proxy.netguard import UpstreamDenied
 from agentctl_proxy.paths import check_path, check_query, split_target
@@ -56,6 +57,11 @@ class EgressAddon(LayerChoice):
     # the only layer-choosing addon; the name keeps mitmproxy's proxyserver from
     # warning that no "nextlayer" addon is loaded
     name = "nextlayer"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._open: dict[str, int] = {}  # open client connections per agent
+        self._counted: dict[str, str] = {}  # client id -> the agent it is counted for
 
     # ---------------------------------------------------------------- helpers
 
@@ -146,6 +152,8 @@ class EgressAddon(LayerChoice):
 
         if limits.oversized(flow):  # mitmproxy answers 413 whatever we say: record that
             return self._deny(flow, v, 413, limits.REJECTED_BY, limits.MESSAGE)
+        if (too_big := bounds.head_problem(req)) is not None:
+            return self._deny(flow, v, *too_big)
         if mode == "tunnel" and not tls and target == CONTROL_HOST:
             return self._control(flow, v)
         if ident is None:
@@ -230,6 +238,9 @@ class EgressAddon(LayerChoice):
         self._allow_or_refuse(flow, v)  # the decision line, before anything goes upstream
 
     async def _prepare_upstream(self, flow: http.HTTPFlow, v: Verdict) -> None:
+        problem = frame_for_upstream(flow.request)
+        if problem:
+            return self._deny(flow, v, 400, "unframed request", problem)
         try:
             await self.rt.resolver.resolve(v.host, v.port)
         except UpstreamDenied as e:
@@ -319,6 +330,25 @@ class EgressAddon(LayerChoice):
             self._complete(flow, v)
 
     # ---------------------------------------------------------- connections
+
+    def client_connected(self, client: connection.Client) -> None:
+        """At most bounds.MAX_CLIENT_CONNECTIONS open connections per agent (every client
+        that is no agent shares one count): each connection may hold a request head and
+        body in memory. mitmproxy closes a client whose `error` is set here."""
+        ident = self._identify(client)
+        agent = ident.name if ident else UNKNOWN_AGENT
+        if self._open.get(agent, 0) >= bounds.MAX_CLIENT_CONNECTIONS:
+            client.error = "too many connections"
+            self._deny_conn(client, mode_name(client.proxy_mode), "", None,
+                            f"over {bounds.MAX_CLIENT_CONNECTIONS} open connections", agent)
+            return
+        self._open[agent] = self._open.get(agent, 0) + 1
+        self._counted[client.id] = agent
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        agent = self._counted.pop(client.id, None)
+        if agent is not None:
+            self._open[agent] -= 1
 
     async def server_connect(self, data: ServerConnectionHookData) -> None:
         """Connect to the address that passed upstream_deny_cidrs, never re-resolve."""

@@ -12,15 +12,27 @@ gap at the cost of one disk flush per line.
 
 Rotation is noticed by the inode changing under the path (logrotate's rename +
 create), or forced with reopen() on SIGHUP/SIGUSR1.
+
+Disk use is bounded two ways. A line is at most MAX_LINE_BYTES (values cut, marked).
+Lines an agent can cause at will without being forwarded anywhere (refusals and DNS
+answers) draw on a token bucket per agent (all clients that are no agent share one):
+`log.refusal_burst` lines at once, refilled at `log.refusal_rate` per second. Past
+that they are counted, not written, and one "suppressed" line per agent every
+SUMMARY_SECONDS says how many there were and the last reason. So an agent can add at
+most burst + rate*t + t/SUMMARY_SECONDS lines in t seconds, each <= MAX_LINE_BYTES.
+Allowed requests are not budgeted: each is forwarded, and grants carry rate limits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps uses
 
 # DESIGN.md's keys plus `event`: "decision" (written before the proxy acts on it) or
@@ -31,6 +43,20 @@ KEYS = (
 )
 # the line with a %s for each value's JSON text, keys in KEYS order
 _TEMPLATE = "{" + ",".join(f'"{k}":%s' for k in KEYS) + "}\n"
+
+# The most bytes each value's JSON text may take (quotes and escapes included); a longer
+# one is cut at a character boundary and ends in CUT_MARK. With these, no audit line is
+# longer than MAX_LINE_BYTES (tests/test_audit.py builds the worst case), so one line
+# costs the disk a known amount whatever an agent sends.
+_VALUE_BYTES = {
+    "time": 40, "event": 16, "remote_addr": 64, "agent": 80, "mode": 16, "host": 300, "sni": 300,
+    "method": 64, "path": 2048, "action": 16, "rule": 256, "rejected_by": 512, "status_code": 24,
+    "duration_ms": 32, "request_transforms": 128,
+}
+_LIMITS = tuple(_VALUE_BYTES[k] for k in KEYS)
+MAX_LINE_BYTES = 4096
+assert len(_TEMPLATE % tuple("" for _ in KEYS)) + sum(_LIMITS) <= MAX_LINE_BYTES
+CUT_MARK = "...[cut: %d chars]"
 
 
 def _json_value(v: object) -> str:
@@ -54,11 +80,34 @@ def _json_value(v: object) -> str:
     return json.dumps(v, separators=(",", ":"), default=str)
 
 
+def _cut(text: str, limit: int) -> str:
+    """The JSON text of `text` in at most `limit` bytes: as many whole characters
+    (each escaped as json.dumps would) as fit before the cut mark."""
+    mark = CUT_MARK % len(text)
+    budget = limit - 2 - len(mark)
+    out, used = [], 0
+    for ch in text:
+        esc = _json_str(ch)[1:-1]
+        used += len(esc)
+        if used > budget:
+            break
+        out.append(esc)
+    return '"' + "".join(out) + mark + '"'
+
+
+def _bounded(v: object, limit: int) -> str:
+    text = _json_str(v) if v.__class__ is str else _json_value(v)
+    if len(text) <= limit:
+        return text
+    return _cut(v if v.__class__ is str else text, limit)  # a long non-string: its JSON, cut, as a string
+
+
 def encode_line(values: tuple) -> bytes:
-    """One audit line (what json.dumps of the record gives); values in KEYS order."""
+    """One audit line (what json.dumps of the record gives, each value cut to its bound);
+    values in KEYS order. Never longer than MAX_LINE_BYTES."""
     if len(values) != len(KEYS):
         raise TypeError(f"expected a value for each of {KEYS}")
-    return (_TEMPLATE % tuple([_json_str(v) if v.__class__ is str else _json_value(v) for v in values])).encode()
+    return (_TEMPLATE % tuple(map(_bounded, values, _LIMITS))).encode()
 
 
 class _Clock:
@@ -143,3 +192,73 @@ class AuditLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+SUMMARY_SECONDS = 10.0
+
+
+@dataclass
+class _Held:
+    """Refusals of one agent not written one by one since its last summary."""
+
+    count: int = 0
+    remote: str = ""
+    mode: str = ""
+    last: str = ""
+
+
+class RefusalBudget:
+    """Token bucket per key (agent name, or "-" for every client that is no agent)."""
+
+    def __init__(self, burst: int = 120, per_second: float = 1.0, clock=time.monotonic) -> None:
+        self.burst, self.rate, self._clock = burst, per_second, clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def configure(self, burst: int, per_second: float) -> None:
+        self.burst, self.rate = burst, per_second
+
+    def take(self, key: str) -> bool:
+        now = self._clock()
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return False
+        self._buckets[key] = (tokens - 1.0, now)
+        return True
+
+
+class BudgetedAudit:
+    """The audit writes an agent can cause at will, through its RefusalBudget."""
+
+    def __init__(self, log: Callable[[], AuditLog], budget: RefusalBudget) -> None:
+        self.log = log  # the current audit file (a reload may replace it)
+        self.budget = budget
+        self._held: dict[str, _Held] = {}
+
+    def admit(self, agent: str, remote: str, mode: str, reason: str) -> bool:
+        """True: write this line. False: it is counted for the agent's next summary line."""
+        if self.budget.take(agent):
+            return True
+        held = self._held.get(agent)
+        if held is None:
+            held = self._held[agent] = _Held()
+            try:
+                asyncio.get_running_loop().call_later(SUMMARY_SECONDS, self.flush, agent)
+            except RuntimeError:  # no loop (a unit test): flush() is called by hand
+                pass
+        held.count += 1
+        held.remote, held.mode, held.last = remote, mode, reason
+        return False
+
+    def flush(self, agent: str) -> None:
+        held = self._held.pop(agent, None)
+        if held is None:
+            return
+        try:
+            self.log().write(event="suppressed", remote_addr=held.remote, agent=agent, mode=held.mode,
+                             action="deny", request_transforms=[],
+                             rejected_by=f"audit budget: {held.count} more lines (refusals, DNS answers) not"
+                                         f" written one by one; the last: {held.last}")
+        except (OSError, ValueError):
+            pass  # the next refusal that is written fails, and says so, the same way

@@ -328,6 +328,11 @@ class TlsSection(Strict):
 
 class LogSection(Strict):
     audit_path: str | None = None  # None: audit lines go to stdout (journald)
+    # ours: audit lines per agent an agent can cause without being forwarded (refusals,
+    # DNS answers): a bucket of refusal_burst lines refilled at refusal_rate per second;
+    # past it they are counted in one summary line per agent every 10 s (audit.py)
+    refusal_burst: Annotated[int, Field(gt=0, le=1_000_000)] = 120
+    refusal_rate: Annotated[float, Field(gt=0, le=10_000)] = 1.0
 
 
 class Config(Strict):

@@ -34,11 +34,23 @@ class DnsAnswerer:
 
     async def answer(self, packet: bytes, remote: str) -> bytes | None:
         start = time.monotonic()
+        rt = self.addon.rt
         try:
             msg = DNSMessage.unpack(packet)
-        except Exception:
-            return None  # not DNS: no answer at all
-        rt = self.addon.rt
+        except Exception:  # not DNS: no answer at all, and one (budgeted) line saying so
+            ident = rt.policy.identify(remote)
+            agent = ident.name if ident else "-"
+            reason = "malformed DNS packet"
+            if self.addon.refusals.admit(agent, remote, "dns", reason):
+                try:
+                    self.addon.audit.write(
+                        event="decision", remote_addr=remote, agent=agent, mode="dns", host="",
+                        method=None, path=None, action="deny", rule=None, rejected_by=reason,
+                        status_code=None, duration_ms=round((time.monotonic() - start) * 1000, 3),
+                        request_transforms=[])
+                except (OSError, ValueError) as e:
+                    log.error("audit write failed (%s)", getattr(e, "strerror", None) or e)
+            return None
         cfg = rt.config.dns
         q = msg.question
         name = normalize_host(q.name) if q else ""
@@ -62,12 +74,15 @@ class DnsAnswerer:
         elif name in {normalize_host(n) for n in cfg.passthrough}:
             rcode, rule = response_codes.NOERROR, "dns/passthrough"
         action = "allow" if rule else "deny"
+        agent = ident.name if ident else "-"
         try:  # the decision is recorded before it is acted on; unrecorded means refused
-            self.addon.audit.write(
-                event="decision", remote_addr=remote, agent=ident.name if ident else "-", mode="dns",
-                host=name, method=qtype, path=None, action=action, rule=rule,
-                rejected_by=None if rule else "name not allowed", status_code=rcode,
-                duration_ms=round((time.monotonic() - start) * 1000, 3), request_transforms=[])
+            # over the agent's audit budget, it is counted in its next summary line instead
+            if self.addon.refusals.admit(agent, remote, "dns", f"{qtype} {name}: {rule or 'name not allowed'}"):
+                self.addon.audit.write(
+                    event="decision", remote_addr=remote, agent=agent, mode="dns",
+                    host=name, method=qtype, path=None, action=action, rule=rule,
+                    rejected_by=None if rule else "name not allowed", status_code=rcode,
+                    duration_ms=round((time.monotonic() - start) * 1000, 3), request_transforms=[])
         except (OSError, ValueError) as e:  # ValueError: stdout closed under us
             log.error("audit write failed (%s); DNS query refused", getattr(e, "strerror", None) or e)
             return msg.fail(response_codes.REFUSED).packed

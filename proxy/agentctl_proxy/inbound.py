@@ -11,8 +11,11 @@ from mitmproxy import http
 
 from agentctl_proxy.hosts import split_host_port
 
-_BAD_VALUE = re.compile(rb"[\r\n\x00]")
-_BAD_NAME = re.compile(rb"[\r\n\x00: ]")
+# RFC 9110 5.5: a field value is visible characters, SP and HTAB; every other control
+# byte (CR, LF, NUL, \x0b, \x7f, ...) is refused in every protocol. A field name is a
+# token. h2 checks neither for us (and forwards \x0b and \x7f to an HTTP/1 upstream).
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z\x01]")
 
 
 # mitmproxy's Headers methods convert the name and raise and catch KeyError on every
@@ -41,10 +44,11 @@ def drop_header(headers: http.Headers, name: bytes) -> None:
 
 def header_problem(req: http.Request) -> str | None:
     fields = req.headers.fields
-    # one search over all values and one over all names; \x01 is in neither class
-    if _BAD_VALUE.search(b"\x01".join([v for _, v in fields])) or \
-            _BAD_NAME.search(b"\x01".join([k for k, _ in fields])):
-        return "header with CR, LF or NUL"
+    # one search over all values and one over all names, joined by \t (allowed in a
+    # value) and \x01 (let through in names: it is in no name, and refused in values)
+    if _BAD_VALUE.search(b"\t".join([v for _, v in fields])) or \
+            _BAD_NAME.search(b"\x01".join([k for k, _ in fields])) or any(not k for k, _ in fields):
+        return "header with a control character or a name that is not a token"
     lengths: list[str] = []
     te: list[str] = []
     for k, v in fields:
@@ -90,4 +94,28 @@ def authority_problem(req: http.Request, target: str, port: int, tls: bool) -> t
             return 400, "malformed Host header"
         if (host, claim_port) != (target, port):
             return 403, f"Host {host} does not match the target {target}"
+    return None
+
+
+def frame_for_upstream(req: http.Request) -> str | None:
+    """Make the buffered request unambiguous for whatever protocol the upstream speaks,
+    or say why it cannot be forwarded.
+
+    mitmproxy converts an HTTP/2 request for an HTTP/1.1 upstream without adding any
+    framing (proxy/layers/http/_http1.py, Http1Client.send): a body without
+    Content-Length would follow the head unframed and be read as a second request. The
+    body is fully buffered by now (we never stream requests: limits.py), so its length is
+    known: Content-Length is set from it, and chunked framing is dropped (mitmproxy would
+    re-chunk it). Trailers cannot be carried by that framing, and Http1Client.send fails
+    on them: refused. The method is forwarded as the decision read it (upper case).
+    """
+    if req.trailers:
+        return "request trailers are not forwarded"
+    body = req.raw_content
+    if body is None:  # a streamed body: its length is unknown
+        return "request body of unknown length"
+    req.method = req.method  # mitmproxy's getter upper-cases; the setter stores that
+    drop_header(req.headers, b"transfer-encoding")
+    if body or header_values(req.headers, b"content-length"):
+        req.headers["content-length"] = str(len(body))
     return None

@@ -17,8 +17,8 @@ from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from agentctl_proxy.hosts import normalize_host, parse_ip_literal
 from agentctl_proxy.policy import UNKNOWN_AGENT
-from agentctl_proxy.protocol_errors import ClientProtocolError
-from agentctl_proxy.verdict import AuditTrail, mode_name
+from agentctl_proxy.protocol_errors import ClientProtocolError, RequestRefused
+from agentctl_proxy.verdict import AuditTrail, Verdict, mode_name
 
 log = logging.getLogger("agentctl_proxy")
 
@@ -139,7 +139,20 @@ class LayerChoice(AuditTrail):
         ident = self._identify(client)
         sni = normalize_host(client.sni) if client.sni else None
         self._deny_conn(client, mode_name(client.proxy_mode), sni or "", sni,
-                        f"{data.protocol} protocol error", ident.name if ident else UNKNOWN_AGENT)
+                        f"{data.protocol} {data.reason}", ident.name if ident else UNKNOWN_AGENT)
+
+    def request_refused(self, data: RequestRefused) -> None:
+        """mitmproxy answered a parsed request with an error before any flow hook (e.g.
+        origin-form without Host on the explicit proxy): its one audit line."""
+        f = data.flow
+        client = f.client_conn
+        ident = self._identify(client)
+        sni = normalize_host(client.sni) if client.sni else None
+        v = Verdict(ident.name if ident else UNKNOWN_AGENT, mode_name(client.proxy_mode),
+                    host=normalize_host(f.request.host) if f.request.host else "", sni=sni,
+                    method=f.request.method, path=f.request.path, action="deny",
+                    rejected_by=f"mitmproxy: {data.message}", status_code=data.status)
+        self._record(v, client.peername[0])
 
     def _agent(self, ctx) -> str:
         ident = self._identify(ctx.client)

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import certifi
@@ -62,11 +63,54 @@ def ca_key_pem(cfg: Config, source: str) -> bytes:
     return key
 
 
+CONFDIR_PREFIX = "agentctl-proxy-"
+_OWNER = "owner"  # in each confdir: "<pid> <start time>" of the proxy that made it
+
+
+def _process_id(pid: int) -> str | None:
+    """"<pid> <start time in clock ticks>" (/proc/PID/stat field 22), None if no such
+    process: a pid alone could have been reused by another process since."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid} {stat.rpartition(')')[2].split()[19]}"
+
+
+def remove_stale_confdirs(base: str | None) -> list[Path]:
+    """Remove the confdirs (each holds a copy of the CA key) that proxies killed without
+    cleaning up (SIGKILL, OOM) left behind: ours (same uid), whose owner is gone. A dir
+    without an owner file is stale once a minute old (one being made has it at once)."""
+    removed = []
+    root = Path(base or tempfile.gettempdir())
+    for d in root.glob(CONFDIR_PREFIX + "*"):
+        try:
+            st = d.lstat()
+            if not d.is_dir() or d.is_symlink() or st.st_uid != os.getuid():
+                continue
+            try:
+                owner = (d / _OWNER).read_text().strip()
+            except FileNotFoundError:
+                owner = None
+            if owner is None and time.time() - st.st_mtime < 60:
+                continue
+            if owner is not None and _process_id(int(owner.split()[0])) == owner:
+                continue  # a running proxy's
+        except (OSError, ValueError, IndexError):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
 def prepare_confdir(cfg: Config, source: str) -> Path:
     """A private directory (tmpfs when there is one) with mitmproxy's CA file and trust bundle."""
     key = ca_key_pem(cfg, source)  # before the directory exists: a bad key leaves nothing behind
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    d = Path(tempfile.mkdtemp(prefix="agentctl-proxy-", dir=base))  # 0700
+    for stale in remove_stale_confdirs(base):
+        log.warning("removed %s, left behind by a proxy that was killed", stale)
+    d = Path(tempfile.mkdtemp(prefix=CONFDIR_PREFIX, dir=base))  # 0700
+    (d / _OWNER).write_text((_process_id(os.getpid()) or str(os.getpid())) + "\n")
     fd = os.open(d / "mitmproxy-ca.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key.rstrip() + b"\n" + Path(cfg.tls.ca_cert).read_bytes())
@@ -135,6 +179,7 @@ class ProxyApp:
         else:
             self.audit.reopen()  # SIGHUP is also logrotate's postrotate signal
         limits.install(cfg.proxy.max_request_body_bytes)
+        self.addon.refusals.budget.configure(cfg.log.refusal_burst, cfg.log.refusal_rate)
         self.addon.rt = rt
         self.cfg = cfg
         self.reloads += 1

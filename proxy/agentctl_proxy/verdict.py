@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from mitmproxy import connection, http
 from mitmproxy.proxy import mode_specs
 
-from agentctl_proxy.audit import AuditLog
+from agentctl_proxy.audit import AuditLog, BudgetedAudit, RefusalBudget
 from agentctl_proxy.policy import Identity
 from agentctl_proxy.runtime import Runtime
 
@@ -61,6 +61,10 @@ class AuditTrail:
     def __init__(self, runtime: Runtime, audit: AuditLog) -> None:
         self.rt = runtime
         self.audit = audit
+        budget = RefusalBudget()  # the config's defaults (a trail without a runtime: unit tests)
+        if runtime is not None:
+            budget.configure(runtime.config.log.refusal_burst, runtime.config.log.refusal_rate)
+        self.refusals = BudgetedAudit(lambda: self.audit, budget)
 
     def _identify(self, client: connection.Client) -> Identity | None:
         return self.rt.policy.identify(client.peername[0])
@@ -82,6 +86,9 @@ class AuditTrail:
     def _record(self, v: Verdict, remote: str) -> bool:
         """Write the decision line, once; False if it is not on disk."""
         if v.recorded:
+            return True
+        if v.action != "allow" and not self.refusals.admit(v.agent, remote, v.mode, v.rejected_by or ""):
+            v.recorded = True  # over the agent's audit budget: counted in its next summary line
             return True
         v.recorded = self._write(v, remote)
         v.forwarded = v.recorded and v.action == "allow"

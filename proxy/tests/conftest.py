@@ -22,11 +22,13 @@ import trustme
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from upstream import Upstream, free_port  # noqa: E402
+from upstream import RawUpstream, Upstream, free_port  # noqa: E402
 
 from agentctl_proxy.ca import init_ca  # noqa: E402
 
 UP_OK, UP_DENIED = "127.0.0.2", "127.0.0.3"
+# raw, byte-logging upstreams (upstream.RawUpstream): HTTP/1.1 only, and h2 + HTTP/1.1
+UP_H1, UP_H2 = "127.0.0.4", "127.0.0.5"
 SCOUT, BUILDER, STRANGER = "127.0.0.11", "127.0.0.12", "127.0.0.1"
 TEST_DENY = ["0.0.0.0/8", "10.0.0.0/8", "169.254.0.0/16", "127.0.0.1/32", "127.0.0.3/32", "::1/128"]
 
@@ -37,7 +39,8 @@ def pki(tmp_path_factory):
     up_ca = trustme.CA()
     up_ca.cert_pem.write_to_path(str(d / "upstream-ca.pem"))
     leaf = up_ca.issue_cert("api.example.test", "files.example.test", "other.example.test",
-                            "rebind.example.test", "imds.example.test", "127.0.0.2", "127.0.0.3")
+                            "rebind.example.test", "imds.example.test", "h1.example.test", "h2.example.test",
+                            "127.0.0.2", "127.0.0.3")
     leaf.private_key_and_cert_chain_pem.write_to_path(str(d / "upstream.pem"))
     cert, key = init_ca(d / "proxy-ca")
     return {"dir": d, "upstream_ca": str(d / "upstream-ca.pem"), "upstream_pem": str(d / "upstream.pem"),
@@ -52,6 +55,16 @@ def upstreams(pki):
         "plain80": Upstream(UP_OK, 80),
         "denied443": Upstream(UP_DENIED, 443, pki["upstream_pem"]),
     }
+    yield servers
+    for s in servers.values():
+        s.close()
+
+
+@pytest.fixture(scope="session")
+def raw_upstreams(pki):
+    """HTTP/1.1-only and h2-capable upstreams that log every byte (the framing tests)."""
+    servers = {"h1": RawUpstream(UP_H1, 443, pki["upstream_pem"], ["http/1.1"]),
+               "h2": RawUpstream(UP_H2, 443, pki["upstream_pem"], ["h2", "http/1.1"])}
     yield servers
     for s in servers.values():
         s.close()
@@ -203,8 +216,10 @@ def status_of(response: bytes) -> int | None:
         return None
 
 
-def h2_exchange(sock, headers: list[tuple[str, str]], timeout: float = 5) -> tuple[int | None, str]:
-    """One HTTP/2 request with exactly these headers (no client-side validation);
+def h2_exchange(sock, headers: list[tuple[str, str]], timeout: float = 5, body: bytes | None = None,
+                trailers: list[tuple[str, str]] | None = None) -> tuple[int | None, str]:
+    """One HTTP/2 request with exactly these headers (no client-side validation), then
+    DATA with `body` and a trailing HEADERS frame with `trailers` if given;
     (status or None, how it ended: "ended", "reset", "goaway", "closed" or "error")."""
     import h2.config
     import h2.connection
@@ -214,7 +229,11 @@ def h2_exchange(sock, headers: list[tuple[str, str]], timeout: float = 5) -> tup
         client_side=True, header_encoding="utf-8", validate_outbound_headers=False,
         normalize_outbound_headers=False, validate_inbound_headers=False))
     conn.initiate_connection()
-    conn.send_headers(1, headers, end_stream=True)
+    conn.send_headers(1, headers, end_stream=body is None and trailers is None)
+    if body is not None:
+        conn.send_data(1, body, end_stream=trailers is None)
+    if trailers is not None:
+        conn.send_headers(1, trailers, end_stream=True)
     sock.settimeout(timeout)
     sock.sendall(conn.data_to_send())
     status = None

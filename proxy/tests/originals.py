@@ -119,9 +119,11 @@ def is_valid_name(host: str) -> bool:
 
 
 def header_problem(req: http.Request) -> str | None:
+    # (not verbatim since issue 16: control bytes other than HTAB, and non-token names)
+    token = set(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
     for name, value in req.headers.fields:
-        if any(c in value for c in b"\r\n\x00") or any(c in name for c in b"\r\n\x00: "):
-            return "header with CR, LF or NUL"
+        if any((c < 0x20 and c != 0x09) or c == 0x7F for c in value) or not name or any(c not in token for c in name):
+            return "header with a control character or a name that is not a token"
     if "transfer-encoding" in req.headers and "content-length" in req.headers:
         return "both Content-Length and Transfer-Encoding"
     lengths = req.headers.get_all("content-length")

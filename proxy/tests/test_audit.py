@@ -75,6 +75,7 @@ from enum import IntEnum  # noqa: E402
 import originals  # noqa: E402
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
+from agentctl_proxy import audit  # noqa: E402
 from agentctl_proxy.audit import _Clock, encode_line  # noqa: E402
 
 
@@ -97,7 +98,59 @@ values = st.one_of(scalars, st.lists(st.text(max_size=6), max_size=3), st.lists(
 @settings(max_examples=600, deadline=None)
 @given(st.lists(values, min_size=len(KEYS), max_size=len(KEYS)))
 def test_encode_line_is_what_json_dumps_wrote(vals):
-    assert encode_line(tuple(vals)) == originals.audit_line(dict(zip(KEYS, vals)))
+    """Within the value bounds (lifted here: hypothesis values pass the small ones)."""
+    saved = audit._LIMITS
+    audit._LIMITS = tuple(10**9 for _ in KEYS)
+    try:
+        assert encode_line(tuple(vals)) == originals.audit_line(dict(zip(KEYS, vals)))
+    finally:
+        audit._LIMITS = saved
+
+
+# ----------------------------------------------------------------- bounds (issue 16)
+
+_WORST = ["\U0001f600", "\x00", "a", "\udcff", '"']  # 12, 6, 1, 6 and 2 bytes in JSON
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(_WORST), min_size=0, max_size=3000), min_size=len(KEYS),
+                max_size=len(KEYS)))
+def test_no_line_passes_the_fixed_maximum_and_cut_values_are_marked(vals):
+    line = encode_line(tuple(vals))
+    assert len(line) <= audit.MAX_LINE_BYTES
+    rec = json.loads(line)
+    for k, v in zip(KEYS, vals):
+        if rec[k] != v:  # cut: a prefix of the value, then the mark with its full length
+            mark = audit.CUT_MARK % len(v)
+            assert rec[k].endswith(mark) and v.startswith(rec[k][: -len(mark)])
+
+
+def test_a_4_mib_path_costs_one_bounded_line(tmp_path):
+    log = AuditLog(str(tmp_path / "a.jsonl"))
+    log.write(event="decision", path="/" + "A" * (4 << 20), action="deny")
+    data = (tmp_path / "a.jsonl").read_bytes()
+    assert len(data) <= audit.MAX_LINE_BYTES and json.loads(data)["path"].endswith("[cut: 4194305 chars]")
+
+
+def test_refusal_budget_is_a_bucket_per_agent():
+    now = [0.0]
+    b = audit.RefusalBudget(burst=3, per_second=0.5, clock=lambda: now[0])
+    assert [b.take("scout") for _ in range(4)] == [True, True, True, False]
+    assert b.take("builder")  # its own bucket
+    now[0] = 2.0  # one token back
+    assert [b.take("scout") for _ in range(2)] == [True, False]
+
+
+def test_over_budget_lines_become_one_summary_line(tmp_path):
+    log = AuditLog(str(tmp_path / "a.jsonl"))
+    budgeted = audit.BudgetedAudit(lambda: log, audit.RefusalBudget(burst=2, per_second=0.001))
+    admitted = [budgeted.admit("scout", "127.0.0.11", "tunnel", f"reason {i}") for i in range(50)]
+    assert admitted == [True, True] + [False] * 48
+    budgeted.flush("scout")
+    budgeted.flush("scout")  # nothing more held: nothing written
+    lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["event"] == "suppressed" and lines[0]["agent"] == "scout"
+    assert "48 more lines" in lines[0]["rejected_by"] and "reason 49" in lines[0]["rejected_by"]
 
 
 def test_write_and_write_values_write_the_same_line(tmp_path):

@@ -87,6 +87,8 @@ def test_documented_example_loads(write):
     (lambda d: d["agents"].append({"name": "b", "sources": ["10.0.2.0/24"]}), "overlaps"),
     (lambda d: d["tls"].pop("ca_cert"), "tls.ca_cert: required key is missing"),
     (lambda d: d["transforms"][0]["config"]["rules"][0].update(paths=["/a/../b"]), "dot segments never match"),
+    (lambda d: d.setdefault("log", {}).update(refusal_burst=0), "log.refusal_burst: "),
+    (lambda d: d.setdefault("log", {}).update(refusal_rate="fast"), "log.refusal_rate: "),
 ])
 def test_bad_config_one_line_with_key_path(write, mutate, expected):
     data = yaml.safe_load(EXAMPLE)

@@ -19,7 +19,7 @@ import pytest
 from mitmproxy import dns as mdns
 from mitmproxy.net.dns import response_codes, types
 
-from conftest import (BUILDER, SCOUT, STRANGER, UP_OK, base_config, client_tls_context,
+from conftest import (BUILDER, SCOUT, STRANGER, UP_H1, UP_H2, UP_OK, base_config, client_tls_context,
                       connect_tunnel, free_port, h2_exchange, http_exchange, status_of)
 
 from agentctl_proxy.dns_server import DNSMessage
@@ -29,7 +29,7 @@ QKEY = "q-key-value-abcdef"
 
 
 @pytest.fixture(scope="module")
-def proxy(pki, upstreams, start_proxy, tmp_path_factory):
+def proxy(pki, upstreams, raw_upstreams, start_proxy, tmp_path_factory):
     work = tmp_path_factory.mktemp("battery")
     (work / "pat").write_text(PAT + "\n")
     cfg = base_config(pki, work, https_listen=f"127.0.0.1:{free_port()}",
@@ -40,7 +40,9 @@ def proxy(pki, upstreams, start_proxy, tmp_path_factory):
         "records": [
             {"name": n, "type": "A", "value": UP_OK}
             for n in ("api.example.test", "files.example.test", "other.example.test")
-        ] + [{"name": "rebind.example.test", "type": "A", "value": "127.0.0.3"},
+        ] + [{"name": "h1.example.test", "type": "A", "value": UP_H1},
+             {"name": "h2.example.test", "type": "A", "value": UP_H2},
+             {"name": "rebind.example.test", "type": "A", "value": "127.0.0.3"},
              {"name": "imds.example.test", "type": "A", "value": "169.254.169.254"}],
         "passthrough": ["localhost"],
     }
@@ -60,13 +62,17 @@ def proxy(pki, upstreams, start_proxy, tmp_path_factory):
                  {"host": "api.example.test", "methods": ["GET"], "paths": ["/ws/*"]},
                  {"cidr": "127.0.0.0/24", "methods": ["GET"], "paths": ["/v1/*"]},
                  {"host": "api.example.test", "methods": ["GET"], "paths": ["/plain/*"], "ports": [80]},
+                 {"host": "h1.example.test", "methods": ["GET", "POST"], "paths": ["/v1/*"]},
+                 {"host": "h2.example.test", "methods": ["GET", "POST"], "paths": ["/v1/*"]},
              ]}},
              {"name": "secrets", "config": {"secrets": [
                  {"name": "github-pat", "source": {"type": "file", "path": str(work / "pat"), "ttl": "15m"},
                   "inject": {"header": "Authorization", "formatter": "Bearer {{ .Value }}"},
                   "rules": [{"host": "api.example.test", "methods": ["GET", "POST"], "paths": ["/v1/secret/*"]},
                             {"host": "api.example.test", "methods": ["GET"], "paths": ["/plain/secret/*"],
-                             "ports": [80]}]},
+                             "ports": [80]},
+                            {"host": "h1.example.test", "methods": ["POST"], "paths": ["/v1/secret/*"]},
+                            {"host": "h2.example.test", "methods": ["POST"], "paths": ["/v1/secret/*"]}]},
                  {"name": "broken", "source": {"type": "file", "path": str(work / "missing")},
                   "inject": {"header": "X-Api-Key"},
                   "rules": [{"host": "api.example.test", "methods": ["GET"], "paths": ["/v1/broken/*"]}]},
@@ -81,6 +87,8 @@ def proxy(pki, upstreams, start_proxy, tmp_path_factory):
          "transforms": [{"name": "allowlist", "config": {"rules": [
              {"host": "files.example.test", "methods": ["GET"], "paths": ["/builder/*"]}]}}]},
     ]
+    # this battery refuses on purpose, fast: no audit line may be left to the budget
+    cfg["log"]["refusal_burst"] = 1_000_000
     return start_proxy(cfg, env={"AGENTCTL_TEST_QKEY": QKEY}, workdir=work)
 
 
@@ -444,6 +452,101 @@ def test_obs_fold_header_refused(proxy, pki):
     resp = raw_request(proxy, pki, "api.example.test:443",
                        b"GET /v1/x HTTP/1.1\r\nHost: api.example.test\r\nX-A: a\r\n b\r\n\r\n")
     assert status_of(resp) in (400, 403) or resp == b""
+
+
+# ------------------------------------------- HTTP/2 client, HTTP/1.1 upstream (issue 16)
+# mitmproxy converts an HTTP/2 request for an HTTP/1.1 upstream without framing its body
+# (proxy/layers/http/_http1.py, Http1Client.send): a body without content-length was
+# read by the upstream as a second request, with any method, path and credential, never
+# decided or audited. The upstreams here log every byte and parse it as a strict server.
+
+SMUGGLED = (b"DELETE /v1/admin/users?who=all HTTP/1.1\r\nHost: h1.example.test\r\n"
+            b"Authorization: Bearer agents-own\r\nContent-Length: 0\r\n\r\n")
+
+
+def _h2_via(proxy, pki, how, host):
+    """An h2 connection to `host` through the tunnel, or to the DNS-mode HTTPS listener."""
+    if how == "tunnel":
+        sock = connect_tunnel(proxy, SCOUT, f"{host}:443", pki["ca_cert"], alpn=["h2"])
+    else:
+        sock = _tls_to(proxy, pki, "https_listen", sni=host, alpn=["h2"])
+    assert sock.selected_alpn_protocol() == "h2"
+    return sock
+
+
+def _h2_post(host, path, extra=()):
+    return [(":method", "POST"), (":scheme", "https"), (":path", path), (":authority", host), *extra]
+
+
+@pytest.mark.parametrize("how", ["tunnel", "dns-https"])
+@pytest.mark.parametrize("up", ["h1", "h2"])
+@pytest.mark.parametrize("path", ["/v1/allowed/x", "/v1/secret/x"])  # the second carries the injected PAT
+def test_http2_body_without_length_reaches_the_upstream_as_one_framed_request(proxy, pki, raw_upstreams,
+                                                                               how, up, path):
+    host, server = f"{up}.example.test", raw_upstreams[up]
+    before = len(server.requests)
+    with _h2_via(proxy, pki, how, host) as sock:
+        status, _ = h2_exchange(sock, _h2_post(host, path), body=SMUGGLED)
+    assert status == 200
+    time.sleep(0.3)  # a second request would be parsed right after the first
+    got = server.requests[before:]
+    assert [(m, t) for _, m, t, _, _ in got] == [("POST", path)], got
+    assert got[0][4] == SMUGGLED  # the body arrived as the body, framed by content-length
+    assert not any(b"agents-own" in raw and b"DELETE" not in raw for raw in server.raw)  # logged bytes agree
+    rec = proxy.last_audit(path=path, host=host, event="decision")
+    assert rec["action"] == "allow" and rec["method"] == "POST"
+
+
+@pytest.mark.parametrize("how", ["tunnel", "dns-https"])
+@pytest.mark.parametrize("up", ["h1", "h2"])
+def test_http2_request_trailers_are_refused_not_sent_unframed(proxy, pki, raw_upstreams, how, up):
+    """Http1Client.send fails on trailers (AssertionError) after the body went out
+    unframed; refused before anything goes upstream, whatever the upstream speaks."""
+    host, server = f"{up}.example.test", raw_upstreams[up]
+    before, raw_before = len(server.requests), sum(map(len, server.raw))
+    with _h2_via(proxy, pki, how, host) as sock:
+        status, _ = h2_exchange(sock, _h2_post(host, "/v1/trailers"), body=SMUGGLED,
+                                trailers=[("x-checksum", "1")])
+    assert status == 400
+    assert server.requests[before:] == [] and sum(map(len, server.raw)) == raw_before
+    rec = proxy.last_audit(path="/v1/trailers", host=host)
+    assert rec["action"] == "deny" and rec["rejected_by"] == "unframed request"
+    assert "AssertionError" not in proxy.logs()
+
+
+@pytest.mark.parametrize("proto", ["HTTP/1.1", "HTTP/2"])
+def test_method_is_forwarded_as_the_decision_saw_it(proxy, pki, raw_upstreams, proto):
+    server = raw_upstreams["h1"]
+    before = len(server.requests)
+    if proto == "HTTP/1.1":
+        resp = raw_request(proxy, pki, "h1.example.test:443", get("/v1/lower", host="h1.example.test").replace(
+            b"GET", b"get", 1))
+        assert status_of(resp) == 200
+    else:
+        with _h2_via(proxy, pki, "tunnel", "h1.example.test") as sock:
+            head = [(":method", "get"), (":scheme", "https"), (":path", "/v1/lower"),
+                    (":authority", "h1.example.test")]
+            assert h2_exchange(sock, head)[0] == 200
+    assert [m for _, m, _, _, _ in server.requests[before:]] == ["GET"]
+    assert proxy.last_audit(path="/v1/lower", host="h1.example.test")["method"] == "GET"
+
+
+@pytest.mark.parametrize("value", ["a\x0bb", "a\x7fb", "a\x1bb", "a\x01b"])
+@pytest.mark.parametrize("proto", ["HTTP/1.1", "HTTP/2"])
+def test_control_bytes_in_header_values_refused(proxy, pki, raw_upstreams, value, proto):
+    server = raw_upstreams["h1"]
+    before, lines = len(server.requests), len(proxy.audit())
+    if proto == "HTTP/1.1":
+        resp = raw_request(proxy, pki, "h1.example.test:443",
+                           get("/v1/ctl", host="h1.example.test", extra=f"X-A: {value}\r\n"))
+        status = status_of(resp)
+    else:
+        with _h2_via(proxy, pki, "tunnel", "h1.example.test") as sock:
+            status, _ = h2_exchange(sock, _h2_get("/v1/ctl", authority="h1.example.test",
+                                                  extra=[("x-a", value)]))
+    assert status in (400, None)  # None: mitmproxy's own parser refused the head
+    assert server.requests[before:] == []
+    assert _new_deny(proxy, lines)
 
 
 # ---------------------------------------------------------------------- bodies

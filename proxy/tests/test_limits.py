@@ -13,7 +13,14 @@ from mitmproxy.proxy.layers.http import HttpErrorHook, HttpRequestHeadersHook, H
 from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 from mitmproxy.test import tflow
 
-from agentctl_proxy import limits
+from agentctl_proxy import limits, protocol_errors
+
+
+def _source(state: str) -> str:
+    """mitmproxy's own method (protocol_errors.py wraps the first one when installed)."""
+    if state == "state_wait_for_request_headers":
+        return inspect.getsource(protocol_errors._WAIT_FOR_HEADERS)
+    return inspect.getsource(getattr(HttpStream, state))
 
 ORIGINAL = limits.MITMPROXY_CHECK_BODY_SIZE
 
@@ -35,12 +42,12 @@ def test_replaced_method_has_the_shape_we_replace():
     ("state_consume_response_body", "self.check_body_size(False)"),
 ])
 def test_mitmproxy_still_calls_it_where_we_rely_on_it(state, call):
-    assert call in inspect.getsource(getattr(HttpStream, state))
+    assert call in _source(state)
 
 
 def test_early_check_runs_before_the_requestheaders_hook():
     """We yield the headers hook ourselves on an early refusal; mitmproxy must not too."""
-    src = inspect.getsource(HttpStream.state_wait_for_request_headers)
+    src = _source("state_wait_for_request_headers")
     assert src.index("self.check_body_size(True)") < src.index("HttpRequestHeadersHook(self.flow)")
 
 

@@ -12,18 +12,30 @@ from mitmproxy.proxy.commands import CloseConnection, SendData
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._http1 import Http1Server
+from mitmproxy.proxy.layers.http import HttpStream, SendHttp
+from mitmproxy.proxy.layers.http._events import ResponseProtocolError
+from mitmproxy.proxy.layers.http._http1 import Http1Connection
 from mitmproxy.proxy.layers.http._http2 import Http2Connection, Http2Server
 from mitmproxy.test import tflow
 
+from agentctl_proxy import bounds
 from agentctl_proxy import protocol_errors as pe
 
 
 @pytest.fixture
 def installed():
     h1, h2 = Http1Server.read_headers, Http2Server.__dict__.get("protocol_error")
+    wait, headers = Http1Server.__dict__.get("wait"), HttpStream.state_wait_for_request_headers
+    h2_init = Http2Server.__init__
     pe.install()
     yield
+    Http2Server.__init__ = h2_init
     Http1Server.read_headers = h1
+    HttpStream.state_wait_for_request_headers = headers
+    if wait is not None:
+        Http1Server.wait = wait
+    elif "wait" in Http1Server.__dict__:
+        del Http1Server.wait
     if h2 is not None:
         Http2Server.protocol_error = h2
     elif "protocol_error" in Http2Server.__dict__:
@@ -80,3 +92,72 @@ def test_h1_unparseable_head_yields_the_hook_before_the_400(installed, head, hoo
         assert hooks == [sent - 1] and cmds[sent].data.startswith(b"HTTP/1.1 400 ")
     else:
         assert hooks == []
+
+
+# ------------------------------------------------ the bounds and refusals of issue 16
+
+
+def test_mitmproxy_still_buffers_http1_heads_and_waits_as_we_wrap():
+    src = inspect.getsource(pe._H1_READ_HEADERS)
+    assert "self.buf.maybe_extract_lines()" in src  # the head is cut from self.buf once it ends
+    assert "self.buf += event.data" in inspect.getsource(Http1Connection._handle_event)  # in every state
+    assert "def wait(" in inspect.getsource(Http1Connection) and "wait" not in vars(Http1Server) or \
+        Http1Server.wait is pe._h1_bounded_wait
+    assert "self.state = self.wait" in inspect.getsource(Http1Server.mark_done)
+
+
+def test_h2_still_bounds_header_blocks_at_64_kib():
+    import h2.connection
+    import h2.frame_buffer
+
+    assert h2.connection.H2Connection.DEFAULT_MAX_HEADER_LIST_SIZE == 2**16
+    assert h2.frame_buffer.CONTINUATION_BACKLOG == 64
+
+
+def test_mitmproxy_answers_a_request_without_host_itself():
+    src = inspect.getsource(pe._WAIT_FOR_HEADERS)
+    assert "HTTP request has no host header, destination unknown." in src
+    assert src.index("no host header") < src.index("HttpRequestHeadersHook(self.flow)")
+
+
+def _h1_events(server, ctx, data):
+    return list(server.handle_event(events.DataReceived(ctx.client, data)))
+
+
+def test_unterminated_h1_head_gets_431_and_the_hook_once_past_the_bound(installed):
+    ctx = _ctx()
+    server = Http1Server(ctx)
+    list(server.handle_event(events.Start()))
+    assert _h1_events(server, ctx, b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * (bounds.MAX_HEAD_BYTES - 100)) == []
+    cmds = _h1_events(server, ctx, b"a" * 200)
+    assert isinstance(cmds[0], pe.ClientProtocolErrorHook) and cmds[0].data.reason == "request head too large"
+    assert cmds[1].data.startswith(b"HTTP/1.1 431 ") and isinstance(cmds[2], CloseConnection)
+    assert len(server.buf) == 0  # the memory is given back at once
+
+
+def test_request_without_host_yields_the_refusal_hook_before_the_400(installed):
+    from mitmproxy import http
+    from mitmproxy.proxy.layers.http import HTTPMode
+    from mitmproxy.proxy.layers.http._events import RequestHeaders
+
+    stream = HttpStream(_ctx(), stream_id=1)
+    stream.__dict__["mode"] = HTTPMode.regular  # a cached_property read from the parent layer
+    list(stream.handle_event(events.Start()))
+    req = http.Request("", 0, b"GET", b"", b"", b"/v1/x", b"HTTP/1.1", http.Headers(), b"", None, 0, 0)
+    cmds = list(stream.handle_event(RequestHeaders(1, req, True)))
+    kinds = [type(c) for c in cmds]
+    assert pe.RequestRefusedHook in kinds
+    refused = kinds.index(pe.RequestRefusedHook)
+    assert isinstance(cmds[refused + 1], SendHttp) and isinstance(cmds[refused + 1].event, ResponseProtocolError)
+    assert cmds[refused].data.status == 400 and "no host header" in cmds[refused].data.message
+
+
+def test_client_h2_connections_announce_and_enforce_the_stream_bound(installed):
+    import h2.connection
+
+    assert "SettingCodes.MAX_CONCURRENT_STREAMS: 100" in inspect.getsource(h2.connection.H2Connection.__init__)
+    assert "self.local_settings.acknowledge()" in inspect.getsource(pe._H2_SERVER_INIT.__globals__["BufferedH2Connection"])
+    server = Http2Server(_ctx())
+    assert server.h2_conn.local_settings.max_concurrent_streams == bounds.MAX_H2_STREAMS
+    sent = list(server.handle_event(events.Start()))[0].data  # the server preface: SETTINGS
+    assert (3).to_bytes(2, "big") + bounds.MAX_H2_STREAMS.to_bytes(4, "big") in sent
