@@ -22,7 +22,8 @@ from agentctl.model import Agent, Deployment
 from agentctl.outdir import check_out, write_atomically
 from agentctl.proxyconfig import proxy_config
 from agentctl.resources import ROLES, TEMPLATES
-from agentctl.secrets import TAILSCALE_AUTHKEY_PATH
+from agentctl.secrets import (CA_KEY_PATH, INSTALL_SECRET_BIN, SECRET_OWNERS, SECRETS_DIR,
+                              TAILSCALE_AUTHKEY_PATH)
 from agentctl.stackfile import load, stack_path
 from agentctl.userdata import check_user_data_limits
 
@@ -117,6 +118,9 @@ def _common(d: Deployment, *, name: str, role: str, private_ip: str, stack: str,
         "watched_service": watched_service(role),
         "tailscale_enabled": role == "proxy" and d.tailscale is not None,
         "tailscale_authkey_path": TAILSCALE_AUTHKEY_PATH,
+        # Secrets are pushed onto the proxy only (Hetzner): the command that writes them.
+        "install_secret_bin": INSTALL_SECRET_BIN if role == "proxy" else None,
+        "secrets_dir": SECRETS_DIR, "ca_key_path": CA_KEY_PATH, "secret_owners": SECRET_OWNERS,
         "heartbeat_url": d.heartbeat_url,
         "backups_enabled": False, "backup_marker": BACKUP_MARKER,
         "heartbeat_curl_proxy": f"--proxy {proxy_url}" if role == "agent" else "",
