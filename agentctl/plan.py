@@ -57,6 +57,61 @@ def clean(value: Any) -> Any:
     return value
 
 
+OPTION_KEYS = ("parent", "dependsOn", "deleteBeforeReplace", "replaceOnChanges", "ignoreChanges", "protect",
+               "provider", "replacementTrigger")
+
+
+def _resource_name(resource: Any, names: dict[int, str]) -> str | None:
+    return None if resource is None else names.get(id(resource), "[outside the program]")
+
+
+def option_recorder(options: dict[str, dict[str, Any]]):
+    """A stack transformation (Pulumi's public `register_stack_transformation`, run by the
+    SDK itself, so it sees every resource under mocks too) that records the options each
+    resource is declared with, as the engine would receive them, by resource name.
+    Resources are named by the names they were declared with: parent and dependsOn name
+    other resources of this program; `provider: null` is the package's default provider."""
+    import pulumi
+
+    names: dict[int, str] = {}
+
+    def record(args: pulumi.ResourceTransformationArgs) -> None:
+        names[id(args.resource)] = args.name
+        o = args.opts or pulumi.ResourceOptions()
+        depends = o.depends_on if isinstance(o.depends_on, (list, tuple)) else [o.depends_on] if o.depends_on else []
+        options[args.name] = {
+            "parent": _resource_name(o.parent, names),
+            "dependsOn": sorted(_resource_name(r, names) for r in depends),
+            "deleteBeforeReplace": bool(o.delete_before_replace),
+            "replaceOnChanges": sorted(o.replace_on_changes or []),
+            "ignoreChanges": sorted(o.ignore_changes or []),
+            "protect": bool(o.protect),
+            "provider": _resource_name(o.provider, names),
+            # The value is the program's business (a digest); whether there is one is the fact.
+            "replacementTrigger": o.replacement_trigger is not None,
+        }
+        return None
+
+    return record
+
+
+# What the mocked Hetzner project already holds (tests add keys here): [{id, name,
+# fingerprint, publicKey, labels}].
+MOCK_HCLOUD_SSH_KEYS: list[dict[str, Any]] = []
+
+
+def mock_zones(region: str) -> list[dict[str, str]]:
+    """A region as DescribeAvailabilityZones answers an account that opted in to a Local
+    Zone, which sorts first."""
+    return [{"name": f"{region}-atl-2a", "zone-type": "local-zone", "opt-in-status": "opted-in"},
+            {"name": f"{region}a", "zone-type": "availability-zone", "opt-in-status": "opt-in-not-required"},
+            {"name": f"{region}b", "zone-type": "availability-zone", "opt-in-status": "opt-in-not-required"}]
+
+
+def _matches(zone: dict[str, str], filters: list[dict[str, Any]]) -> bool:
+    return all(zone.get(f["name"]) in f["values"] for f in filters)
+
+
 def mock_id(name: str) -> str:
     """The id the mocks give a (non-hcloud) resource: how inputs refer to it in a plan."""
     return f"{name}-id"
@@ -87,7 +142,10 @@ def _mocks(records: list[dict[str, Any]], region: str):
             if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
                 return {"accountId": PLACEHOLDER_ACCOUNT, "arn": "", "id": PLACEHOLDER_ACCOUNT, "userId": ""}
             if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-                return {"names": [f"{region}a", f"{region}b"], "zoneIds": [], "id": region}
+                names = [z["name"] for z in mock_zones(region) if _matches(z, args.args.get("filters") or [])]
+                return {"names": names, "zoneIds": [], "id": region}
+            if args.token == "hcloud:index/getSshKeys:getSshKeys":
+                return {"id": "ssh-keys", "sshKeys": list(MOCK_HCLOUD_SSH_KEYS)}
             if args.token == "aws:ec2/getAmi:getAmi":
                 return {"id": PLACEHOLDER_AMI, "imageId": PLACEHOLDER_AMI}
             return {}
@@ -125,6 +183,7 @@ def evaluate_with_outputs(project_dir: Path, stack: str) -> tuple[list[dict[str,
     from agentctl.ca import ca_dir, ensure_ca
 
     records: list[dict[str, Any]] = []
+    options: dict[str, dict[str, Any]] = {}
     outputs: dict[str, Any] = {}
     config, secret_keys = runtime_config(stack_config)
     with tempfile.TemporaryDirectory(prefix="agentctl-plan-") as scratch:
@@ -134,6 +193,7 @@ def evaluate_with_outputs(project_dir: Path, stack: str) -> tuple[list[dict[str,
         pulumi.runtime.set_mocks(_mocks(records, deployment.region), project=project, stack=stack, preview=False)
 
         async def run() -> None:
+            pulumi.runtime.register_stack_transformation(option_recorder(options))
             declared, _ = program.load_from_runtime(stack)
             program.declare(declared, ca.cert_pem, ca.fingerprint_sha256, ca.key_path.read_text(),
                             project=project, stack=stack)
@@ -148,6 +208,8 @@ def evaluate_with_outputs(project_dir: Path, stack: str) -> tuple[list[dict[str,
             raise
         except ValueError as exc:  # e.g. user-data over EC2's limit
             raise ConfigError(source, f"{NAMESPACE}:", str(exc)) from None
+    for record in records:
+        record["options"] = options.get(record["name"], {})
     return sorted(records, key=lambda r: r["name"]), outputs
 
 

@@ -29,4 +29,7 @@ TAILSCALE_AUTHKEY_PATH = "/etc/agentctl/tailscale-authkey"
 # its standard input is the secret, and sudoers(5) logs a piped stdin under log_input.
 INSTALL_SECRET_BIN = "/usr/local/sbin/agentctl-install-secret"
 # Owners a pushed file may get: the proxy's service user, or root (Tailscale's key).
-SECRET_OWNERS = ("agentctl-proxy", "root")
+# owner or owner:group; the proxy's config is root's, readable by the proxy's group.
+SECRET_OWNERS = ("agentctl-proxy", "root", "root:agentctl-proxy")
+# The proxy's policy: in user-data at first boot, pushed with the secrets on Hetzner.
+PROXY_CONFIG_PATH = "/etc/agentctl-proxy/config.yaml"

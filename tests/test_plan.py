@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from agentctl.plan import SECRET_PLACEHOLDER, clean, runtime_config
+from agentctl.plan import OPTION_KEYS, SECRET_PLACEHOLDER, clean, runtime_config
 from agentctl.secrets import ca_key_parameter_name, ssm_parameter_name
 from tests.test_stacks_harness import ROOT, make_project
 
@@ -18,14 +18,15 @@ def agentctl(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("stack,component,count", [("example-aws", "agentctl:aws:Deployment", 60),
+@pytest.mark.parametrize("stack,component,count", [("example-aws", "agentctl:aws:Deployment", 61),
                                                     ("example-hcloud", "agentctl:hcloud:Deployment", 11)])
 def test_plan_json_lists_every_resource(stack, component, count):
     proc = agentctl("plan", "--stack", stack, "--json")
     assert proc.returncode == 0, proc.stderr
     resources = json.loads(proc.stdout)
     assert len(resources) == count
-    assert all(set(r) == {"type", "name", "inputs"} for r in resources)
+    assert all(set(r) == {"type", "name", "inputs", "options"} for r in resources)
+    assert all(set(r["options"]) == set(OPTION_KEYS) for r in resources)
     assert [r["type"] for r in resources if r["name"] == "agentctl"] == [component]
     # camelCase inputs, as the engine receives them
     assert any("userData" in r["inputs"] or "userDataBase64" in r["inputs"] for r in resources)

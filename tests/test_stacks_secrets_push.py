@@ -76,6 +76,7 @@ def installer(tmp_path: Path) -> str:
     script.write_text(env.get_template("install-secret.sh.j2").render(
         install_secret_bin=INSTALL_SECRET_BIN, secrets_dir=str(tmp_path / "secrets"),
         ca_key_path=str(tmp_path / "ca.key"), tailscale_authkey_path=str(tmp_path / "tailscale-authkey"),
+        proxy_config_path=str(tmp_path / "config.yaml"),
         secret_owners=(_owner_user(), "root")))
     script.chmod(0o755)
     return str(script)
