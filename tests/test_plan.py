@@ -102,3 +102,120 @@ def test_agent_imds_gets_the_stacks_aws_credentials(tmp_path):
                                                              "aws:secretKey": {"secure": "v1:x"}}))
     assert keyed["credentials"] == SECRET_PLACEHOLDER
     assert "credentials" not in _imds_inputs(tmp_path / "c", lambda c: None)
+
+
+def test_lab_stack_is_not_a_pulumi_stack():
+    proc = agentctl("plan", "--stack", "lab")
+    assert proc.returncode == 2
+    assert "agentctl lab up" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_aws_region_must_match_provider_region(tmp_path):
+    project = make_project(tmp_path, "example-aws", lambda c: c.update({"aws:region": "eu-west-1"}))
+    proc = agentctl("plan", "--stack", "example-aws", "--project-dir", str(project))
+    assert proc.returncode == 2 and "aws:region" in proc.stderr
+
+
+def test_runtime_config_is_what_the_engine_passes():
+    doc = yaml.safe_load((ROOT / "Pulumi.example-hcloud.yaml").read_text())["config"]
+    config, secret_keys = runtime_config(doc)
+    assert all(isinstance(v, str) for v in config.values())
+    assert json.loads(config["agentctl:network"]) == doc["agentctl:network"]
+    assert set(secret_keys) == {"agentctl:githubPat", "agentctl:tailscaleAuthKey"}
+    assert config["agentctl:githubPat"] == SECRET_PLACEHOLDER
+
+
+def test_clean_redacts_secrets_and_provider():
+    from pulumi.runtime import rpc
+
+    secret = {rpc._special_sig_key: rpc._special_secret_sig, "value": "hunter2"}
+    assert clean({"a": secret, "__provider": "pickled", "n": 80.0, "l": [1.5]}) == {
+        "a": SECRET_PLACEHOLDER, "__provider": "[dynamic provider]", "n": 80, "l": [1.5]}
+
+
+SECRET = {"secure": "v1:placeholder0000000000000000000000000000000000"}
+
+
+def _secret(name, *, config=None, source=None):
+    origin = {"from": {"config": config}} if config else {"source": source}
+    return {"name": name, **origin, "inject": {"header": "Authorization"},
+            "rules": [{"host": "api.github.com", "methods": ["GET"]}]}
+
+
+def _agent_proxy_with_secret_ca_key(c):
+    """The audit's case: an agent named `proxy` (the proxy renamed) with a secret `ca-key`."""
+    c["agentctl:proxy"]["name"] = "gateway"
+    c["agentctl:agents"].append({"name": "proxy", "runtime": {"command": {"exec": "/usr/bin/true"}},
+                                 "egress": {"secrets": [_secret("ca-key", config="caKeyLookalike")]}})
+    c["agentctl:caKeyLookalike"] = SECRET
+
+
+def _same_secret_twice(c):
+    c["agentctl:agents"][0]["egress"]["secrets"].append(_secret("github-pat", config="githubPat"))
+
+
+def _ssm_source(name, region=None):
+    def edit(c):
+        source = {"type": "aws_ssm", "name": name, **({"region": region} if region else {})}
+        c["agentctl:agents"][0]["egress"]["secrets"].append(_secret("extra", source=source))
+    return edit
+
+
+@pytest.mark.parametrize("stack,edit,key_path,words", [
+    ("example-aws", _same_secret_twice, "agentctl:agents[0].egress.secrets[2].name",
+     "agentctl:agents[0].egress.secrets[1]"),
+    ("example-hcloud", _same_secret_twice, "agentctl:agents[0].egress.secrets[1].name",
+     "/etc/agentctl-proxy/secrets/scout/github-pat"),
+    ("example-aws", _ssm_source("/other-team/prod/github-pat"), "agentctl:agents[0].egress.secrets[2].source.name",
+     "instance role cannot read it"),
+    ("example-aws", _ssm_source("/agentctl/example-aws-2/x"), "agentctl:agents[0].egress.secrets[2].source.name",
+     "outside this deployment's parameter path"),
+    ("example-aws", _ssm_source("/agentctl/example-aws/scout/x", region="eu-west-1"),
+     "agentctl:agents[0].egress.secrets[2].source.region", "us-east-1"),
+    ("example-aws", _ssm_source(ca_key_parameter_name("agentctl", "example-aws")),
+     "agentctl:agents[0].egress.secrets[2].source.name", "CA key"),
+])
+def test_secrets_that_would_collide_or_be_unreadable_exit_2(tmp_path, stack, edit, key_path, words):
+    """Refused before any resource is declared: one line, the key path, exit 2."""
+    project = make_project(tmp_path, stack, edit)
+    proc = agentctl("plan", "--stack", stack, "--project-dir", str(project), "--json")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and key_path in lines[0] and words in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_agent_named_proxy_never_shares_the_ca_keys_parameter(tmp_path):
+    """The audit's case. While the CA key's path is one an agent can produce, plan must
+    refuse the collision (exit 2, the key path); once it is not, both parameters exist."""
+    project = make_project(tmp_path, "example-aws", _agent_proxy_with_secret_ca_key)
+    proc = agentctl("plan", "--stack", "example-aws", "--project-dir", str(project), "--json")
+    ca_key = ca_key_parameter_name("agentctl", "example-aws")
+    if ca_key == ssm_parameter_name("agentctl", "example-aws", "proxy", "ca-key"):
+        assert proc.returncode == 2 and proc.stdout == ""
+        (line,) = proc.stderr.strip().splitlines()
+        assert "agentctl:agents[1].egress.secrets[0].name" in line and "CA key" in line
+    else:
+        assert proc.returncode == 0, proc.stderr
+        names = [r["inputs"]["name"] for r in json.loads(proc.stdout) if r["type"] == "aws:ssm/parameter:Parameter"]
+        assert len(names) == len(set(names)) and ca_key in names
+        assert ssm_parameter_name("agentctl", "example-aws", "proxy", "ca-key") in names
+
+
+def test_ssm_source_under_the_deployment_path_is_accepted(tmp_path):
+    project = make_project(tmp_path, "example-aws", _ssm_source("/agentctl/example-aws/shared/github-pat", "us-east-1"))
+    proc = agentctl("plan", "--stack", "example-aws", "--project-dir", str(project), "--json")
+    assert proc.returncode == 0, proc.stderr
+    # Read at runtime by the proxy, not declared: the stack manages only `from:` secrets.
+    assert "/agentctl/example-aws/shared/github-pat" not in {
+        r["inputs"].get("name") for r in json.loads(proc.stdout) if r["type"] == "aws:ssm/parameter:Parameter"}
+
+
+def test_ca_key_parameter_is_a_name_no_agent_can_have():
+    import re
+
+    from agentctl.model import HOSTNAME
+    from agentctl.secrets import ca_key_parameter_name, ssm_prefix
+
+    segment = ca_key_parameter_name("p", "s").removeprefix(ssm_prefix("p", "s")).split("/")[0]
+    assert not re.fullmatch(HOSTNAME, segment), f"an agent named {segment!r} would share the CA key's path"
