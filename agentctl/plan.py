@@ -87,8 +87,9 @@ def option_recorder(options: dict[str, dict[str, Any]]):
             "ignoreChanges": sorted(o.ignore_changes or []),
             "protect": bool(o.protect),
             "provider": _resource_name(o.provider, names),
-            # The value is the program's business (a digest); whether there is one is the fact.
-            "replacementTrigger": o.replacement_trigger is not None,
+            # A plain digest shows as itself (so two plans can be compared); else whether one is set.
+            "replacementTrigger": (o.replacement_trigger if isinstance(o.replacement_trigger, str)
+                                   else o.replacement_trigger is not None),
         }
         return None
 

@@ -147,7 +147,7 @@ def check_proxy_policy_is_pushed_not_rebuilt(p, ctx):
     pushed and reloaded (SIGHUP), the proxy is not rebuilt. Any other change to its
     user-data still replaces it (replacement trigger: a digest without that file)."""
     proxy = named(p.resources, f"{N}-proxy")
-    assert proxy["options"]["ignoreChanges"] == ["userData"] and proxy["options"]["replacementTrigger"] is True
+    assert proxy["options"]["ignoreChanges"] == ["userData"] and bool(proxy["options"]["replacementTrigger"])
     push = named(p.resources, f"{N}-proxy-secrets")["inputs"]
     assert "/etc/agentctl-proxy/config.yaml" in [m["path"] for m in push["manifest"]]
     assert push.get("after") == "systemctl try-reload-or-restart agentctl-proxy.service"
