@@ -57,6 +57,62 @@ def clean(value: Any) -> Any:
     return value
 
 
+OPTION_KEYS = ("parent", "dependsOn", "deleteBeforeReplace", "replaceOnChanges", "ignoreChanges", "protect",
+               "provider", "replacementTrigger")
+
+
+def _resource_name(resource: Any, names: dict[int, str]) -> str | None:
+    return None if resource is None else names.get(id(resource), "[outside the program]")
+
+
+def option_recorder(options: dict[str, dict[str, Any]]):
+    """A stack transformation (Pulumi's public `register_stack_transformation`, run by the
+    SDK itself, so it sees every resource under mocks too) that records the options each
+    resource is declared with, as the engine would receive them, by resource name.
+    Resources are named by the names they were declared with: parent and dependsOn name
+    other resources of this program; `provider: null` is the package's default provider."""
+    import pulumi
+
+    names: dict[int, str] = {}
+
+    def record(args: pulumi.ResourceTransformationArgs) -> None:
+        names[id(args.resource)] = args.name
+        o = args.opts or pulumi.ResourceOptions()
+        depends = o.depends_on if isinstance(o.depends_on, (list, tuple)) else [o.depends_on] if o.depends_on else []
+        options[args.name] = {
+            "parent": _resource_name(o.parent, names),
+            "dependsOn": sorted(_resource_name(r, names) for r in depends),
+            "deleteBeforeReplace": bool(o.delete_before_replace),
+            "replaceOnChanges": sorted(o.replace_on_changes or []),
+            "ignoreChanges": sorted(o.ignore_changes or []),
+            "protect": bool(o.protect),
+            "provider": _resource_name(o.provider, names),
+            # A plain digest shows as itself (so two plans can be compared); else whether one is set.
+            "replacementTrigger": (o.replacement_trigger if isinstance(o.replacement_trigger, str)
+                                   else o.replacement_trigger is not None),
+        }
+        return None
+
+    return record
+
+
+# What the mocked Hetzner project already holds (tests add keys here): [{id, name,
+# fingerprint, publicKey, labels}].
+MOCK_HCLOUD_SSH_KEYS: list[dict[str, Any]] = []
+
+
+def mock_zones(region: str) -> list[dict[str, str]]:
+    """A region as DescribeAvailabilityZones answers an account that opted in to a Local
+    Zone, which sorts first."""
+    return [{"name": f"{region}-atl-2a", "zone-type": "local-zone", "opt-in-status": "opted-in"},
+            {"name": f"{region}a", "zone-type": "availability-zone", "opt-in-status": "opt-in-not-required"},
+            {"name": f"{region}b", "zone-type": "availability-zone", "opt-in-status": "opt-in-not-required"}]
+
+
+def _matches(zone: dict[str, str], filters: list[dict[str, Any]]) -> bool:
+    return all(zone.get(f["name"]) in f["values"] for f in filters)
+
+
 def mock_id(name: str) -> str:
     """The id the mocks give a (non-hcloud) resource: how inputs refer to it in a plan."""
     return f"{name}-id"
@@ -87,7 +143,10 @@ def _mocks(records: list[dict[str, Any]], region: str):
             if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
                 return {"accountId": PLACEHOLDER_ACCOUNT, "arn": "", "id": PLACEHOLDER_ACCOUNT, "userId": ""}
             if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-                return {"names": [f"{region}a", f"{region}b"], "zoneIds": [], "id": region}
+                names = [z["name"] for z in mock_zones(region) if _matches(z, args.args.get("filters") or [])]
+                return {"names": names, "zoneIds": [], "id": region}
+            if args.token == "hcloud:index/getSshKeys:getSshKeys":
+                return {"id": "ssh-keys", "sshKeys": list(MOCK_HCLOUD_SSH_KEYS)}
             if args.token == "aws:ec2/getAmi:getAmi":
                 return {"id": PLACEHOLDER_AMI, "imageId": PLACEHOLDER_AMI}
             return {}
@@ -125,6 +184,7 @@ def evaluate_with_outputs(project_dir: Path, stack: str) -> tuple[list[dict[str,
     from agentctl.ca import ca_dir, ensure_ca
 
     records: list[dict[str, Any]] = []
+    options: dict[str, dict[str, Any]] = {}
     outputs: dict[str, Any] = {}
     config, secret_keys = runtime_config(stack_config)
     with tempfile.TemporaryDirectory(prefix="agentctl-plan-") as scratch:
@@ -134,6 +194,7 @@ def evaluate_with_outputs(project_dir: Path, stack: str) -> tuple[list[dict[str,
         pulumi.runtime.set_mocks(_mocks(records, deployment.region), project=project, stack=stack, preview=False)
 
         async def run() -> None:
+            pulumi.runtime.register_stack_transformation(option_recorder(options))
             declared, _ = program.load_from_runtime(stack)
             program.declare(declared, ca.cert_pem, ca.fingerprint_sha256, ca.key_path.read_text(),
                             project=project, stack=stack)
@@ -148,6 +209,8 @@ def evaluate_with_outputs(project_dir: Path, stack: str) -> tuple[list[dict[str,
             raise
         except ValueError as exc:  # e.g. user-data over EC2's limit
             raise ConfigError(source, f"{NAMESPACE}:", str(exc)) from None
+    for record in records:
+        record["options"] = options.get(record["name"], {})
     return sorted(records, key=lambda r: r["name"]), outputs
 
 
@@ -156,23 +219,119 @@ def run_plan(project_dir: Path, stack: str, as_json: bool) -> None:
     if as_json:
         print(json.dumps(resources, indent=2, sort_keys=True))
         return
-    from rich.console import Console
-    from rich.table import Table
+    print(preview_text(stack, project_name(Path(project_dir)), resources, outputs))
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=180)  # pipes and logs: keep one resource per line
-    table = Table(title=f"agentctl plan: stack {stack} ({len(resources)} resources, offline, under mocks; "
-                        "--json for every input)")
-    table.add_column("type", no_wrap=True, min_width=max(len(r["type"]) for r in resources))
-    table.add_column("name", no_wrap=True, min_width=max(len(r["name"]) for r in resources))
-    table.add_column("inputs", overflow="ellipsis", no_wrap=True)
+
+# --- the human form: like `pulumi preview`, readable at 80 columns ---------------------
+
+WIDTH = 80
+# The inputs worth a glance, by short type; anything else shows its first few scalars.
+KEY_INPUTS = {
+    "aws:ec2:Vpc": ["cidrBlock"], "aws:ec2:Subnet": ["cidrBlock", "availabilityZone"],
+    "aws:ec2:Instance": ["instanceType", "privateIp", "ami"], "aws:ec2:NetworkInterface": ["privateIps"],
+    "aws:ec2:Eip": ["networkInterface", "instance"],
+    "aws:vpc:SecurityGroupEgressRule": ["ipProtocol", "toPort", "cidrIpv4", "referencedSecurityGroupId"],
+    "aws:vpc:SecurityGroupIngressRule": ["ipProtocol", "toPort", "cidrIpv4", "referencedSecurityGroupId"],
+    "aws:ssm:Parameter": ["name", "value"], "aws:iam:Role": ["name"],
+    "hcloud:index:Server": ["serverType", "location", "image"], "hcloud:index:NetworkSubnet": ["ipRange"],
+    "hcloud:index:Network": ["ipRange"], "hcloud:index:PrimaryIp": ["type", "autoDelete"],
+    "dynamic:ProxySecrets": ["host", "user"], "dynamic:AgentImds": ["host", "instanceId"],
+}
+SKIP_INPUTS = {"tags", "labels", "userData", "userDataBase64", "__provider", "policy", "assumeRolePolicy",
+               "rules", "manifest", "files"}
+
+
+def short_type(token: str) -> str:
+    """aws:ec2/instance:Instance -> aws:ec2:Instance (what `pulumi preview` prints)."""
+    if token.startswith("pulumi-python:dynamic/"):
+        return "dynamic:" + token.rsplit(":", 1)[1]
+    parts = token.split(":")
+    if len(parts) == 3 and "/" in parts[1]:
+        return f"{parts[0]}:{parts[1].split('/')[0]}:{parts[2]}"
+    return token
+
+
+def key_inputs(resource: dict[str, Any]) -> str:
+    inputs, typ = resource["inputs"], short_type(resource["type"])
+    keys = KEY_INPUTS.get(typ) or [k for k, v in sorted(inputs.items())
+                                   if k not in SKIP_INPUTS and isinstance(v, (str, int, float, bool))][:3]
+    shown = []
+    for key in keys:
+        if key in inputs:
+            value = inputs[key]
+            shown.append(f"{key}={value if isinstance(value, str) else json.dumps(value)}")
+    if "manifest" in inputs:
+        shown.append("writes " + ", ".join(m["path"].rsplit("/", 1)[-1] for m in inputs["manifest"]))
+    return "  ".join(shown)
+
+
+def replace_notes(resource: dict[str, Any]) -> str:
+    """How a change would replace this resource, from its options (and the one input that
+    forces replacement on AWS instances)."""
+    o, notes = resource.get("options") or {}, []
+    if resource["inputs"].get("userDataReplaceOnChange"):
+        notes.append("replaced when its user-data changes")
+    if o.get("replaceOnChanges"):
+        notes.append("replaced when " + ", ".join(o["replaceOnChanges"]) + " change")
+    if o.get("replacementTrigger"):
+        notes.append("replaced when its trigger changes")
+    if o.get("deleteBeforeReplace"):
+        notes.append("deleted before its replacement")
+    if o.get("ignoreChanges"):
+        notes.append("ignores " + ", ".join(o["ignoreChanges"]))
+    if o.get("protect"):
+        notes.append("protected")
+    return "; ".join(notes)
+
+
+def _fit(text: str, width: int = WIDTH) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _row(head: str, name: str) -> list[str]:
+    """A tree row: type under "Type", name under "Name" (col 44); a name that would not
+    fit goes on the next line, whole (names are what a reader looks for)."""
+    if len(head) < NAME_COLUMN and NAME_COLUMN + len(name) <= WIDTH:
+        return [f"{head:<{NAME_COLUMN}}{name}"]
+    return [_fit(head), " " * max(NAME_COLUMN, WIDTH - len(name)) + name if len(name) < WIDTH else name]
+
+
+NAME_COLUMN = 44
+
+
+def preview_text(stack: str, project: str, resources: list[dict[str, Any]], outputs: dict[str, Any]) -> str:
+    import textwrap
+
+    children: dict[str | None, list[dict[str, Any]]] = {}
     for r in resources:
-        table.add_row(r["type"], r["name"], json.dumps(r["inputs"], sort_keys=True))
-    console.print(table)
-    outs = Table(title="stack outputs (as `pulumi up` exports them; lookups are placeholders)")
-    outs.add_column("output", no_wrap=True)
-    outs.add_column("value", overflow="fold")
+        children.setdefault((r.get("options") or {}).get("parent"), []).append(r)
+    lines = [f"Previewing update ({stack}), offline under Pulumi's mocks:", "",
+             f"{'     Type':<{NAME_COLUMN}}Name", *_row(" +   pulumi:pulumi:Stack", f"{project}-{stack}")]
+
+    def walk(parent: str | None, indent: str) -> None:
+        kids = children.get(parent, [])
+        for i, r in enumerate(kids):
+            last = i == len(kids) - 1
+            branch, more = ("└─ " if last else "├─ "), ("   " if last else "│  ")
+            lines.extend(_row(f" +   {indent}{branch}{short_type(r['type'])}", r["name"]))
+            body = f"     {indent}{more}{'│  ' if children.get(r['name']) else '   '}"
+            if key_inputs(r):
+                lines.append(_fit(body + key_inputs(r)))
+            notes = replace_notes(r)
+            if notes:
+                lines.extend(body + "» " + part for part in textwrap.wrap(notes, WIDTH - len(body) - 2))
+            walk(r["name"], indent + more)
+
+    walk(None, "")
+    lines += ["", "Outputs:"]
     for name, value in sorted(outputs.items()):
-        outs.add_row(name, value if isinstance(value, str) else json.dumps(value, sort_keys=True))
-    console.print(outs)
+        if isinstance(value, dict):
+            lines.append(f"    {name}:")
+            lines += [f"        {k}: {v if isinstance(v, str) else json.dumps(v)}" for k, v in sorted(value.items())]
+        else:
+            lines.append(f"    {name}: {value if isinstance(value, str) else json.dumps(value)}")
+    lines += ["", "Resources:", f"    + {len(resources) + 1} to create", "",
+              "» how a change would replace it (delete first, ignored inputs, triggers).",
+              "Lookups answer with placeholders (account, zones, image); secrets show as",
+              "[secret]; `--json` prints every input and option."]
+    return "\n".join(lines)

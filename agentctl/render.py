@@ -22,7 +22,8 @@ from agentctl.model import Agent, Deployment
 from agentctl.outdir import check_out, write_atomically
 from agentctl.proxyconfig import proxy_config
 from agentctl.resources import ROLES, TEMPLATES
-from agentctl.secrets import TAILSCALE_AUTHKEY_PATH
+from agentctl.secrets import (CA_KEY_PATH, INSTALL_SECRET_BIN, PROXY_CONFIG_PATH, SECRET_OWNERS, SECRETS_DIR,
+                              TAILSCALE_AUTHKEY_PATH)
 from agentctl.stackfile import load, stack_path
 from agentctl.userdata import check_user_data_limits
 
@@ -101,7 +102,9 @@ def _common(d: Deployment, *, name: str, role: str, private_ip: str, stack: str,
             ca_cert_pem: str) -> dict[str, Any]:
     proxy_url = f"http://{d.proxy_ip}:{d.proxy.listen.tunnel}"
     return {
-        "role": role, "host": name, "stack": stack, "project": project, "cloud": d.cloud, "distro": d.distro,
+        "role": role, "host": name, "stack": stack,
+        "converge_result": converge_result_marker(role, name), "converge_ok": CONVERGE_OK,
+        "converge_failed": CONVERGE_FAILED, "project": project, "cloud": d.cloud, "distro": d.distro,
         "private_ip": private_ip, "proxy_ip": d.proxy_ip, "proxy_url": proxy_url,
         "agent_subnet": str(d.agent_subnet), "ca_cert_pem": ca_cert_pem,
         "ssh_users": hardening.SSH_USERS,
@@ -118,6 +121,10 @@ def _common(d: Deployment, *, name: str, role: str, private_ip: str, stack: str,
         "watched_service": watched_service(role),
         "tailscale_enabled": role == "proxy" and d.tailscale is not None,
         "tailscale_authkey_path": TAILSCALE_AUTHKEY_PATH,
+        # Secrets are pushed onto the proxy only (Hetzner): the command that writes them.
+        "install_secret_bin": INSTALL_SECRET_BIN if role == "proxy" else None,
+        "secrets_dir": SECRETS_DIR, "ca_key_path": CA_KEY_PATH, "secret_owners": SECRET_OWNERS,
+        "proxy_config_path": PROXY_CONFIG_PATH,
         "heartbeat_url": d.heartbeat_url,
         "backups_enabled": False, "backup_marker": BACKUP_MARKER,
         "heartbeat_curl_proxy": f"--proxy {proxy_url}" if role == "agent" else "",
@@ -202,8 +209,15 @@ def _cloud_config(d: Deployment, role: str, name: str, ctx: dict[str, Any]) -> s
     if role == "agent" and d.cloud != "lab":
         # apt goes through the proxy, which may still be starting: wait for it (10 min).
         ip, port = d.proxy_ip, d.proxy.listen.tunnel
-        doc["bootcmd"] = [["bash", "-c", f"for i in $(seq 120); do (exec 3<>/dev/tcp/{ip}/{port}) 2>/dev/null "
-                                         f"&& exit 0; sleep 5; done; exit 0"]]
+        result = converge_result_marker(role, name)
+        doc["bootcmd"] = [
+            # Every boot repeats a recorded success, so a console read after converge's one
+            # reboot (Ubuntu 24.04) still shows it.
+            ["bash", "-c", f"if [ -e /var/lib/agentctl/converged ]; then echo '{result}{CONVERGE_OK}' "
+                           "| tee /dev/console; fi; exit 0"],
+            ["bash", "-c", f"for i in $(seq 120); do (exec 3<>/dev/tcp/{ip}/{port}) 2>/dev/null "
+                           f"&& exit 0; sleep 5; done; echo 'agentctl: proxy {ip}:{port} unreachable for 10 minutes' "
+                           "| tee /dev/console; exit 0"]]
     if role == "proxy" and ctx["proxy_own_resolvers"]:
         # The VPC resolver answers NXDOMAIN to everyone (DNS Firewall): switch to our own
         # before cloud-init's packages step and the pip install need names (bootcmd runs
@@ -240,6 +254,16 @@ def _render_proxy(d: Deployment, ca_cert_pem: str, *, stack: str, project: str) 
                host_facts=_facts(d, "proxy", d.proxy.name, d.proxy_ip, stack))
     return RenderedHost(d.proxy.name, "proxy", d.proxy_ip, _cloud_config(d, "proxy", d.proxy.name, ctx),
                         _meta_data(d.proxy.name, stack), pconf)
+
+
+CONVERGE_OK, CONVERGE_FAILED = "succeeded", "failed"
+
+
+def converge_result_marker(role: str, name: str) -> str:
+    """The start of the line converge prints on the console when it ends: this prefix +
+    "succeeded" only after every step succeeded, or + "failed (exit N, line L: CMD)".
+    cloud-init's final message prints either way; agentctl_stacks.agent_imds needs this."""
+    return f"agentctl: {role} host {name} converge "
 
 
 def converged_marker(role: str, name: str) -> str:

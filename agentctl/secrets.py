@@ -23,3 +23,13 @@ def secret_file_path(agent: str, secret: str) -> str:
 
 # Tailscale's auth key reaches the proxy host like every other secret: out of band.
 TAILSCALE_AUTHKEY_PATH = "/etc/agentctl/tailscale-authkey"
+
+# The one command that writes a pushed secret on the proxy (roles/proxy/templates/
+# install-secret.sh.j2). sudo's I/O logging is off for it alone (templates/sudoers.j2):
+# its standard input is the secret, and sudoers(5) logs a piped stdin under log_input.
+INSTALL_SECRET_BIN = "/usr/local/sbin/agentctl-install-secret"
+# Owners a pushed file may get: the proxy's service user, or root (Tailscale's key).
+# owner or owner:group; the proxy's config is root's, readable by the proxy's group.
+SECRET_OWNERS = ("agentctl-proxy", "root", "root:agentctl-proxy")
+# The proxy's policy: in user-data at first boot, pushed with the secrets on Hetzner.
+PROXY_CONFIG_PATH = "/etc/agentctl-proxy/config.yaml"

@@ -3,13 +3,13 @@ its credentials and CA key without user-data, which any process on the host can 
 from the metadata service.
 
 Contents travel only on the SSH channel's stdin: never in a command line (visible in
-`ps`), a log line, an exception or a return value.
+`ps` and in sudo's log), a log line, an exception or a return value; and sudo does not
+record that stdin (its I/O log is off for the installer alone, templates/sudoers.j2).
 """
 from __future__ import annotations
 
 import base64
 import hashlib
-import posixpath
 import shlex
 import socket
 import time
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import paramiko
 
 from agentctl.errors import AgentctlError
+from agentctl.secrets import INSTALL_SECRET_BIN
 
 
 class SecretPushError(AgentctlError):
@@ -53,22 +54,27 @@ class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
             raise SecretPushError(f"{hostname}: host key {self.seen} is not the pinned {self.expected}; refusing to push")
 
 
-def write_command(item: PushFile, *, use_sudo: bool) -> str:
-    """Shell command that writes stdin to item.path atomically, with owner and mode set
-    before the content exists under its final name. A folder that already exists
-    (/etc/agentctl-proxy) keeps its owner: the proxy user must not own its own policy.
-    A new leaf folder (secrets/<agent>) belongs to the proxy user, 0700."""
-    folder = posixpath.dirname(item.path)
-    q_path, q_folder, q_parent = (shlex.quote(p) for p in (item.path, folder, posixpath.dirname(folder)))
-    tmp = shlex.quote(item.path + ".agentctl-tmp")
-    owner = shlex.quote(item.owner)
-    script = (f"set -e; umask 022; mkdir -p {q_parent}; umask 077; "
-              f"if [ ! -d {q_folder} ]; then mkdir {q_folder}; chown {owner}: {q_folder}; chmod 0700 {q_folder}; fi; "
-              f"cat > {tmp}; chown {owner}: {tmp}; chmod {item.mode:04o} {tmp}; mv -f {tmp} {q_path}")
-    return ("sudo -n " if use_sudo else "") + "sh -c " + shlex.quote(script)
+def write_command(item: PushFile, *, use_sudo: bool, installer: str = INSTALL_SECRET_BIN) -> str:
+    """The command that writes stdin to item.path on the proxy: the role's installer
+    (roles/proxy/templates/install-secret.sh.j2: atomic, owner and mode set before the
+    content has its final name, only secret paths). Through sudo it is the one command
+    whose I/O sudo does not log (templates/sudoers.j2): its stdin is the secret."""
+    argv = [installer, item.path, item.owner, f"{item.mode:04o}"]
+    return ("sudo -n " if use_sudo else "") + shlex.join(argv)
 
 
-WAIT_FOR_BOOT = "if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi"
+# Ready means: cloud-init finished, and this boot is not the one converge ends with a
+# reboot (Ubuntu 24.04's first boot, templates/converge.sh.j2 -> power_state). The
+# boot id tells a host that has not gone down yet from one that came back.
+READY_PROBE = ("if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi; "
+               "cat /proc/sys/kernel/random/boot_id; "
+               "if [ -e /run/agentctl/reboot-required ]; then echo reboot-pending; else echo ready; fi")
+RETRY_SECONDS = 5
+MAX_ATTEMPTS = 5  # connections cut while writing (a reboot, a network blip); each retry rewrites every file
+
+
+class _Disconnected(Exception):
+    """The session ended without an exit status: the host went away mid-command."""
 
 
 def connect(host: str, *, user: str, port: int = 22, key_filename: str | None = None,
@@ -87,7 +93,7 @@ def connect(host: str, *, user: str, port: int = 22, key_filename: str | None = 
         except SecretPushError:
             client.close()
             raise
-        except (OSError, socket.timeout, paramiko.SSHException) as exc:
+        except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
             client.close()
             if time.monotonic() > deadline:
                 raise SecretPushError(f"{user}@{host}:{port}: cannot connect ({type(exc).__name__}: {exc})") from None
@@ -96,29 +102,59 @@ def connect(host: str, *, user: str, port: int = 22, key_filename: str | None = 
 
 def push_files(host: str, files: list[PushFile], *, user: str = "admin", port: int = 22,
                key_filename: str | None = None, expected_host_key: str | None = None,
-               wait_seconds: float = 600, after: str | None = None) -> str:
-    """Write every file on host; return the host key fingerprint to pin next time."""
-    client, fingerprint = connect(host, user=user, port=port, key_filename=key_filename,
-                                  expected_host_key=expected_host_key, wait_seconds=wait_seconds)
+               wait_seconds: float = 600, after: str | None = None, installer: str = INSTALL_SECRET_BIN) -> str:
+    """Write every file on host once it is ready (booted for good); return the host key
+    fingerprint to pin next time. Idempotent: a push cut off (the first-boot reboot, a
+    dropped connection) is started again from the top, up to MAX_ATTEMPTS times, with
+    the host key seen first pinned for every later connection."""
+    deadline = time.monotonic() + wait_seconds
+    pinned, left_boot, attempts = expected_host_key, None, 0
     use_sudo = user != "root"
-    try:
-        _run(client, WAIT_FOR_BOOT, None, host, "wait for cloud-init")
-        for item in files:
-            _run(client, write_command(item, use_sudo=use_sudo), item.content, host, item.path)
-        if after:
-            _run(client, ("sudo -n " if use_sudo else "") + after, None, host, after)
-    finally:
-        client.close()
-    return fingerprint
+    while True:
+        client, fingerprint = connect(host, user=user, port=port, key_filename=key_filename,
+                                      expected_host_key=pinned, wait_seconds=max(0.0, deadline - time.monotonic()))
+        pinned = pinned or fingerprint
+        try:
+            boot_id, state = _probe(client, host)
+            if state == "ready" and boot_id != left_boot:
+                for item in files:
+                    _run(client, write_command(item, use_sudo=use_sudo, installer=installer), item.content, host,
+                         item.path)
+                if after:
+                    _run(client, ("sudo -n " if use_sudo else "") + after, None, host, after)
+                return fingerprint
+            left_boot = boot_id  # reboot pending, or not gone down yet: wait for the next boot
+        except (_Disconnected, paramiko.SSHException, EOFError, OSError) as exc:
+            attempts += 1
+            if attempts >= MAX_ATTEMPTS:
+                raise SecretPushError(f"{host}: connection lost {attempts} times while pushing "
+                                      f"({type(exc).__name__}); run `pulumi up` again") from None
+        finally:
+            client.close()
+        if time.monotonic() > deadline:
+            raise SecretPushError(f"{host}: not ready (cloud-init done, no reboot pending) after {int(wait_seconds)} s")
+        time.sleep(RETRY_SECONDS)
 
 
-def _run(client: paramiko.SSHClient, command: str, stdin_data: bytes | None, host: str, what: str) -> None:
+def _probe(client: paramiko.SSHClient, host: str) -> tuple[str, str]:
+    out = _run(client, READY_PROBE, None, host, "wait for cloud-init").split()
+    if len(out) != 2 or out[1] not in ("ready", "reboot-pending"):
+        raise SecretPushError(f"{host}: unexpected answer to the readiness probe: {' '.join(out)[:80]!r}")
+    return out[0], out[1]
+
+
+def _run(client: paramiko.SSHClient, command: str, stdin_data: bytes | None, host: str, what: str) -> str:
+    """Run command with stdin_data on its stdin; its stdout (never fed from the content)."""
     stdin, stdout, stderr = client.exec_command(command, timeout=900)
     if stdin_data is not None:
         stdin.write(stdin_data)
     stdin.channel.shutdown_write()
+    out = stdout.read().decode(errors="replace")
     status = stdout.channel.recv_exit_status()
+    if status == -1:  # paramiko: the channel closed with no exit status
+        raise _Disconnected(what)
     if status != 0:
         # stderr comes from mkdir/chown/mv, never from the content (it only goes to cat's stdin).
         detail = stderr.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
         raise SecretPushError(f"{host}: {what}: exit {status} {detail[0]}")
+    return out

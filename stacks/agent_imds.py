@@ -5,16 +5,25 @@ disabled boots with no users, no hardening and no agent. So an agent launches wi
 IMDSv2 required (hop limit 1, no tags, no instance profile: IMDS holds no credential),
 and this dynamic resource, one per agent, closes the endpoint once the host converged:
 
-1. wait until cloud-init's final message for that host, "agentctl: agent host NAME
-   converged after N s" (agentctl.render), is on the instance's serial console. The
+1. wait until the host's converge script reports its result on the instance's serial
+   console: "agentctl: agent host NAME converge succeeded" (printed only as the last
+   step of a complete run, and again on every later boot) or "... converge failed (exit
+   N, line L: CMD)" (agentctl.render, templates/converge.sh.j2). cloud-init's own final
+   message prints even when a step failed, so it only tells that cloud-init is done. The
    console needs no network path to the private host: `ec2:GetConsoleOutput` with
    `Latest=True` (Nitro) reads it through the EC2 API;
 2. `ec2:ModifyInstanceMetadataOptions(HttpEndpoint=disabled)`, and wait until EC2
    reports the change applied.
 
-It runs inside `pulumi up` (no provider plugin) with the operator's AWS credentials
-(boto3's default chain). No signal within the timeout fails the deployment, loudly,
-and leaves the endpoint as launched (IMDSv2 only); the next `pulumi up` waits again.
+A host that failed, or finished cloud-init without a result, fails `pulumi up` with the
+console's line and leaves IMDS as launched (IMDSv2 only, no credential in it); so does
+no result within the timeout. The next `pulumi up` waits again.
+
+It runs inside `pulumi up` (no provider plugin) with the credentials pulumi-aws uses
+for the stack: `aws:profile`, `aws:accessKey`/`secretKey`/`token`,
+`aws:sharedCredentialsFiles`/`sharedConfigFiles`, and `aws:assumeRoles` (or the older
+`aws:assumeRole`) assumed in order; with none of them, boto3's default chain, which
+reads the same environment variables pulumi-aws does.
 """
 from __future__ import annotations
 
@@ -44,8 +53,8 @@ class ImdsCloseError(AgentctlError):
 
 
 def converged_marker(host: str) -> str:
-    """The start of cloud-init's final_message for this agent."""
-    return render.converged_marker("agent", host)
+    """The start of the line converge prints on this agent's console when it ends."""
+    return render.converge_result_marker("agent", host)
 
 
 def console_text(ec2: Any, instance_id: str) -> str:
@@ -60,15 +69,37 @@ def console_text(ec2: Any, instance_id: str) -> str:
     return reply.get("Output") or ""  # botocore has already decoded the base64
 
 
+def converge_result(text: str, marker: str) -> str | None:
+    """The last result line for marker on the console: 'succeeded', 'failed (...)', or None."""
+    results = [line.split(marker, 1)[1].strip() for line in text.splitlines() if marker in line]
+    return results[-1] if results else None
+
+
 def wait_for_convergence(ec2: Any, instance_id: str, marker: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS,
                          poll: float = POLL_SECONDS) -> None:
     deadline = clock() + timeout
-    while marker not in console_text(ec2, instance_id):
+    look = f"`aws ec2 get-console-output --latest --instance-id {instance_id}`"
+    finished_polls = 0
+    while True:
+        text = console_text(ec2, instance_id)
+        result = converge_result(text, marker)
+        if result == render.CONVERGE_OK:
+            return
+        if result is not None:
+            raise ImdsCloseError(f"{instance_id}: {marker}{result}; IMDS left enabled (IMDSv2 only, no credentials "
+                                 f"in it). Look at {look}, fix, and run `pulumi up` again")
+        host = marker.split(" host ", 1)[1].split(" ", 1)[0]
+        if render.converged_marker("agent", host) in text:
+            # cloud-init is done and converge never reported: it did not run, or was killed.
+            # One more poll in case the console is still flushing.
+            finished_polls += 1
+            if finished_polls > 1:
+                raise ImdsCloseError(f"{instance_id}: cloud-init finished but converge reported no result; IMDS "
+                                     f"left enabled (IMDSv2 only). Look at {look}, then run `pulumi up` again")
         if clock() >= deadline:
             raise ImdsCloseError(
-                f"{instance_id}: no {marker.strip()!r} on the serial console after {int(timeout)} s; "
-                "IMDS left enabled (IMDSv2 only, no credentials in it). Look at "
-                f"`aws ec2 get-console-output --latest --instance-id {instance_id}`, then run `pulumi up` again")
+                f"{instance_id}: no {marker.strip()!r} result on the serial console after {int(timeout)} s; "
+                f"IMDS left enabled (IMDSv2 only, no credentials in it). Look at {look}, then run `pulumi up` again")
         sleep(poll)
 
 
@@ -92,11 +123,77 @@ def close_endpoint(ec2: Any, instance_id: str, *, timeout: float = APPLY_TIMEOUT
         sleep(poll)
 
 
-def _client(region: str) -> Any:
+def aws_credentials() -> dict[str, Any]:
+    """The credential settings of the stack's pulumi-aws provider (its config keys,
+    camelCase as in the stack file), for the provider below. Secret ones stay secret."""
+    config = pulumi.Config("aws")
+    creds: dict[str, Any] = {}
+    for key in ("profile",):
+        if config.get(key):
+            creds[key] = config.get(key)
+    for key in ("sharedCredentialsFiles", "sharedConfigFiles"):
+        if config.get_object(key):
+            creds[key] = list(config.get_object(key))
+    for key in ("accessKey", "secretKey", "token"):
+        if config.get(key):
+            creds[key] = config.require_secret(key)
+    roles = config.get_object("assumeRoles") or ([config.get_object("assumeRole")] if config.get_object("assumeRole")
+                                                 else [])
+    if roles:
+        creds["assumeRoles"] = roles
+    if config.get_object("assumeRoleWithWebIdentity"):
+        raise ValueError("aws:assumeRoleWithWebIdentity is not supported for closing the agents' IMDS; "
+                         "use aws:assumeRoles, a profile or keys")
+    return creds
+
+
+def session(region: str, creds: dict[str, Any]) -> Any:
+    """A boto3 session with the same identity pulumi-aws has for the stack."""
     import boto3
+    import botocore.session
+
+    core = botocore.session.Session()
+    if creds.get("sharedCredentialsFiles"):
+        core.set_config_variable("credentials_file", creds["sharedCredentialsFiles"][0])
+    if creds.get("sharedConfigFiles"):
+        core.set_config_variable("config_file", creds["sharedConfigFiles"][0])
+    if creds.get("profile"):
+        core.set_config_variable("profile", creds["profile"])
+    if creds.get("accessKey"):
+        core.set_credentials(creds["accessKey"], creds.get("secretKey"), creds.get("token"))
+    current = boto3.Session(botocore_session=core, region_name=region)
+    for role in creds.get("assumeRoles") or []:
+        params = {"RoleArn": role["roleArn"], "RoleSessionName": role.get("sessionName") or "agentctl-imds"}
+        if role.get("externalId"):
+            params["ExternalId"] = role["externalId"]
+        if role.get("policy"):
+            params["Policy"] = role["policy"]
+        if role.get("duration"):
+            params["DurationSeconds"] = _seconds(role["duration"])
+        got = current.client("sts").assume_role(**params)["Credentials"]
+        current = boto3.Session(aws_access_key_id=got["AccessKeyId"], aws_secret_access_key=got["SecretAccessKey"],
+                                aws_session_token=got["SessionToken"], region_name=region)
+    return current
+
+
+def _seconds(duration: str) -> int:
+    """pulumi-aws durations: '1h', '30m', '900s' (Go's time.ParseDuration, simple forms)."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    total, number = 0, ""
+    for ch in str(duration):
+        if ch.isdigit():
+            number += ch
+        elif ch in units and number:
+            total, number = total + int(number) * units[ch], ""
+        else:
+            raise ValueError(f"aws:assumeRoles duration {duration!r}: expected e.g. 1h, 30m or 900s")
+    return total + int(number or 0)
+
+
+def _client(region: str, creds: dict[str, Any] | None = None) -> Any:
     from botocore.config import Config
 
-    return boto3.client("ec2", region_name=region, config=Config(retries={"mode": "standard", "max_attempts": 8}))
+    return session(region, creds or {}).client("ec2", config=Config(retries={"mode": "standard", "max_attempts": 8}))
 
 
 def _outs(props: dict[str, Any]) -> dict[str, Any]:
@@ -105,14 +202,14 @@ def _outs(props: dict[str, Any]) -> dict[str, Any]:
 
 class AgentImdsProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
-        ec2 = _client(props["region"])
+        ec2 = _client(props["region"], props.get("credentials"))
         wait_for_convergence(ec2, props["instanceId"], props["marker"], timeout=float(props["timeoutSeconds"]))
         close_endpoint(ec2, props["instanceId"])
         return CreateResult(id_=f"{props['instanceId']}/imds", outs=_outs(props))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         # `pulumi refresh` records what EC2 says, so a re-opened endpoint shows as drift.
-        options = metadata_options(_client(props["region"]), props["instanceId"])
+        options = metadata_options(_client(props["region"], props.get("credentials")), props["instanceId"])
         return ReadResult(id_=id_, outs={**props, "httpEndpoint": options.get("HttpEndpoint")})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -123,7 +220,7 @@ class AgentImdsProvider(ResourceProvider):
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         # Same instance, endpoint found open again: it converged long ago, close it now.
-        close_endpoint(_client(news["region"]), news["instanceId"])
+        close_endpoint(_client(news["region"], news.get("credentials")), news["instanceId"])
         return UpdateResult(outs=_outs(news))
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
@@ -135,7 +232,11 @@ class AgentImds(pulumi.dynamic.Resource, module="agentctl", name="AgentImds"):
     """Closes the IMDS endpoint of one agent instance after it has converged."""
 
     def __init__(self, name: str, *, instance_id: pulumi.Input[str], region: str, host: str,
-                 timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS, opts: pulumi.ResourceOptions | None = None):
+                 credentials: dict[str, Any] | None = None, timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
+                 opts: pulumi.ResourceOptions | None = None):
         props = {"instanceId": instance_id, "region": region, "host": host, "timeoutSeconds": timeout_seconds,
                  "marker": converged_marker(host), "httpEndpoint": None}
-        super().__init__(AgentImdsProvider(), name, props, opts)
+        if credentials:
+            props["credentials"] = credentials
+        super().__init__(AgentImdsProvider(), name, props, pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+            additional_secret_outputs=["credentials"])))

@@ -11,7 +11,7 @@ import pulumi
 import pulumi_aws as aws
 
 from agentctl_stacks import policy
-from agentctl_stacks.agent_imds import AgentImds
+from agentctl_stacks.agent_imds import AgentImds, aws_credentials
 from agentctl_stacks.args import DeploymentArgs
 from agentctl.secrets import ca_key_parameter_name, ssm_parameter_name
 from agentctl.userdata import ec2_user_data_base64
@@ -50,7 +50,9 @@ class AwsDeployment(pulumi.ComponentResource):
         # The default security group allows all traffic between its members: empty it.
         aws.ec2.DefaultSecurityGroup(f"{n}-default-sg", vpc_id=self.vpc.id, ingress=[], egress=[],
                                      tags=self._tags("default-sg-unused"), opts=self._opts())
-        zone = aws.get_availability_zones_output(state="available",
+        # A region's standard zones only: an opted-in Local Zone (us-east-1-atl-2a sorts
+        # before us-east-1a) has fewer instance types and services.
+        zone = aws.get_availability_zones_output(state="available", filters=policy.standard_zone_filters(),
                                                  opts=pulumi.InvokeOutputOptions(parent=self)).names[0]
         self.proxy_subnet = aws.ec2.Subnet(f"{n}-proxy-subnet", vpc_id=self.vpc.id, cidr_block=str(d.proxy_subnet),
                                            availability_zone=zone, map_public_ip_on_launch=False,
@@ -83,7 +85,9 @@ class AwsDeployment(pulumi.ComponentResource):
                                          priority=100, opts=self._opts())
         aws.route53.ResolverFirewallRuleGroupAssociation(f"{n}-dns-firewall-assoc", vpc_id=self.vpc.id,
                                                          firewall_rule_group_id=group.id, priority=101,
-                                                         mutation_protection="ENABLED", opts=self._opts())
+                                                         # ENABLED makes AWS refuse the disassociation that
+                                                         # `pulumi destroy` needs (RSLVR-02307).
+                                                         mutation_protection="DISABLED", opts=self._opts())
         # If the firewall cannot evaluate a query, refuse it rather than resolve it.
         aws.route53.ResolverFirewallConfig(f"{n}-dns-firewall-config", resource_id=self.vpc.id,
                                            firewall_fail_open="DISABLED", opts=self._opts())
@@ -157,7 +161,8 @@ class AwsDeployment(pulumi.ComponentResource):
             policy.assume_role_policy("ec2.amazonaws.com")), tags=self._tags("proxy-role"), opts=self._opts())
         document = pulumi.Output.all(self._account, self.key.arn).apply(lambda v: json.dumps(policy.proxy_role_policy(
             region=self._d.region, account=v[0], project=a.project, stack=a.stack, key_arn=v[1])))
-        aws.iam.RolePolicy(f"{n}-proxy-policy", role=self.proxy_role.id, policy=document, opts=self._opts())
+        self.proxy_policy = aws.iam.RolePolicy(f"{n}-proxy-policy", role=self.proxy_role.id, policy=document,
+                                               opts=self._opts())
         self.proxy_profile = aws.iam.InstanceProfile(f"{n}-proxy-profile", role=self.proxy_role.name, opts=self._opts())
 
     # --- hosts ------------------------------------------------------------------------
@@ -172,17 +177,32 @@ class AwsDeployment(pulumi.ComponentResource):
                                                      opts=pulumi.InvokeOutputOptions(parent=self)).id
         return self._amis[key]
 
+    def _host_opts(self, *, depends_on: list, ignore: list[str]) -> pulumi.ResourceOptions:
+        # A host has a fixed private address: its replacement can exist only once the old
+        # one is gone (else InvalidIPAddress.InUse). A looked-up image is read at creation
+        # only: Canonical or Debian publishing a new one replaces nothing (unattended-
+        # upgrades keep hosts current); a pinned `agentctl:ami` replaces on purpose.
+        return self._opts(depends_on=depends_on, delete_before_replace=True,
+                          ignore_changes=[*ignore, *([] if self._d.ami else ["ami"])])
+
     def _instances(self) -> None:
         n, d, a = self._name, self._d, self._args
         proxy_size = d.proxy.size or DEFAULT_PROXY_SIZE
+        # The proxy's address lives on its own interface, which holds the Elastic IP before
+        # the instance exists: the first boot's packages and pip install have a way out.
+        self.proxy_nic = aws.ec2.NetworkInterface(
+            f"{n}-proxy-nic", subnet_id=self.proxy_subnet.id, private_ips=[d.proxy_ip],
+            security_groups=[self.proxy_sg.id], tags=self._tags("proxy-nic"), opts=self._opts(delete_before_replace=True))
+        self.proxy_eip = aws.ec2.Eip(f"{n}-proxy-eip", domain="vpc", network_interface=self.proxy_nic.id,
+                                     tags=self._tags("proxy-eip"), opts=self._opts(depends_on=[self.igw]))
         self.proxy = aws.ec2.Instance(
-            f"{n}-proxy", ami=self._ami(proxy_size), instance_type=proxy_size, subnet_id=self.proxy_subnet.id,
-            private_ip=d.proxy_ip, vpc_security_group_ids=[self.proxy_sg.id], associate_public_ip_address=False,
+            f"{n}-proxy", ami=self._ami(proxy_size), instance_type=proxy_size,
+            primary_network_interface={"network_interface_id": self.proxy_nic.id},
             iam_instance_profile=self.proxy_profile.name, metadata_options=policy.proxy_metadata_options(),
             root_block_device=policy.root_volume(), user_data_base64=ec2_user_data_base64(a.proxy.user_data),
-            user_data_replace_on_change=True, tags=self._tags("proxy"), opts=self._opts())
-        self.proxy_eip = aws.ec2.Eip(f"{n}-proxy-eip", domain="vpc", instance=self.proxy.id, tags=self._tags("proxy-eip"),
-                                     opts=self._opts(depends_on=[self.igw]))
+            user_data_replace_on_change=True, tags=self._tags("proxy"),
+            # Its first boot reads its parameters with its role: both must exist by then.
+            opts=self._host_opts(depends_on=[self.proxy_eip, self.proxy_policy, *self.parameters], ignore=[]))
         self.agents, self.agent_imds = {}, {}
         for agent in d.agents:
             size = agent.size or DEFAULT_AGENT_SIZE
@@ -193,10 +213,11 @@ class AwsDeployment(pulumi.ComponentResource):
                 root_block_device=policy.root_volume(), user_data_base64=ec2_user_data_base64(a.host(agent.name).user_data),
                 user_data_replace_on_change=True, tags=self._tags(f"agent-{agent.name}"),
                 # The proxy must answer DNS and time before an agent's cloud-init needs them.
-                opts=self._opts(depends_on=[self.proxy], ignore_changes=policy.agent_instance_ignore_changes()))
+                opts=self._host_opts(depends_on=[self.proxy], ignore=policy.agent_instance_ignore_changes()))
             # cloud-init read its user-data from IMDS; once the host converged, close it for good.
             self.agent_imds[agent.name] = AgentImds(f"{n}-agent-{agent.name}-imds", instance_id=instance.id,
-                                                    region=d.region, host=agent.name, opts=self._opts())
+                                                    region=d.region, host=agent.name,
+                                                    credentials=aws_credentials(), opts=self._opts())
 
     # --- detection: rejected egress from the agent subnet is an escape attempt ----------
     def _flow_logs(self) -> None:
@@ -243,8 +264,10 @@ class AwsDeployment(pulumi.ComponentResource):
             "agentPrivateIps": {agent.name: d.agent_ip(agent) for agent in d.agents},
             "caFingerprintSha256": a.ca.fingerprint_sha256,
             "alertsTopicArn": self.alerts.arn,
-            "ssh": {name: pulumi.Output.concat(
-                "aws ec2-instance-connect ssh --connection-type eice --os-user admin --instance-id ", inst.id)
-                for name, inst in {d.proxy.name: self.proxy, **self.agents}.items()},
+            # Plain ssh through the endpoint's tunnel, with your admin key. Not `aws
+            # ec2-instance-connect ssh`: it pushes a key the host reads from IMDS, which
+            # is closed on agents.
+            "ssh": {name: inst.id.apply(policy.eice_ssh_command)
+                    for name, inst in {d.proxy.name: self.proxy, **self.agents}.items()},
             "instanceConnectEndpointId": eice,
         }

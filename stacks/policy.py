@@ -5,7 +5,12 @@ can be tested on their own and the components stay a thin mapping onto resources
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from dataclasses import dataclass
+
+import yaml
 
 from agentctl.model import Deployment
 
@@ -157,6 +162,20 @@ def rejected_egress_pattern(deployment: Deployment) -> str:
             "protocol, packets, bytes, start, end, action=\"REJECT\", log_status]")
 
 
+def standard_zone_filters() -> list[dict]:
+    """ec2:DescribeAvailabilityZones filters for a region's own zones: no Local Zones or
+    Wavelength Zones, even opted in (they sort before the standard ones)."""
+    return [{"name": "zone-type", "values": ["availability-zone"]},
+            {"name": "opt-in-status", "values": ["opt-in-not-required"]}]
+
+
+def eice_ssh_command(instance_id: str, user: str = "admin") -> str:
+    """ssh to a host through the EC2 Instance Connect Endpoint's tunnel (IAM:
+    ec2-instance-connect:OpenTunnel), authenticated by the admin key on the host."""
+    return (f"ssh -o ProxyCommand='aws ec2-instance-connect open-tunnel --instance-id {instance_id}' "
+            f"{user}@{instance_id}")
+
+
 def dns_firewall_block_domains() -> list[str]:
     return ["*"]
 
@@ -180,18 +199,6 @@ def _is_graviton(instance_type: str) -> bool:
     # t4g, m7g, c7gn, r8g...: a 'g' after the generation digit means Graviton.
     digits = [i for i, ch in enumerate(family) if ch.isdigit()]
     return bool(digits) and "g" in family[digits[0] + 1:]
-
-
-HCLOUD_NETWORK_ZONES = {"fsn1": "eu-central", "nbg1": "eu-central", "hel1": "eu-central",
-                        "ash": "us-east", "hil": "us-west", "sin": "ap-southeast"}
-
-
-def hcloud_network_zone(location: str) -> str:
-    """Raises ValueError for a location Hetzner does not have; the caller names the key."""
-    try:
-        return HCLOUD_NETWORK_ZONES[location]
-    except KeyError:
-        raise ValueError(f"{location!r} is not a Hetzner location") from None
 
 
 TAILSCALE_PORTS = (PortRule("udp", 41641, "tailscale: direct WireGuard"),
@@ -226,3 +233,29 @@ def hcloud_firewall_rules(deployment: Deployment) -> list[dict]:
 
 def agent_public_nets() -> list[dict]:
     return [{"ipv4_enabled": False, "ipv6_enabled": False}]
+
+
+def ssh_md5_fingerprint(public_key: str) -> str:
+    """Hetzner's fingerprint of an OpenSSH public key: MD5 of the key blob, hex pairs."""
+    digest = hashlib.md5(base64.b64decode(public_key.split()[1]), usedforsecurity=False).hexdigest()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+def hcloud_existing_keys(keys: list, stack: str) -> dict[str, int]:
+    """fingerprint -> id of the project's SSH keys this stack did not create (those carry
+    its `agentctl-stack` label and stay its own resources)."""
+    return {k.fingerprint: k.id for k in keys if (k.labels or {}).get("agentctl-stack") != stack}
+
+
+def user_data_digest_without(user_data: str, path: str) -> str:
+    """sha256 of a cloud-config with the file at `path` left out: what a host must be
+    rebuilt for, when that file is delivered another way."""
+    doc = yaml.safe_load(user_data)
+    doc["write_files"] = [f for f in doc.get("write_files", []) if f["path"] != path]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def user_data_file(user_data: str, path: str) -> str:
+    """The content cloud-init writes to `path` (write_files), exactly."""
+    (content,) = [f["content"] for f in yaml.safe_load(user_data)["write_files"] if f["path"] == path]
+    return content

@@ -11,6 +11,7 @@ from typing import Any
 
 import pulumi
 
+from agentctl import hcloud_catalog
 from agentctl.errors import ConfigError
 from agentctl.model import Deployment
 from agentctl.secrets import (CA_KEY_PATH, TAILSCALE_AUTHKEY_PATH, ca_key_parameter_name, secret_file_path,
@@ -49,11 +50,8 @@ def check_cloud(deployment: Deployment, source: str, config: dict[str, Any]) -> 
         raise ConfigError(source, f"{NAMESPACE}:cloud", "'lab' is run by `agentctl lab up`, not by Pulumi",
                           "aws or hcloud for `pulumi up` and `agentctl plan`")
     if deployment.cloud == "hcloud":
-        try:
-            policy.hcloud_network_zone(deployment.region)
-        except ValueError as exc:
-            raise ConfigError(source, f"{NAMESPACE}:region", str(exc),
-                              f"one of {', '.join(policy.HCLOUD_NETWORK_ZONES)}") from None
+        for path, what, expected in hcloud_catalog.problems(deployment):
+            raise ConfigError(source, f"{NAMESPACE}:{path}", what, expected)
         if not deployment.network.admin_cidrs:
             raise ConfigError(source, f"{NAMESPACE}:network.adminCidrs", "is empty, but on Hetzner the proxy's "
                               "secrets and CA key are pushed over SSH from an admin address",

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from agentctl.plan import SECRET_PLACEHOLDER, clean, runtime_config
+from agentctl.plan import OPTION_KEYS, SECRET_PLACEHOLDER, clean, runtime_config
 from agentctl.secrets import ca_key_parameter_name, ssm_parameter_name
 from tests.test_stacks_harness import ROOT, make_project
 
@@ -18,42 +18,90 @@ def agentctl(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("stack,component,count", [("example-aws", "agentctl:aws:Deployment", 60),
+@pytest.mark.parametrize("stack,component,count", [("example-aws", "agentctl:aws:Deployment", 61),
                                                     ("example-hcloud", "agentctl:hcloud:Deployment", 11)])
 def test_plan_json_lists_every_resource(stack, component, count):
     proc = agentctl("plan", "--stack", stack, "--json")
     assert proc.returncode == 0, proc.stderr
     resources = json.loads(proc.stdout)
     assert len(resources) == count
-    assert all(set(r) == {"type", "name", "inputs"} for r in resources)
+    assert all(set(r) == {"type", "name", "inputs", "options"} for r in resources)
+    assert all(set(r["options"]) == set(OPTION_KEYS) for r in resources)
     assert [r["type"] for r in resources if r["name"] == "agentctl"] == [component]
     # camelCase inputs, as the engine receives them
     assert any("userData" in r["inputs"] or "userDataBase64" in r["inputs"] for r in resources)
     assert "PRIVATE KEY" not in proc.stdout and "placeholder0000" not in proc.stdout
 
 
-def test_plan_table_and_no_ca_written_into_the_project(tmp_path):
+def test_plan_preview_and_no_ca_written_into_the_project(tmp_path):
     project = make_project(tmp_path, "example-hcloud")
     proc = agentctl("plan", "--stack", "example-hcloud", "--project-dir", str(project))
     assert proc.returncode == 0, proc.stderr
-    assert "agentctl-proxy-secrets" in proc.stdout and "hcloud:index/server:Server" in proc.stdout
-    assert "stack outputs" in proc.stdout and "ssh -J admin@203.0.113.10 admin@10.0.2.11" in proc.stdout
+    assert "agentctl-proxy-secrets" in proc.stdout and "hcloud:index:Server" in proc.stdout
+    assert "Outputs:" in proc.stdout and "ssh -J admin@203.0.113.10 admin@10.0.2.11" in proc.stdout
     assert not (project / ".agentctl").exists(), "plan must not create a CA in the user's project"
 
 
-@pytest.mark.parametrize("edit,key_path", [
-    (lambda c: c["agentctl:network"].update(cidr="10.0.0.0/26"), "agentctl:network.cidr"),
-    (lambda c: c.update({"agentctl:region": "mars1"}), "agentctl:region"),
-    (lambda c: c["agentctl:network"].pop("adminCidrs"), "agentctl:network.adminCidrs"),
-    (lambda c: c.pop("agentctl:githubPat"), "agentctl:agents[0].egress.secrets[0].from.config"),
-])
-def test_bad_config_exits_2_with_one_line(tmp_path, edit, key_path):
-    project = make_project(tmp_path, "example-hcloud", edit)
-    proc = agentctl("plan", "--stack", "example-hcloud", "--project-dir", str(project), "--json")
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stdout == ""
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and key_path in lines[0] and "Traceback" not in proc.stderr
+def _tree(stdout: str) -> list[str]:
+    return stdout.split("\nOutputs:")[0].splitlines()
+
+
+@pytest.mark.parametrize("stack", ["example-aws", "example-hcloud"])
+def test_plan_reads_like_pulumi_preview_at_80_columns(stack):
+    """A tree by parent with every resource's name whole, key inputs, secrets as [secret],
+    replace notes, and a summary line; no tree line wider than 80 columns."""
+    proc = agentctl("plan", "--stack", stack)
+    json_proc = agentctl("plan", "--stack", stack, "--json")
+    assert proc.returncode == 0 and json_proc.returncode == 0, proc.stderr + json_proc.stderr
+    resources = json.loads(json_proc.stdout)
+    tree = _tree(proc.stdout)
+    assert max(len(line) for line in tree) <= 80, max(tree, key=len)
+    words = {w for line in tree for w in line.split()}
+    assert {r["name"] for r in resources} <= words, "every resource is named, whole"
+    component = next(i for i, line in enumerate(tree) if line.rstrip().endswith(" agentctl"))
+    assert "└─ agentctl:" in tree[component] and all("├─" in l or "└─" in l for l in tree[component + 1:] if "+" in l[:5])
+    assert f"+ {len(resources) + 1} to create" in proc.stdout
+    assert "PRIVATE KEY" not in proc.stdout and "placeholder0000" not in proc.stdout
+    hosts = [r["name"] for r in resources if r["type"] in ("aws:ec2/instance:Instance", "hcloud:index/server:Server")]
+    for host in hosts:
+        at = next(i for i, line in enumerate(tree) if line.endswith(" " + host))
+        notes = " ".join(line.split("» ", 1)[1] for line in tree[at + 1:at + 5] if "» " in line)
+        assert "deleted before its replacement" in notes, (host, notes)
+
+
+def test_plan_marks_secrets_and_replace_triggers(tmp_path):
+    proc = agentctl("plan", "--stack", "example-aws")
+    tree = _tree(proc.stdout)
+    assert any("value=[secret]" in line for line in tree)
+    assert any("replaced when its user-data changes" in line for line in tree)
+
+
+def test_plan_json_options_show_what_a_replace_would_do():
+    resources = {r["name"]: r for r in json.loads(agentctl("plan", "--stack", "example-aws", "--json").stdout)}
+    proxy = resources["agentctl-proxy"]["options"]
+    assert proxy["parent"] == "agentctl" and proxy["deleteBeforeReplace"] is True and proxy["provider"] is None
+    assert "agentctl-proxy-eip" in proxy["dependsOn"] and proxy["ignoreChanges"] == ["ami"]
+    assert resources["agentctl"]["options"]["parent"] is None
+
+
+def _imds_inputs(tmp_path, edit) -> dict:
+    project = make_project(tmp_path, "example-aws", edit)
+    proc = agentctl("plan", "--stack", "example-aws", "--project-dir", str(project), "--json")
+    assert proc.returncode == 0, proc.stderr
+    (imds,) = [r for r in json.loads(proc.stdout) if r["type"] == "pulumi-python:dynamic/agentctl:AgentImds"]
+    return imds["inputs"]
+
+
+def test_agent_imds_gets_the_stacks_aws_credentials(tmp_path):
+    """pulumi-aws's own settings (profile, role chain, keys), not boto3's default chain."""
+    role = {"roleArn": "arn:aws:iam::210987654321:role/deployer", "sessionName": "agentctl"}
+    inputs = _imds_inputs(tmp_path / "a", lambda c: c.update({"aws:profile": "prod", "aws:assumeRoles": [role]}))
+    assert inputs["credentials"] == {"profile": "prod", "assumeRoles": [role]}
+    # Keys make the whole setting a secret (state encrypts it; plans never show it).
+    keyed = _imds_inputs(tmp_path / "b", lambda c: c.update({"aws:accessKey": "AKIAIOSFODNN7EXAMPLE",
+                                                             "aws:secretKey": {"secure": "v1:x"}}))
+    assert keyed["credentials"] == SECRET_PLACEHOLDER
+    assert "credentials" not in _imds_inputs(tmp_path / "c", lambda c: None)
 
 
 def test_lab_stack_is_not_a_pulumi_stack():

@@ -4,6 +4,7 @@ console (moto's is a fixed Xen boot log) injected at the boto3 client boundary."
 from __future__ import annotations
 
 import base64
+import subprocess
 
 import boto3
 import pytest
@@ -23,7 +24,11 @@ REGION = "us-east-1"
 LAUNCH = {"HttpEndpoint": "enabled", "HttpTokens": "required", "HttpPutResponseHopLimit": 1,
           "InstanceMetadataTags": "disabled"}
 BOOT_LOG = "[    0.000000] Linux version 6.8.0-1012-aws\nCloud-init v. 24.4 running 'init' ...\n"
-CONVERGED = "Cloud-init v. 24.4 finished\nagentctl: agent host scout converged after 312.4 s\n"
+CONVERGED = ("agentctl: agent host scout converge succeeded\nCloud-init v. 24.4 finished\n"
+             "agentctl: agent host scout converged after 312.4 s\n")
+# cloud-init prints its final message even when converge failed: that is no success.
+FAILED = ("agentctl: agent host scout converge failed (exit 100, line 57: apt-get install -y hermes)\n"
+          "Cloud-init v. 24.4 finished\nagentctl: agent host scout converged after 612.0 s\n")
 
 
 class Console:
@@ -62,7 +67,7 @@ def ec2(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
         client = boto3.client("ec2", region_name=REGION)
-        monkeypatch.setattr(agent_imds, "_client", lambda region: client)
+        monkeypatch.setattr(agent_imds, "_client", lambda region, creds=None: client)
         yield client
 
 
@@ -163,11 +168,80 @@ def test_other_console_errors_are_not_swallowed():
             agent_imds.console_text(client, "i-0123456789abcdef0")
 
 
+def test_a_failed_converge_fails_with_its_reason_and_leaves_imdsv2(ec2, instance_id, monkeypatch):
+    Console(ec2, BOOT_LOG, BOOT_LOG + FAILED)
+    monkeypatch.setattr(agent_imds, "sleep", FakeClock().sleep)
+    with pytest.raises(agent_imds.ImdsCloseError) as info:
+        agent_imds.AgentImdsProvider().create(props(instance_id))
+    assert "converge failed (exit 100, line 57: apt-get install -y hermes)" in str(info.value)
+    assert endpoint(ec2, instance_id) == "enabled"
+
+
+def test_cloud_init_done_without_a_result_fails(ec2, instance_id, monkeypatch):
+    """The original defect: the final message alone closed IMDS on a host that never converged."""
+    Console(ec2, BOOT_LOG + "Cloud-init v. 24.4 finished\nagentctl: agent host scout converged after 9 s\n")
+    clock = FakeClock()
+    monkeypatch.setattr(agent_imds, "sleep", clock.sleep)
+    monkeypatch.setattr(agent_imds, "clock", clock)
+    with pytest.raises(agent_imds.ImdsCloseError, match="converge reported no result"):
+        agent_imds.AgentImdsProvider().create(props(instance_id))
+    assert clock.now < 600 and endpoint(ec2, instance_id) == "enabled"
+
+
+def _agent_converge(tmp_path, body: str) -> subprocess.CompletedProcess:
+    """The rendered agent converge script with its steps replaced by body, run by bash."""
+    (host,) = [h for h in render_hosts(load(ROOT, "example-aws"), new_ca("t")[1].decode(), stack="example-aws")
+               if h.role == "agent"]
+    files = {f["path"]: f["content"] for f in yaml.safe_load(host.user_data)["write_files"]}
+    script = files["/usr/local/sbin/agentctl-converge"]
+    head, rest = script.split("mkdir -p /var/lib/agentctl /run/agentctl\n", 1)
+    tail = rest[rest.index("date -u +%FT%TZ > /var/lib/agentctl/converged"):]
+    text = (head + body + "\n" + tail).replace("/var/lib/agentctl", str(tmp_path))
+    (tmp_path / "converge").write_text(text)
+    return subprocess.run(["bash", str(tmp_path / "converge")], capture_output=True, text=True, timeout=30)
+
+
+def test_converge_reports_success_only_after_every_step(tmp_path):
+    ok = _agent_converge(tmp_path, "true")
+    assert ok.returncode == 0 and agent_imds.converge_result(ok.stdout, agent_imds.converged_marker("scout")) == "succeeded"
+    (tmp_path / "converged").unlink()
+    bad = _agent_converge(tmp_path, "true\nfalse\ntrue")
+    result = agent_imds.converge_result(bad.stdout, agent_imds.converged_marker("scout"))
+    assert bad.returncode != 0 and result.startswith("failed (exit 1, line ") and result.endswith(": false)")
+    assert not (tmp_path / "converged").exists()
+
+
 def test_marker_is_what_the_rendered_user_data_prints():
-    """The waiter and agentctl.render must agree on the final message, host by host."""
+    """The waiter and agentctl.render agree on the result line, host by host, and every
+    boot after a success repeats it (the console after converge's one reboot)."""
     deployment = load(ROOT, "example-aws")
     for host in render_hosts(deployment, new_ca("t")[1].decode(), stack="example-aws"):
         if host.role == "agent":
-            final = yaml.safe_load(host.user_data)["final_message"]
-            assert final.startswith(agent_imds.converged_marker(host.name)), final
-            assert not final.startswith(agent_imds.converged_marker(host.name + "x"))
+            doc = yaml.safe_load(host.user_data)
+            marker = agent_imds.converged_marker(host.name)
+            converge = next(f["content"] for f in doc["write_files"] if f["path"].endswith("agentctl-converge"))
+            assert f"result_prefix='{marker}'" in converge
+            assert any(f"echo '{marker}succeeded'" in cmd[-1] for cmd in doc["bootcmd"])
+            assert not doc["final_message"].startswith(marker)
+
+
+def test_credentials_follow_the_stack_provider_config(monkeypatch):
+    """Keys, then each assumeRoles entry in order: the session is the last role's."""
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        iam = boto3.client("iam", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+        arn = iam.create_role(RoleName="deployer", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        creds = {"accessKey": "AKIAIOSFODNN7EXAMPLE", "secretKey": "s3cret",
+                 "assumeRoles": [{"roleArn": arn, "sessionName": "ops", "duration": "1h"}]}
+        who = agent_imds.session(REGION, creds).client("sts").get_caller_identity()
+        assert who["Arn"].endswith(":assumed-role/deployer/ops"), who["Arn"]
+        plain = agent_imds.session(REGION, {"accessKey": "AKIAIOSFODNN7EXAMPLE", "secretKey": "s3cret"})
+        assert plain.get_credentials().access_key == "AKIAIOSFODNN7EXAMPLE"
+
+
+def test_a_named_profile_is_used(tmp_path, monkeypatch):
+    (tmp_path / "credentials").write_text("[prod]\naws_access_key_id = AKIAPRODEXAMPLE\naws_secret_access_key = x\n")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    s = agent_imds.session(REGION, {"profile": "prod", "sharedCredentialsFiles": [str(tmp_path / "credentials")]})
+    assert s.get_credentials().access_key == "AKIAPRODEXAMPLE"

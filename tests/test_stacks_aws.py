@@ -81,7 +81,9 @@ def check_instances_carry_exactly_their_security_group(p, ctx):
     rs = p.resources
     for a in agents(rs):
         assert a["inputs"]["vpcSecurityGroupIds"] == [mock_id(f"{N}-agent-sg")], a["name"]
-    assert named(rs, f"{N}-proxy")["inputs"]["vpcSecurityGroupIds"] == [mock_id(f"{N}-proxy-sg")]
+    assert named(rs, f"{N}-proxy-nic")["inputs"]["securityGroups"] == [mock_id(f"{N}-proxy-sg")]
+    assert named(rs, f"{N}-proxy")["inputs"]["primaryNetworkInterface"] == {
+        "networkInterfaceId": mock_id(f"{N}-proxy-nic")}
     assert named(rs, f"{N}-eice")["inputs"]["securityGroupIds"] == [mock_id(f"{N}-eice-sg")]
 
 
@@ -119,8 +121,12 @@ def check_agent_imds_closed_after_convergence(p, ctx):
         assert closer["inputs"] == {"__provider": "[dynamic provider]", "instanceId": mock_id(a["name"]),
                                     "region": "us-east-1", "host": host, "marker": converged_marker(host),
                                     "timeoutSeconds": DEFAULT_TIMEOUT_SECONDS}
-        # The marker is the start of the final message cloud-init prints for that host.
-        assert yaml.safe_load(user_data_of(a))["final_message"].startswith(closer["inputs"]["marker"])
+        # The marker starts the result line that this host's converge prints (not cloud-init's
+        # final message, which prints even when a step failed).
+        doc = yaml.safe_load(user_data_of(a))
+        converge = next(f["content"] for f in doc["write_files"] if f["path"] == "/usr/local/sbin/agentctl-converge")
+        assert f"result_prefix='{closer['inputs']['marker']}'" in converge
+        assert not doc["final_message"].startswith(closer["inputs"]["marker"])
 
 
 def check_agent_has_no_identity_and_no_public_ip(p, ctx):
@@ -140,14 +146,23 @@ def check_root_volumes_encrypted_gp3(p, ctx):
 
 
 def check_proxy_instance(p, ctx):
+    """The proxy's address lives on its own interface, which holds the Elastic IP before
+    the instance boots (its first boot installs packages), and the instance waits for
+    its role's policy and its parameters (its first boot reads them)."""
     rs = p.resources
-    p_ = named(rs, f"{N}-proxy")["inputs"]
+    proxy = named(rs, f"{N}-proxy")
+    p_ = proxy["inputs"]
     assert p_["metadataOptions"]["httpTokens"] == "required"
     assert p_["metadataOptions"]["httpPutResponseHopLimit"] == 1
     assert p_["iamInstanceProfile"] == f"{N}-proxy-profile"
-    assert p_["privateIp"] == PROXY_IP and p_["subnetId"] == mock_id(f"{N}-proxy-subnet")
+    assert "privateIp" not in p_ and "associatePublicIpAddress" not in p_
+    nic = named(rs, f"{N}-proxy-nic")["inputs"]
+    assert nic["privateIps"] == [PROXY_IP] and nic["subnetId"] == mock_id(f"{N}-proxy-subnet")
     (eip,) = of_type(rs, "aws:ec2/eip:Eip")
-    assert eip["name"] == f"{N}-proxy-eip" and eip["inputs"]["instance"] == mock_id(f"{N}-proxy")
+    assert eip["name"] == f"{N}-proxy-eip" and eip["inputs"]["networkInterface"] == mock_id(f"{N}-proxy-nic")
+    assert "instance" not in eip["inputs"]
+    parameters = {r["name"] for r in of_type(rs, "aws:ssm/parameter:Parameter")}
+    assert {f"{N}-proxy-eip", f"{N}-proxy-policy", *parameters} <= set(proxy["options"]["dependsOn"])
 
 
 def check_proxy_role_least_privilege(p, ctx):
@@ -185,6 +200,8 @@ def check_dns_firewall_blocks_vpc_resolver(p, ctx):
     assert rule["action"] == "BLOCK" and rule["firewallDomainListId"] == mock_id(f"{N}-dns-block-all")
     assoc = named(rs, f"{N}-dns-firewall-assoc")["inputs"]
     assert assoc["vpcId"] == mock_id(f"{N}-vpc") and assoc["firewallRuleGroupId"] == rule["firewallRuleGroupId"]
+    # ENABLED makes AWS refuse the disassociation `pulumi destroy` needs (RSLVR-02307).
+    assert assoc["mutationProtection"] == "DISABLED"
     assert named(rs, f"{N}-dns-firewall-config")["inputs"] == {"resourceId": mock_id(f"{N}-vpc"),
                                                                  "firewallFailOpen": "DISABLED"}
 
@@ -241,16 +258,35 @@ def check_user_data_is_the_hosts_rendered_user_data(p, ctx):
 
 def check_stack_outputs(p, ctx):
     d = ctx.deployment
-    connect = "aws ec2-instance-connect ssh --connection-type eice --os-user admin --instance-id "
+
+    def connect(iid):
+        return f"ssh -o ProxyCommand='aws ec2-instance-connect open-tunnel --instance-id {iid}' admin@{iid}"
     assert p.outputs == {
         "proxyPublicIp": "203.0.113.20",  # the Elastic IP's address, as the mocks answer it
         "proxyPrivateIp": PROXY_IP,
         "agentPrivateIps": {"scout": AGENT_IP},
         "caFingerprintSha256": ctx.ca_fingerprint,
         "alertsTopicArn": f"{ARN}:{N}-alerts",
-        "ssh": {d.proxy.name: connect + mock_id(f"{N}-proxy"), "scout": connect + mock_id(f"{N}-agent-scout")},
+        "ssh": {d.proxy.name: connect(mock_id(f"{N}-proxy")), "scout": connect(mock_id(f"{N}-agent-scout"))},
         "instanceConnectEndpointId": mock_id(f"{N}-eice"),
     }
+
+
+def check_hosts_are_deleted_before_their_replacement(p, ctx):
+    """Every host (and the proxy's interface) holds a fixed private address: a
+    replacement created first would fail with InvalidIPAddress.InUse. A looked-up image
+    is read at creation only, so a newly published one replaces nothing."""
+    rs = p.resources
+    for host in [*agents(rs), named(rs, f"{N}-proxy")]:
+        assert host["options"]["deleteBeforeReplace"] is True, host["name"]
+        assert "ami" in host["options"]["ignoreChanges"], host["name"]
+    assert named(rs, f"{N}-proxy-nic")["options"]["deleteBeforeReplace"] is True
+
+
+def check_subnets_in_a_standard_zone(p, ctx):
+    """The mocks answer like an account opted in to a Local Zone, which sorts first."""
+    zones = {named(p.resources, f"{N}-{role}-subnet")["inputs"]["availabilityZone"] for role in ("proxy", "agent")}
+    assert zones == {"us-east-1a"}
 
 
 CHECKS = {f.__name__.removeprefix("check_"): f for f in [
@@ -260,7 +296,8 @@ CHECKS = {f.__name__.removeprefix("check_"): f for f in [
     check_agent_has_no_identity_and_no_public_ip, check_root_volumes_encrypted_gp3, check_proxy_instance,
     check_proxy_role_least_privilege, check_kms_rotation, check_secrets_in_ssm,
     check_dns_firewall_blocks_vpc_resolver, check_rejected_egress_alarm, check_alarm_can_publish_to_its_encrypted_topic,
-    check_user_data_is_the_hosts_rendered_user_data, check_stack_outputs]}
+    check_user_data_is_the_hosts_rendered_user_data, check_stack_outputs,
+    check_hosts_are_deleted_before_their_replacement, check_subnets_in_a_standard_zone]}
 
 
 def _append_to(cls_path: str, name_part: str, kwarg: str, extra: str) -> str:
@@ -303,7 +340,7 @@ BREAKS = {
     ],
     "instances_carry_exactly_their_security_group": [
         _append_to("pulumi_aws.ec2.Instance", "-agent-", "vpc_security_group_ids", "'sg-0badbadbadbadbad0'"),
-        _append_to("pulumi_aws.ec2.Instance", "-proxy", "vpc_security_group_ids", "'sg-0badbadbadbadbad0'"),
+        _append_to("pulumi_aws.ec2.NetworkInterface", "-proxy-nic", "security_groups", "'sg-0badbadbadbadbad0'"),
         _append_to("pulumi_aws.ec2transitgateway.InstanceConnectEndpoint", "-eice", "security_group_ids",
                    "'sg-0badbadbadbadbad0'"),
     ],
@@ -349,7 +386,8 @@ BREAKS = {
     "proxy_instance": [
         "override(pulumi_aws.ec2, 'Instance', '-proxy', metadata_options={'http_tokens': 'optional',"
         " 'http_put_response_hop_limit': 2})",
-        "override(pulumi_aws.ec2, 'Eip', '-proxy-eip', instance='i-0123456789abcdef0')",
+        "override(pulumi_aws.ec2, 'Eip', '-proxy-eip', network_interface='eni-0123456789abcdef0')",
+        "override(pulumi_aws.ec2, 'Instance', '-proxy', opts=pulumi.ResourceOptions())",
     ],
     "proxy_role_least_privilege": [
         _replace_policy("proxy_role_policy", "doc['Statement'][0]['Resource'] = ['*']"),
@@ -359,7 +397,11 @@ BREAKS = {
         "override(pulumi_aws.kms, 'Key', '-alerts-key', enable_key_rotation=False)",
     ],
     "secrets_in_ssm": ["override(pulumi_aws.ssm, 'Parameter', '-secret-', type='String')"],
-    "dns_firewall_blocks_vpc_resolver": ["policy.dns_firewall_block_domains = lambda: ['evil.example.']"],
+    "dns_firewall_blocks_vpc_resolver": [
+        "policy.dns_firewall_block_domains = lambda: ['evil.example.']",
+        # The original defect: `pulumi destroy` could not remove the association.
+        "override(pulumi_aws.route53, 'ResolverFirewallRuleGroupAssociation', '-assoc', mutation_protection='ENABLED')",
+    ],
     "rejected_egress_alarm": [
         "override(pulumi_aws.ec2, 'FlowLog', '-agent-', traffic_type='ACCEPT')",
         "override(pulumi_aws.ec2, 'FlowLog', '-agent-', subnet_id='subnet-0123456789abcdef0')",
@@ -398,7 +440,22 @@ BREAKS = {
         "pulumi.export = lambda k, v: None if k == 'ssh' else orig_export(k, v)",
         "orig = aws_deployment.AwsDeployment.outputs\n"
         "aws_deployment.AwsDeployment.outputs = lambda self: {**orig(self), 'proxyPublicIp': self._d.proxy_ip}",
+        # The original defect: a command that pushes a key the agent would read from IMDS (closed).
+        "policy.eice_ssh_command = lambda iid, user='admin': "
+        "'aws ec2-instance-connect ssh --connection-type eice --os-user admin --instance-id ' + iid",
     ],
+    "hosts_are_deleted_before_their_replacement": [
+        "orig_host_opts = aws_deployment.AwsDeployment._host_opts\n"
+        "aws_deployment.AwsDeployment._host_opts = lambda self, **kw: pulumi.ResourceOptions.merge("
+        "orig_host_opts(self, **kw), pulumi.ResourceOptions(delete_before_replace=False))",
+        "override(pulumi_aws.ec2, 'NetworkInterface', '-proxy-nic', opts=pulumi.ResourceOptions())",
+        # A new image published would replace every host.
+        "orig_host_opts = aws_deployment.AwsDeployment._host_opts\n"
+        "aws_deployment.AwsDeployment._host_opts = lambda self, *, depends_on, ignore: orig_host_opts("
+        "self, depends_on=depends_on, ignore=ignore) if False else self._opts(depends_on=depends_on, "
+        "delete_before_replace=True, ignore_changes=list(ignore))",
+    ],
+    "subnets_in_a_standard_zone": ["policy.standard_zone_filters = lambda: []"],
 }
 BROKEN = [f"{inv}/{i}" for inv, patches in sorted(BREAKS.items()) for i in range(len(patches))]
 
@@ -426,19 +483,10 @@ def ctx(project):
 @pytest.fixture(scope="module")
 def plans(project, ctx, tmp_path_factory):
     ami = make_project(tmp_path_factory.mktemp("aws-ami"), STACK, _ami_override)
-    # Records the options of each instance in its tags, where the mocks can see them.
-    spy = ("orig_instance = pulumi_aws.ec2.Instance\n"
-           "class Spy(orig_instance):\n"
-           "    def __init__(self, name, *a, **kw):\n"
-           "        o = kw.get('opts')\n"
-           "        kw['tags'] = {**kw.get('tags', {}), 'spy:ignoreChanges': ','.join((o and o.ignore_changes) or [])}\n"
-           "        super().__init__(name, *a, **kw)\n"
-           "pulumi_aws.ec2.Instance = Spy\n")
     jobs = {"baseline": {"dir": str(project), "stack": STACK, "patch": ""},
             "ami": {"dir": str(ami), "stack": STACK, "patch": ""},
-            "spy": {"dir": str(project), "stack": STACK, "patch": spy},
-            "spy-broken": {"dir": str(project), "stack": STACK,
-                           "patch": spy + "policy.agent_instance_ignore_changes = lambda: []"}}
+            "imds-reopened": {"dir": str(project), "stack": STACK,
+                              "patch": "policy.agent_instance_ignore_changes = lambda: []"}}
     for key in BROKEN:
         inv, i = key.split("/")
         jobs[key] = {"dir": str(project), "stack": STACK, "patch": BREAKS[inv][int(i)]}
@@ -465,10 +513,11 @@ def test_refresh_never_reopens_the_agents_imds(plans):
     """AgentImds disables the endpoint outside the instance's inputs: the instance must
     ignore that field, or `pulumi up --refresh` would enable it again."""
     def ignored(plan):
-        return {i["name"]: i["inputs"]["tags"]["spy:ignoreChanges"] for i in of_type(plan.resources, INSTANCE)}
+        return {i["name"]: i["options"]["ignoreChanges"] for i in of_type(plan.resources, INSTANCE)}
 
-    assert ignored(plans["spy"]) == {f"{N}-agent-scout": "metadataOptions.httpEndpoint", f"{N}-proxy": ""}
-    assert ignored(plans["spy-broken"])[f"{N}-agent-scout"] == ""
+    assert ignored(plans["baseline"]) == {f"{N}-agent-scout": ["ami", "metadataOptions.httpEndpoint"],
+                                          f"{N}-proxy": ["ami"]}
+    assert ignored(plans["imds-reopened"])[f"{N}-agent-scout"] == ["ami"]
 
 
 def test_children_are_parented_and_named_after_the_component(plans):
@@ -482,3 +531,5 @@ def test_ami_defaults_to_lookup_and_is_overridable(plans):
 
     assert {i["inputs"]["ami"] for i in of_type(plans["baseline"].resources, INSTANCE)} == {PLACEHOLDER_AMI}
     assert {i["inputs"]["ami"] for i in of_type(plans["ami"].resources, INSTANCE)} == {"ami-0123456789abcdef0"}
+    # A pinned image is a decision: changing it replaces the hosts (delete first).
+    assert all("ami" not in i["options"]["ignoreChanges"] for i in of_type(plans["ami"].resources, INSTANCE))

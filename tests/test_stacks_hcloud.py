@@ -7,9 +7,10 @@ import ipaddress
 
 import pytest
 
+from agentctl import hcloud_catalog
 from agentctl.ca import ensure_ca
 from agentctl.stackfile import load
-from agentctl_stacks import proxy_secrets
+from agentctl_stacks import policy, proxy_secrets
 from tests.test_stacks_harness import Ctx, Plan, evaluate_variants, make_project, named, of_type
 
 STACK = "example-hcloud"
@@ -105,7 +106,9 @@ def check_secrets_pushed_not_in_user_data(p, ctx):
     assert push["type"] == PUSH and push["inputs"]["files"] == "[secret]"
     assert push["inputs"]["user"] == "admin" and push["inputs"]["host"] == MOCK_PUBLIC_IP
     expected = [{"path": "/etc/agentctl-proxy/secrets/scout/github-pat", "owner": "agentctl-proxy", "mode": "0600"},
-                {"path": "/etc/agentctl-proxy/ca.key", "owner": "agentctl-proxy", "mode": "0600"}]
+                {"path": "/etc/agentctl-proxy/ca.key", "owner": "agentctl-proxy", "mode": "0600"},
+                # the policy: root's, readable by the proxy's group (as user-data writes it)
+                {"path": "/etc/agentctl-proxy/config.yaml", "owner": "root:agentctl-proxy", "mode": "0640"}]
     if ctx.deployment.tailscale:
         # agentctl-tailscale-up.path waits for exactly this file (agentctl.secrets.TAILSCALE_AUTHKEY_PATH).
         expected.append({"path": "/etc/agentctl/tailscale-authkey", "owner": "root", "mode": "0600"})
@@ -132,11 +135,37 @@ def check_stack_outputs(p, ctx):
     }
 
 
+def check_servers_are_deleted_before_their_replacement(p, ctx):
+    """A server holds a fixed network address (the proxy also its Primary IP): a
+    replacement created first cannot get them."""
+    for server in of_type(p.resources, SERVER):
+        assert server["options"]["deleteBeforeReplace"] is True, server["name"]
+
+
+def check_proxy_policy_is_pushed_not_rebuilt(p, ctx):
+    """Adding an agent or editing a rule changes only the proxy's policy file: it is
+    pushed and reloaded (SIGHUP), the proxy is not rebuilt. Any other change to its
+    user-data still replaces it (replacement trigger: a digest without that file)."""
+    proxy = named(p.resources, f"{N}-proxy")
+    assert proxy["options"]["ignoreChanges"] == ["userData"] and bool(proxy["options"]["replacementTrigger"])
+    push = named(p.resources, f"{N}-proxy-secrets")["inputs"]
+    assert "/etc/agentctl-proxy/config.yaml" in [m["path"] for m in push["manifest"]]
+    assert push.get("after") == "systemctl try-reload-or-restart agentctl-proxy.service"
+
+
+def check_server_types_are_sold_where_they_run(p, ctx):
+    for server in of_type(p.resources, SERVER):
+        offered = hcloud_catalog.SERVER_TYPES.get(server["inputs"]["serverType"], ())
+        assert server["inputs"]["location"] in offered, (server["name"], server["inputs"]["serverType"])
+
+
 CHECKS = {f.__name__.removeprefix("check_"): f for f in [
     check_firewall_in_ssh_from_admin_cidrs_only, check_firewall_out_only_the_proxys_upstreams,
     check_firewall_applied_at_creation, check_network_and_subnets_follow_the_stack_config,
     check_agents_have_no_public_address, check_proxy_keeps_primary_ip, check_servers_have_ssh_keys,
-    check_secrets_pushed_not_in_user_data, check_user_data_is_the_hosts_rendered_user_data, check_stack_outputs]}
+    check_secrets_pushed_not_in_user_data, check_user_data_is_the_hosts_rendered_user_data, check_stack_outputs,
+    check_servers_are_deleted_before_their_replacement, check_proxy_policy_is_pushed_not_rebuilt,
+    check_server_types_are_sold_where_they_run]}
 
 LEAKY_RENDER = ("orig = agentctl.render.render_hosts\n"
                 "def leaky(*a, **kw):\n"
@@ -194,6 +223,21 @@ BREAKS = {
         "hcloud_deployment.HcloudDeployment.outputs = lambda self: {**orig(self), 'agentPrivateIps': {}}",
         "orig_export = pulumi.export\n"
         "pulumi.export = lambda k, v: None if k == 'caFingerprintSha256' else orig_export(k, v)",
+    ],
+    "servers_are_deleted_before_their_replacement": [
+        "override(pulumi_hcloud, 'Server', '-agent-scribe', opts=pulumi.ResourceOptions())",
+        "override(pulumi_hcloud, 'Server', '-proxy', opts=pulumi.ResourceOptions())",
+    ],
+    "proxy_policy_is_pushed_not_rebuilt": [
+        # The original defect: the policy only in user-data, so any change rebuilds the proxy.
+        _edit_files("[f for f in orig_files(self) if not f['path'].endswith('config.yaml')]"),
+        "hcloud_deployment.RELOAD_PROXY = None",
+        "orig_server = hcloud_deployment.HcloudDeployment._server\n"
+        "hcloud_deployment.HcloudDeployment._server = lambda self, *a, **kw: orig_server(self, *a)",
+    ],
+    "server_types_are_sold_where_they_run": [
+        "override(pulumi_hcloud, 'Server', '-agent-scout', server_type='cx22')",  # retired
+        "override(pulumi_hcloud, 'Server', '-proxy', location='ash')",  # cx23 is EU only
     ],
 }
 BROKEN = [f"{inv}/{i}" for inv, patches in sorted(BREAKS.items()) for i in range(len(patches))]

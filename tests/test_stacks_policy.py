@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agentctl import hcloud_catalog
 from agentctl.errors import ConfigError
 from agentctl.stackfile import load
 from agentctl_stacks import policy, program
@@ -84,9 +85,9 @@ def test_rejected_egress_pattern_matches_exactly_the_agent_subnet(net):
 
 
 def test_hcloud_zone_and_firewall():
-    assert policy.hcloud_network_zone("fsn1") == "eu-central"
+    assert hcloud_catalog.network_zone("fsn1") == "eu-central"
     with pytest.raises(ValueError, match="not a Hetzner location"):
-        policy.hcloud_network_zone("us-east-1")
+        hcloud_catalog.network_zone("us-east-1")
     hc = load(ROOT, "example-hcloud")
     rules = policy.hcloud_firewall_rules(hc)
     assert rules[0] == {"direction": "in", "protocol": "tcp", "port": "22", "source_ips": ["203.0.113.0/24"],
