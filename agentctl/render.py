@@ -23,7 +23,7 @@ from agentctl.outdir import check_out, write_atomically
 from agentctl.proxyconfig import proxy_config
 from agentctl.resources import ROLES, TEMPLATES
 from agentctl.secrets import TAILSCALE_AUTHKEY_PATH
-from agentctl.stackfile import load, stack_path
+from agentctl.stackfile import load, project_name, stack_path
 from agentctl.userdata import check_user_data_limits
 
 PROXY_BIN = "/opt/agentctl-proxy/venv/bin/agentctl-proxy"
@@ -262,7 +262,7 @@ def render_stack(project_dir: Path, stack: str, out: Path) -> list[RenderedHost]
     deployment = load(project_dir, stack)
     check_out(Path(out), Path(project_dir))
     ca = pending_ca(project_dir, stack)
-    project = _project_name(project_dir)
+    project = project_name(project_dir)
     hosts = render_hosts(deployment, ca.cert_pem, stack=stack, project=project)
 
     def proxy_with(n: int) -> str:  # the proxy's user-data with the first n agents only
@@ -277,10 +277,3 @@ def render_stack(project_dir: Path, stack: str, out: Path) -> list[RenderedHost]
 def _files(h: RenderedHost) -> list[tuple[str, str]]:
     files = [("user-data", h.user_data), ("meta-data", h.meta_data)]
     return files + ([("proxy.yaml", h.proxy_config)] if h.proxy_config is not None else [])
-
-
-def _project_name(project_dir: Path) -> str:
-    try:
-        return str(yaml.safe_load((Path(project_dir) / "Pulumi.yaml").read_text())["name"])
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return "agentctl"
