@@ -11,10 +11,29 @@ import typer
 from agentctl.errors import AgentctlError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, pretty_exceptions_enable=False, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Dedicated hardened hosts for AI agents, with an egress proxy as their only way out.")
 
 StackOpt = typer.Option(..., "--stack", help="Stack name: reads Pulumi.<stack>.yaml")
 ProjectDirOpt = typer.Option(Path("."), "--project-dir", help="Folder that holds Pulumi.yaml and the stack files")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+        typer.echo(f"agentctl {version('agentctl')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit"),
+    debug: bool = typer.Option(False, "--debug", help="On an error, print the traceback too (before or after the "
+                               "command; never shows local variables)"),
+) -> None:
+    # --debug is read by main() before the command runs (it decides how errors end);
+    # it is declared here so that --help lists it.
+    del version, debug
 
 
 @app.command()

@@ -18,8 +18,9 @@ import yaml
 
 from agentctl import escape, firewall, hardening
 from agentctl.ca import pending_ca
+from agentctl.errors import ConfigError
 from agentctl.model import Agent, Deployment
-from agentctl.outdir import check_out, write_atomically
+from agentctl.outdir import check_out, stage
 from agentctl.proxyconfig import proxy_config
 from agentctl.resources import ROLES, TEMPLATES
 from agentctl.secrets import TAILSCALE_AUTHKEY_PATH
@@ -269,8 +270,18 @@ def render_stack(project_dir: Path, stack: str, out: Path) -> list[RenderedHost]
         d = deployment.model_copy(update={"agents": deployment.agents[:n]})
         return _render_proxy(d, ca.cert_pem, stack=stack, project=project).user_data
     check_user_data_limits(deployment, hosts, str(stack_path(project_dir, stack)), proxy_with)
-    ca.save()
-    write_atomically({f"{h.name}/{name}": text for h in hosts for name, text in _files(h)}, Path(out))
+    # Everything is written beside --out first; only then the CA key, then the swap:
+    # a render that cannot write its output leaves no CA key behind either.
+    staged = stage({f"{h.name}/{name}": text for h in hosts for name, text in _files(h)}, Path(out))
+    try:
+        ca.save()
+    except BaseException as exc:
+        staged.discard()
+        if isinstance(exc, OSError):
+            raise ConfigError("--project-dir", str(project_dir), f"cannot hold the stack's CA key "
+                              f"({exc.strerror or exc})", "a project folder that can be written") from None
+        raise
+    staged.commit()
     return hosts
 
 
