@@ -100,7 +100,8 @@ def lab(ctx: typer.Context) -> None:
     # Imported only when used: the lab's modules cost a second that --help and render should not pay.
     from agentctl.lab.cli import app as lab_app
     group = typer.main.get_group(lab_app)  # a group: no completion options of its own
-    group.main(args=ctx.args, prog_name=f"{ctx.find_root().info_name or 'agentctl'} lab")
+    group.main(args=ctx.args, prog_name=f"{ctx.find_root().info_name or 'agentctl'} lab",
+               help_option_names=["-h", "--help"])  # inherited by its subcommands
 
 
 def main() -> None:

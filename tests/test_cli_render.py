@@ -234,5 +234,8 @@ def test_help_documents_debug_version_and_h():
     assert proc.returncode == 0
     for flag in ("--debug", "--version", "-h"):
         assert flag in proc.stdout, flag
+    for sub in (("render", "-h"), ("lab", "-h"), ("lab", "up", "-h")):
+        proc = agentctl(*sub)
+        assert proc.returncode == 0 and "Usage:" in proc.stdout, (sub, proc.stderr)
     version = agentctl("--version")
     assert version.returncode == 0 and version.stdout.startswith("agentctl ")
