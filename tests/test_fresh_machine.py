@@ -187,6 +187,8 @@ def test_readme_setup_on_a_stock_machine(distro, tmp_path_factory):
             cloudinit_check.ensure(distro_)
         shutil.copytree(cloudinit_check.CACHE, root / "var/cache/agentctl/cloud-init", symlinks=True)
         (root / "etc/resolv.conf").unlink(missing_ok=True)
+        if not (root / "etc/hosts").exists():  # the installer writes it, not a package; mmdebstrap does not
+            (root / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
         clone = root / "root" / "agentctl"
         _run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(clone)])
         _run(["git", "-C", str(clone), "checkout", "--quiet", head])

@@ -160,15 +160,32 @@ def test_jump_host_carries_the_connection_and_both_keys_are_checked(hosts, tmp_p
         sshtrust.connect(_target(hosts), known_hosts=known, key_filename=hosts["key"], jump=jump)
 
 
-RELAY = ("import socket,sys,threading;s=socket.create_connection((sys.argv[1],int(sys.argv[2])));"
-         "threading.Thread(target=lambda:[s.sendall(b) for b in iter(lambda:sys.stdin.buffer.read1(65536),b'')],"
-         "daemon=True).start();[sys.stdout.buffer.write(d) or sys.stdout.buffer.flush() for d in iter(lambda:s.recv(65536),b'')]")
+RELAY = """
+import os, select, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+open_fds = [0, s.fileno()]
+while s.fileno() in open_fds:
+    for fd in select.select(open_fds, [], [])[0]:
+        data = os.read(fd, 65536)
+        if fd == 0:
+            if data:
+                s.sendall(data)
+            else:
+                s.shutdown(socket.SHUT_WR)
+                open_fds.remove(0)
+        elif not data:
+            open_fds.remove(fd)
+        else:
+            while data:
+                data = data[os.write(1, data):]
+"""
 
 
 def test_proxy_command_carries_the_connection_like_eice_open_tunnel(hosts, tmp_path):
     known = tmp_path / "known_hosts"
     sshtrust.pin(known, "scout", [tuple(hosts["scout"]["pub"])])
-    command = f'{sys.executable} -c "{RELAY}" %h %p'
+    (tmp_path / "relay.py").write_text(RELAY)  # what `aws ec2-instance-connect open-tunnel` does: stdio <-> TCP
+    command = f"{sys.executable} {tmp_path / 'relay.py'} %h %p"
     client = sshtrust.connect(_target(hosts), known_hosts=known, key_filename=hosts["key"], proxy_command=command)
     assert _run(client) == "ok"
     client.close()
