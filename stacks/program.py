@@ -1,6 +1,6 @@
 """The Pulumi program: stack config -> Deployment -> one component per cloud.
 
-`main()` is what `pulumi up` runs (stacks/__main__.py); `agentctl plan` calls
+`main()` is what `pulumi up` runs (the project root's __main__.py); `agentctl plan` calls
 `declare()` under mocks with the same config path, so both see the same resources.
 """
 from __future__ import annotations
