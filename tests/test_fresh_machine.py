@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from agentctl import cloudinit_check
-from agentctl.lab.image import DISTROS, archive_keyring
+from agentctl.lab.image import DISTROS, _manylinux_platforms, archive_keyring
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -141,9 +141,16 @@ def wheels(distro: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     python = DISTROS[distro]["python"]
-    target = [] if python == "%d.%d" % sys.version_info[:2] else ["--python-version", python, "--only-binary=:all:"]
-    _run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(tmp), *target,
-          "setuptools>=68", "wheel", str(ROOT / "proxy"), f"{ROOT}[test]"], timeout=1800)
+    wanted = ["setuptools>=68", "wheel", str(ROOT / "proxy"), f"{ROOT}[test]"]
+    if python == "%d.%d" % sys.version_info[:2]:
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(tmp), *wanted], timeout=1800)
+    else:
+        # Another Python (Ubuntu's 3.12), as the lab image does it: `pip wheel` builds the
+        # sdist-only dependencies (pure), then the other Python's binary wheels join them.
+        _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(tmp), *wanted], timeout=1800)
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(tmp), "--find-links", str(tmp),
+              "--only-binary=:all:", "--python-version", python, *_manylinux_platforms(),
+              "setuptools>=68", "wheel", "agentctl-proxy", "agentctl[test]"], timeout=1800)  # ours: step 1's wheels
     for local in list(tmp.glob("agentctl*")):  # the clone brings its own source
         local.unlink()
     shutil.rmtree(folder, ignore_errors=True)
