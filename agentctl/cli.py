@@ -90,7 +90,12 @@ def hostkeys(stack: str = StackOpt, host: str = typer.Option(..., "--host", help
     except OSError as exc:
         raise ConfigError("--console", str(console), f"cannot be read ({exc.strerror})", "a file, or - for stdin") from None
     path = known_hosts or sshtrust.known_hosts_file(project_dir, stack)
-    for fp in sshtrust.pin(path, host, sshtrust.console_keys(text)):
+    try:
+        pinned = sshtrust.pin(path, host, sshtrust.console_keys(text))
+    except OSError as exc:
+        raise ConfigError("--known-hosts", str(path), f"cannot be written ({exc.strerror or exc})",
+                          "a file in a folder that can be written") from None
+    for fp in pinned:
         typer.echo(f"{host}: pinned {fp} in {path}")
 
 

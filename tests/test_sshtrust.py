@@ -138,12 +138,17 @@ def test_keys_pinned_from_cloud_inits_console_output(hosts, tmp_path):
     client.close()
 
 
-def test_console_without_keys_is_refused(tmp_path):
-    (tmp_path / "c").write_text("nothing here\n")
+@pytest.mark.parametrize("console,known,words", [
+    ("nothing here\n", "k", "holds no host keys"),
+    ("-----BEGIN SSH HOST KEY KEYS-----\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP1gNSTVBhHG0F8Og1eTBNdfdHLEHSdJSxtE3z/QQGWz"
+     "\n-----END SSH HOST KEY KEYS-----\n", "c/under-a-file", "--known-hosts"),
+])
+def test_hostkeys_bad_input_is_one_line(tmp_path, console, known, words):
+    (tmp_path / "c").write_text(console)
     proc = subprocess.run([sys.executable, "-m", "agentctl.cli", "hostkeys", "--stack", "lab", "--host", "scout",
-                           "--console", str(tmp_path / "c"), "--known-hosts", str(tmp_path / "k")], cwd=ROOT,
+                           "--console", str(tmp_path / "c"), "--known-hosts", str(tmp_path / known)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "holds no host keys" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
 
 
 def test_jump_host_carries_the_connection_and_both_keys_are_checked(hosts, tmp_path):
