@@ -8,13 +8,32 @@ from typing import List, Optional
 
 import typer
 
-from agentctl.errors import AgentctlError
+from agentctl.errors import AgentctlError, ConfigError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, pretty_exceptions_enable=False, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Dedicated hardened hosts for AI agents, with an egress proxy as their only way out.")
 
 StackOpt = typer.Option(..., "--stack", help="Stack name: reads Pulumi.<stack>.yaml")
 ProjectDirOpt = typer.Option(Path("."), "--project-dir", help="Folder that holds Pulumi.yaml and the stack files")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+        typer.echo(f"agentctl {version('agentctl')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit"),
+    debug: bool = typer.Option(False, "--debug", help="On an error, print the traceback too (before or after the "
+                               "command; never shows local variables)"),
+) -> None:
+    # --debug is read by main() before the command runs (it decides how errors end);
+    # it is declared here so that --help lists it.
+    del version, debug
 
 
 @app.command()
@@ -36,10 +55,48 @@ def plan(stack: str = StackOpt, json_out: bool = typer.Option(False, "--json", h
 
 @app.command()
 def verify(stack: str = StackOpt, host: List[str] = typer.Option(..., "--host", help="NAME=SPEC, e.g. scout=paramiko://admin@10.0.2.11"),
-           project_dir: Path = ProjectDirOpt, ssh_key: Optional[Path] = typer.Option(None, "--ssh-key", help="Private key for SSH")) -> None:
-    """Run each host's role suite (testinfra) against converged hosts."""
-    from agentctl.verify import run_verify
-    raise typer.Exit(run_verify(project_dir, stack, host, ssh_key))
+           project_dir: Path = ProjectDirOpt, ssh_key: Optional[Path] = typer.Option(None, "--ssh-key", help="Private key for SSH"),
+           jump: Optional[str] = typer.Option(None, "--jump", help="Jump host, [NAME=]USER@ADDRESS[:PORT], e.g. "
+                                              "proxy=admin@203.0.113.10 (its host key is checked too)"),
+           proxy_command: Optional[str] = typer.Option(None, "--proxy-command", help="ProxyCommand carrying the SSH "
+                                                       "connection (%h, %p), e.g. the EC2 Instance Connect Endpoint's "
+                                                       "'aws ec2-instance-connect open-tunnel --instance-id i-...'"),
+           first_contact: Optional[str] = typer.Option(None, "--first-contact", help="A host with no pinned key: "
+                                                       "refuse, or record its key (default: record on Hetzner only)"),
+           known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="Pinned host keys (default: "
+                                                      ".agentctl/<stack>/known_hosts)")) -> None:
+    """Run each host's role suite (testinfra) against converged hosts; SSH host keys must be the pinned ones."""
+    from agentctl import sshtrust
+    from agentctl.verify import Trust, run_verify
+    trust = Trust(known_hosts or sshtrust.known_hosts_file(project_dir, stack), first_contact, jump, proxy_command)
+    raise typer.Exit(run_verify(project_dir, stack, host, ssh_key, trust=trust))
+
+
+@app.command("hostkeys")
+def hostkeys(stack: str = StackOpt, host: str = typer.Option(..., "--host", help="The stack's host NAME the keys belong to"),
+             console: Path = typer.Option(..., "--console", help="cloud-init's console output ('-' for stdin), "
+                                          "e.g. from: aws ec2 get-console-output --latest --output text --instance-id i-..."),
+             project_dir: Path = ProjectDirOpt,
+             known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="Default: .agentctl/<stack>/known_hosts")) -> None:
+    """Pin a host's SSH keys from the host keys cloud-init printed to its console."""
+    from agentctl import sshtrust
+    from agentctl.stackfile import load
+    d = load(project_dir, stack)
+    names = [d.proxy.name, *(a.name for a in d.agents)]
+    if host not in names:
+        raise ConfigError("--host", host, "is not a host of this stack", f"one of {', '.join(names)}")
+    try:
+        text = sys.stdin.read() if str(console) == "-" else console.read_text(errors="replace")
+    except OSError as exc:
+        raise ConfigError("--console", str(console), f"cannot be read ({exc.strerror})", "a file, or - for stdin") from None
+    path = known_hosts or sshtrust.known_hosts_file(project_dir, stack)
+    try:
+        pinned = sshtrust.pin(path, host, sshtrust.console_keys(text))
+    except OSError as exc:
+        raise ConfigError("--known-hosts", str(path), f"cannot be written ({exc.strerror or exc})",
+                          "a file in a folder that can be written") from None
+    for fp in pinned:
+        typer.echo(f"{host}: pinned {fp} in {path}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
@@ -48,7 +105,8 @@ def lab(ctx: typer.Context) -> None:
     # Imported only when used: the lab's modules cost a second that --help and render should not pay.
     from agentctl.lab.cli import app as lab_app
     group = typer.main.get_group(lab_app)  # a group: no completion options of its own
-    group.main(args=ctx.args, prog_name=f"{ctx.find_root().info_name or 'agentctl'} lab")
+    group.main(args=ctx.args, prog_name=f"{ctx.find_root().info_name or 'agentctl'} lab",
+               help_option_names=["-h", "--help"])  # inherited by its subcommands
 
 
 def main() -> None:

@@ -35,23 +35,56 @@ def check_out(out: Path, project_dir: Path) -> None:
 
 
 def write_atomically(files: dict[str, str], out: Path) -> None:
-    """Write `files` (relative path -> text) into a sibling temp folder, then swap it
-    with `out` in one rename: a reader sees the old output or the new, never a mix."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    """Write `files` (relative path -> text) and swap them in as `out` in one step."""
+    stage(files, out).commit()
+
+
+class Staged:
+    """The whole output, written beside `out` but not yet in place: commit() swaps it in
+    with one rename (a reader sees the old output or the new, never a mix); discard()
+    removes it and every folder made for it, leaving no trace."""
+
+    def __init__(self, out: Path, staging: Path, made: list[Path]):
+        self.out, self.staging, self.made = out, staging, made
+
+    def commit(self) -> None:
+        try:
+            if self.out.exists():
+                _exchange(self.staging, self.out)  # staging now holds the previous output
+            else:
+                self.staging.rename(self.out)
+        finally:
+            if self.staging.exists():
+                shutil.rmtree(self.staging)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        for folder in self.made:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def stage(files: dict[str, str], out: Path) -> Staged:
+    """Write everything beside `out`; any failure (a parent that is a file, a folder that
+    cannot be written, /proc) is one ConfigError and leaves nothing behind."""
+    out = Path(out)
+    made = [p for p in [out.parent, *out.parent.parents] if not p.exists()]  # innermost first
+    staging: Path | None = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         for rel, text in files.items():
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             (staging / rel).write_text(text)
         (staging / MARKER).write_text(_MARKER_TEXT)
         os.chmod(staging, 0o755)
-        if out.exists():
-            _exchange(staging, out)  # staging now holds the previous output
-        else:
-            staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    except OSError as exc:
+        Staged(out, staging or out.parent / ".nonexistent", made).discard()
+        raise ConfigError("--out", str(out), f"cannot be written ({exc.strerror or exc})",
+                          "a folder that can be made and written here") from None
+    return Staged(out, staging, made)
 
 
 def _exchange(a: Path, b: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from agentctl.errors import ConfigError
+from agentctl.stackcheck import require_pulumi_cloud
 from agentctl.stackfile import NAMESPACE, load, stack_path
 
 SECRET_PLACEHOLDER = "[secret]"
@@ -174,7 +175,7 @@ def evaluate_with_outputs(project_dir: Path, stack: str) -> tuple[list[dict[str,
         provider_imports.install()
     from agentctl_stacks import program
 
-    program.check_deployment(deployment, source, stack_config, project=project, stack=stack)
+    require_pulumi_cloud(deployment, source)  # every other check ran in load()
 
     import pulumi
     from pulumi.runtime.settings import get_root_resource

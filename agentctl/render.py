@@ -18,13 +18,14 @@ import yaml
 
 from agentctl import escape, firewall, hardening
 from agentctl.ca import pending_ca
+from agentctl.errors import ConfigError
 from agentctl.model import Agent, Deployment
-from agentctl.outdir import check_out, write_atomically
+from agentctl.outdir import check_out, stage
 from agentctl.proxyconfig import proxy_config
 from agentctl.resources import ROLES, TEMPLATES
 from agentctl.secrets import (CA_KEY_PATH, INSTALL_SECRET_BIN, PROXY_CONFIG_PATH, SECRET_OWNERS, SECRETS_DIR,
                               TAILSCALE_AUTHKEY_PATH)
-from agentctl.stackfile import load, stack_path
+from agentctl.stackfile import load, project_name, stack_path
 from agentctl.userdata import check_user_data_limits
 
 PROXY_BIN = "/opt/agentctl-proxy/venv/bin/agentctl-proxy"
@@ -287,25 +288,28 @@ def render_stack(project_dir: Path, stack: str, out: Path) -> list[RenderedHost]
     deployment = load(project_dir, stack)
     check_out(Path(out), Path(project_dir))
     ca = pending_ca(project_dir, stack)
-    project = _project_name(project_dir)
+    project = project_name(project_dir)
     hosts = render_hosts(deployment, ca.cert_pem, stack=stack, project=project)
 
     def proxy_with(n: int) -> str:  # the proxy's user-data with the first n agents only
         d = deployment.model_copy(update={"agents": deployment.agents[:n]})
         return _render_proxy(d, ca.cert_pem, stack=stack, project=project).user_data
     check_user_data_limits(deployment, hosts, str(stack_path(project_dir, stack)), proxy_with)
-    ca.save()
-    write_atomically({f"{h.name}/{name}": text for h in hosts for name, text in _files(h)}, Path(out))
+    # Everything is written beside --out first; only then the CA key, then the swap:
+    # a render that cannot write its output leaves no CA key behind either.
+    staged = stage({f"{h.name}/{name}": text for h in hosts for name, text in _files(h)}, Path(out))
+    try:
+        ca.save()
+    except BaseException as exc:
+        staged.discard()
+        if isinstance(exc, OSError):
+            raise ConfigError("--project-dir", str(project_dir), f"cannot hold the stack's CA key "
+                              f"({exc.strerror or exc})", "a project folder that can be written") from None
+        raise
+    staged.commit()
     return hosts
 
 
 def _files(h: RenderedHost) -> list[tuple[str, str]]:
     files = [("user-data", h.user_data), ("meta-data", h.meta_data)]
     return files + ([("proxy.yaml", h.proxy_config)] if h.proxy_config is not None else [])
-
-
-def _project_name(project_dir: Path) -> str:
-    try:
-        return str(yaml.safe_load((Path(project_dir) / "Pulumi.yaml").read_text())["name"])
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return "agentctl"

@@ -15,9 +15,11 @@ from pydantic import ValidationError
 from agentctl.errors import ConfigError
 from agentctl.model import Deployment
 from agentctl.modelerrors import one_line
+from agentctl.stackcheck import StackContext, check_stack
 from agentctl.yamlkeys import find_duplicate
 
 NAMESPACE = "agentctl"
+DEFAULT_PROJECT = "agentctl"
 
 
 def stack_path(project_dir: Path, stack: str) -> Path:
@@ -42,7 +44,7 @@ def load(project_dir: Path, stack: str) -> Deployment:
         key_path = key_path.removeprefix("config.").replace("\n", "\\n")  # one line, whatever the key holds
         raise ConfigError(str(path), key_path, f"is given twice (again on line {line})",
                           "each key once (Pulumi refuses duplicates too)")
-    return from_config(_config_section(doc, path), str(path))
+    return from_config(_config_section(doc, path), str(path), project=project_name(project_dir), stack=stack)
 
 
 def _config_section(doc: Any, path: Path) -> dict[str, Any]:
@@ -51,8 +53,20 @@ def _config_section(doc: Any, path: Path) -> dict[str, Any]:
     return doc["config"]
 
 
-def from_config(config: dict[str, Any], source: str) -> Deployment:
-    """Build the model from a Pulumi config mapping (`project:key` -> value)."""
+def project_name(project_dir: Path) -> str:
+    """The Pulumi project's name (Pulumi.yaml `name:`): SSM paths and KMS aliases carry it."""
+    try:
+        doc = yaml.safe_load((Path(project_dir) / "Pulumi.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return DEFAULT_PROJECT
+    return str((doc or {}).get("name") or DEFAULT_PROJECT) if isinstance(doc, dict) else DEFAULT_PROJECT
+
+
+def from_config(config: dict[str, Any], source: str, *, project: str = "agentctl",
+                stack: str | None = None) -> Deployment:
+    """Build the model from a Pulumi config mapping (`project:key` -> value) and run
+    every cross-field check (agentctl/stackcheck.py). `stack` None skips only the
+    checks that need the stack's name; every command passes it."""
     values: dict[str, Any] = {}
     secure: set[str] = set()
     for full_key, value in config.items():
@@ -89,37 +103,5 @@ def from_config(config: dict[str, Any], source: str) -> Deployment:
         if key not in known:
             raise ConfigError(source, f"{NAMESPACE}:{key}", "unknown key",
                               f"one of {', '.join(sorted(known))}, or a Pulumi secret (--secret)")
-    seen: set[str] = {deployment.proxy.name}
-    for i, agent in enumerate(deployment.agents):
-        if agent.name in seen:
-            raise ConfigError(source, f"{NAMESPACE}:agents[{i}].name", f"host name {agent.name!r} is used twice",
-                              "unique host names across the proxy and the agents")
-        seen.add(agent.name)
-    numbers: dict[int, str] = {}
-    for i, agent in enumerate(deployment.agents):
-        number = deployment.agent_host_number(agent)
-        if number in numbers:
-            raise ConfigError(source, f"{NAMESPACE}:agents[{i}]", f"would take address .{number}, which agent "
-                              f"{numbers[number]!r} has", "a unique hostNumber per agent (unset ones follow the "
-                              "list from .11)")
-        numbers[number] = agent.name
-    _check_backups(deployment, source)
+    check_stack(StackContext(deployment, config, source, project, stack))
     return deployment
-
-
-def _check_backups(d: Deployment, source: str) -> None:
-    """The watchdog's backup-age check needs backups that write the marker it reads."""
-    max_age = d.watchdog.backup_max_age_hours
-    if max_age is None:
-        return
-    backed_up = [(i, a) for i, a in enumerate(d.agents) if a.backups.enabled]
-    if not backed_up:
-        raise ConfigError(source, f"{NAMESPACE}:watchdog.backupMaxAgeHours", "is set, but no agent has backups "
-                          "enabled, so no backup would ever be recent", "backups: {enabled: true} on an agent, "
-                          "or no backupMaxAgeHours")
-    for i, agent in backed_up:
-        if agent.backups.interval_hours >= max_age:
-            raise ConfigError(source, f"{NAMESPACE}:watchdog.backupMaxAgeHours", f"is {max_age}, but "
-                              f"agents[{i}] backs up every {agent.backups.interval_hours} hours, so the check "
-                              "would fail between two good backups",
-                              f"more than {agent.backups.interval_hours} hours")

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from agentctl import sshtrust
 from agentctl.errors import ConfigError
 from agentctl.resources import ROLES
 from agentctl.stackfile import load
@@ -36,20 +40,73 @@ def parse_hosts(specs: list[str], names: dict[str, str]) -> list[tuple[str, str,
     return out
 
 
+@dataclass(frozen=True)
+class Trust:
+    """How verify checks the hosts' SSH keys (agentctl/sshtrust.py)."""
+
+    known_hosts: Path
+    # "refuse" or "record"; unset: record only on Hetzner, the one cloud that publishes no
+    # console output to pin from (AWS: aws ec2 get-console-output; the lab pins its own).
+    first_contact: str | None = None
+    jump: str | None = None         # [NAME=]USER@ADDRESS[:PORT]
+    proxy_command: str | None = None
+
+
+def _endpoint(name: str, spec: str) -> sshtrust.Endpoint:
+    m = SPEC.match(spec)
+    return sshtrust.Endpoint(name, m.group("user"), m.group("addr").strip("[]"), int(m.group("port") or 22))
+
+
+def _ssh_config(folder: Path, name: str, trust: Trust) -> Path:
+    """For ssh:// (OpenSSH's client): the same pins, by HostKeyAlias, strictly."""
+    lines = ["Host *", f"  HostKeyAlias {name}", "  StrictHostKeyChecking yes",
+             f"  UserKnownHostsFile {trust.known_hosts.resolve()}", "  GlobalKnownHostsFile /dev/null", "  BatchMode yes"]
+    if trust.proxy_command:
+        lines.append(f"  ProxyCommand {trust.proxy_command}")
+    path = folder / f"ssh_config.{name}"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def run_verify(project_dir: Path, stack: str, hosts: list[str], ssh_key: Path | None,
-               extra_args: list[str] | None = None) -> int:
+               extra_args: list[str] | None = None, trust: Trust | None = None) -> int:
     deployment = load(project_dir, stack)
     names = {deployment.proxy.name: "proxy", **{a.name: "agent" for a in deployment.agents}}
     targets = parse_hosts(hosts, names)
     if ssh_key is not None and not Path(ssh_key).is_file():
         raise ConfigError("--ssh-key", str(ssh_key), "no such file", "a private key file")
+    trust = trust or Trust(sshtrust.known_hosts_file(project_dir, stack))
+    if trust.first_contact not in (None, *sshtrust.FIRST_CONTACT):
+        raise ConfigError("--first-contact", trust.first_contact, "is not known", " or ".join(sshtrust.FIRST_CONTACT))
+    first_contact = trust.first_contact or ("record" if deployment.cloud == "hcloud" else "refuse")
+    jump = sshtrust.parse_endpoint(trust.jump) if trust.jump else None
+    if jump is not None and trust.proxy_command:
+        raise ConfigError("--jump", trust.jump, "is given with --proxy-command", "one of them")
+    if jump is not None and any(spec.startswith("ssh://") for _, _, spec in targets):
+        raise ConfigError("--jump", trust.jump, "works with paramiko:// hosts only",
+                          "paramiko://USER@ADDRESS, or ssh:// with --proxy-command")
+    # Log in once here first: a host whose key is not the pinned one (or unknown, unless
+    # first contact may record it) stops verify with one line before any suite runs.
+    # The suites then connect the same way, refusing anything but what is now pinned.
+    for name, _, spec in targets:
+        sshtrust.connect(_endpoint(name, spec), known_hosts=trust.known_hosts, first_contact=first_contact,
+                         key_filename=str(ssh_key) if ssh_key else None, jump=jump,
+                         proxy_command=trust.proxy_command).close()
+    scratch = Path(tempfile.mkdtemp(prefix="agentctl-verify-"))
     # Hosts are independent: verify them side by side, print each report whole.
     procs = []
     for name, role, spec in targets:
         args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir", str(ROLES),
                 "-c", str(ROLES / "pytest.ini"), f"--hosts={spec}",
                 f"--agentctl-stack={stack}", f"--agentctl-project-dir={Path(project_dir).resolve()}",
-                f"--agentctl-host={name}", *[str(s) for s in suites(role)], *(extra_args or [])]
+                f"--agentctl-host={name}", f"--agentctl-known-hosts={trust.known_hosts.resolve()}",
+                *[str(s) for s in suites(role)], *(extra_args or [])]
+        if trust.jump:
+            args.append(f"--agentctl-jump={trust.jump}")
+        if trust.proxy_command:
+            args.append(f"--agentctl-proxy-command={trust.proxy_command}")
+        if spec.startswith("ssh://"):
+            args.append(f"--ssh-config={_ssh_config(scratch, name, trust)}")
         if ssh_key is not None:
             args.append(f"--ssh-identity-file={ssh_key}")
         procs.append((name, role, spec, subprocess.Popen(
@@ -60,4 +117,5 @@ def run_verify(project_dir: Path, stack: str, hosts: list[str], ssh_key: Path | 
         output, _ = proc.communicate()
         print(f"== {name} ({role}) {spec}\n{output}", end="", flush=True)
         worst = max(worst, proc.returncode)
+    shutil.rmtree(scratch, ignore_errors=True)
     return worst

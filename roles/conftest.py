@@ -14,6 +14,19 @@ def pytest_addoption(parser):
     parser.addoption("--agentctl-stack", required=True)
     parser.addoption("--agentctl-project-dir", default=".")
     parser.addoption("--agentctl-host", required=True, help="host name in the stack")
+    parser.addoption("--agentctl-known-hosts", required=True, help="the stack's pinned SSH host keys")
+    parser.addoption("--agentctl-jump", default=None, help="[NAME=]USER@ADDRESS[:PORT]")
+    parser.addoption("--agentctl-proxy-command", default=None)
+
+
+def pytest_configure(config):
+    """Every paramiko login of the suites refuses a host key that is not the pinned one."""
+    from agentctl import sshtrust
+    jump = config.getoption("--agentctl-jump")
+    sshtrust.use_in_testinfra(config.getoption("--agentctl-host"),
+                              known_hosts=Path(config.getoption("--agentctl-known-hosts")),
+                              jump=sshtrust.parse_endpoint(jump) if jump else None,
+                              proxy_command=config.getoption("--agentctl-proxy-command"))
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +56,8 @@ def root(pytestconfig):
     """The same host, every command through sudo (the suites log in as admin)."""
     import testinfra
     return testinfra.get_host(pytestconfig.getoption("--hosts"), sudo=True,
-                              ssh_identity_file=pytestconfig.getoption("--ssh-identity-file"))
+                              ssh_identity_file=pytestconfig.getoption("--ssh-identity-file"),
+                              ssh_config=pytestconfig.getoption("--ssh-config"))
 
 
 @pytest.fixture(scope="session")

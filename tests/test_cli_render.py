@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from .conftest import ROOT
@@ -178,3 +179,63 @@ def test_cli_help_and_render_do_not_import_the_lab(tmp_path):
                               text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert " agentctl.lab" not in proc.stderr
+
+
+def _immutable(folder: Path):
+    """A folder even root cannot write (chattr +i), or skip where the filesystem has no such flag."""
+    import shutil as _sh
+    if _sh.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here: no folder is unwritable for root")
+    return folder
+
+
+@pytest.mark.parametrize("where", ["under a file", "/proc", "unwritable"])
+def test_out_that_cannot_be_written_exits_2_and_writes_no_ca_key(tmp_path, where):
+    project = _project(tmp_path / "p")
+    if where == "under a file":
+        (tmp_path / "f").write_text("x")
+        out = tmp_path / "f" / "deeper" / "out"
+    elif where == "/proc":
+        out = Path("/proc/agentctl-out")
+    else:
+        (tmp_path / "ro").mkdir()
+        out = _immutable(tmp_path / "ro") / "new" / "out"
+    try:
+        _refused(agentctl("render", "--stack", "lab", "--out", str(out), "--project-dir", str(project)),
+                 f"--out: {out}: cannot be written")
+    finally:
+        if where == "unwritable":
+            subprocess.run(["chattr", "-i", str(tmp_path / "ro")])
+    assert not (project / ".agentctl").exists(), "the CA key is written only when the whole render succeeds"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["p"] + (["f"] if where == "under a file" else [])
+                                                               + (["ro"] if where == "unwritable" else []))
+    if where == "unwritable":
+        assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_a_render_that_writes_a_new_parent_folder_and_fails_removes_it(tmp_path, monkeypatch):
+    """The staged output and the folders made for it go when the CA key cannot be saved."""
+    from agentctl import ca, render
+    from agentctl.errors import ConfigError
+
+    project = _project(tmp_path / "p")
+    out = tmp_path / "a" / "b" / "out"
+
+    def fail(self):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(ca.PendingCa, "save", fail)
+    with pytest.raises(ConfigError, match="--project-dir: .*cannot hold the stack's CA key"):
+        render.render_stack(project, "lab", out)
+    assert not (tmp_path / "a").exists()
+
+
+def test_help_documents_debug_version_and_h():
+    proc = agentctl("-h")
+    assert proc.returncode == 0
+    for flag in ("--debug", "--version", "-h"):
+        assert flag in proc.stdout, flag
+    for sub in (("render", "-h"), ("lab", "-h"), ("lab", "up", "-h")):
+        proc = agentctl(*sub)
+        assert proc.returncode == 0 and "Usage:" in proc.stdout, (sub, proc.stderr)
+    version = agentctl("--version")
+    assert version.returncode == 0 and version.stdout.startswith("agentctl ")

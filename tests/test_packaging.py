@@ -14,6 +14,8 @@ import yaml
 
 from .conftest import ROOT
 
+pytestmark = pytest.mark.slow  # over 5 s (the fast tier: ./dev test -m "not lab and not slow")
+
 SOURCES = ["pyproject.toml", "agentctl", "stacks", "templates", "roles"]
 
 

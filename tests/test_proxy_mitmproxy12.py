@@ -74,6 +74,7 @@ def _venv(python: str, version: str, reqs: list[str]) -> Path:
 found = _interpreter()
 
 
+@pytest.mark.slow  # builds a Python 3.12 venv from the package index (minutes)
 @pytest.mark.skipif(found is None, reason=f"no {' or '.join(INTERPRETERS)} with venv, on PATH or in pyenv")
 def test_proxy_suite_passes_on_mitmproxy_12():
     assert found is not None

@@ -20,6 +20,8 @@ from agentctl.stackfile import load
 from agentctl_stacks import agent_imds
 from tests.test_stacks_harness import ROOT
 
+pytestmark = pytest.mark.slow  # over 5 s (the fast tier: ./dev test -m "not lab and not slow")
+
 REGION = "us-east-1"
 LAUNCH = {"HttpEndpoint": "enabled", "HttpTokens": "required", "HttpPutResponseHopLimit": 1,
           "InstanceMetadataTags": "disabled"}

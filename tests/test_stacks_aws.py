@@ -20,6 +20,8 @@ from agentctl.secrets import ca_key_parameter_name
 from agentctl.stackfile import load
 from agentctl_stacks.agent_imds import DEFAULT_TIMEOUT_SECONDS, converged_marker
 
+pytestmark = pytest.mark.slow  # over 5 s (the fast tier: ./dev test -m "not lab and not slow")
+
 STACK = "example-aws"
 N = "agentctl"  # the component's name: children are f"{N}-..."
 PROXY_IP, AGENT_IP = "10.0.1.10", "10.0.2.11"

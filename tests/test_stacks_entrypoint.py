@@ -1,4 +1,4 @@
-"""stacks/__main__.py as `pulumi up` runs it: by path, config from the engine, CA
+"""The project root's __main__.py as `pulumi up` runs it: by path, config from the engine, CA
 created at the project root on first use (here under mocks, in a fresh process)."""
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ print(len(records))
 
 def test_entry_point_declares_the_stack_and_keeps_the_ca_at_the_project_root(tmp_path):
     project = make_project(tmp_path, "example-hcloud")
-    proc = subprocess.run([sys.executable, "-c", RUN, str(ROOT / "stacks")], cwd=project, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", RUN, str(ROOT)], cwd=project, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.strip()) == 11

@@ -101,11 +101,13 @@ def test_hcloud_zone_and_firewall():
     assert policy.agent_public_nets() == [{"ipv4_enabled": False, "ipv6_enabled": False}]
 
 
-def test_check_cloud_rejects_lab_and_accepts_examples(aws):
-    program.check_cloud(aws, "f", {"aws:region": "us-east-1"})
-    program.check_cloud(load(ROOT, "example-hcloud"), "f", {})
+def test_pulumi_refuses_the_lab_stack_and_accepts_examples(aws):
+    from agentctl.stackcheck import require_pulumi_cloud
+
+    require_pulumi_cloud(aws, "f")
+    require_pulumi_cloud(load(ROOT, "example-hcloud"), "f")
     with pytest.raises(ConfigError, match="agentctl lab up"):
-        program.check_cloud(load(ROOT, "lab"), "f", {})
+        require_pulumi_cloud(load(ROOT, "lab"), "f")
 
 
 def test_config_mapping_from_runtime_restores_the_file_shape():

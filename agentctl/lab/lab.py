@@ -172,8 +172,25 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
     st = state.load(state_dir)
     st.up_at, st.converged = time.time(), result.ok
     state.save(state_dir, st)
-    (state_dir / "known_hosts").unlink(missing_ok=True)  # new host keys on every boot
+    pin_host_keys(state_dir, [h.name for h in rendered])
     return result
+
+
+def known_hosts(state_dir: Path) -> Path:
+    return state_dir / "known_hosts"
+
+
+def pin_host_keys(state_dir: Path, names: list[str]) -> None:
+    """The lab publishes its hosts' keys itself: they are files in each host's root
+    (made by cloud-init at first boot). Pinned by host name; every boot makes new ones."""
+    from agentctl import sshtrust
+
+    known_hosts(state_dir).unlink(missing_ok=True)
+    for name in names:
+        keys = [tuple(pub.read_text().split()[:2]) for pub in sorted(
+            (hosts.root_of(state_dir, name) / "etc" / "ssh").glob("ssh_host_*_key.pub"))]
+        if keys:
+            sshtrust.pin(known_hosts(state_dir), name, keys)
 
 
 def _unit_state(ns: str, unit: str, settle: float = 20) -> str:
@@ -323,5 +340,6 @@ def host_ip(d: Deployment, name: str) -> str:
 def ssh_argv(d: Deployment, state_dir: Path, name: str, command: list[str], user: str = "admin") -> list[str]:
     """ssh from the admin namespace, the only place the switch lets SSH come from."""
     return ["ip", "netns", "exec", topology.ADMIN_NS, "ssh", "-i", str(ssh_key(state_dir)),
-            "-o", f"UserKnownHostsFile={state_dir / 'known_hosts'}", "-o", "StrictHostKeyChecking=accept-new",
+            "-o", f"UserKnownHostsFile={known_hosts(state_dir)}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", f"HostKeyAlias={name}", "-o", "StrictHostKeyChecking=yes",  # pinned at `lab up`
             "-o", "ConnectTimeout=5", f"{user}@{host_ip(d, name)}", *command]

@@ -26,7 +26,9 @@ def verify_argv(project_dir: Path, stack: str, state_dir: Path) -> list[str]:
             "--stack", stack, "--project-dir", str(Path(project_dir).resolve())]
     for spec in specs:
         argv += ["--host", spec]
-    return argv + ["--ssh-key", str(lab.ssh_key(state_dir))]
+    # Host keys: the ones `lab up` pinned from each host's root; nothing else is accepted.
+    return argv + ["--ssh-key", str(lab.ssh_key(state_dir)), "--known-hosts", str(lab.known_hosts(state_dir)),
+                   "--first-contact", "refuse"]
 
 
 def lynis_index(ns: str) -> tuple[int | None, str]:

@@ -1,5 +1,6 @@
 """The compiled matcher decides like a naive scan of every rule, only faster."""
 
+import pytest
 import fnmatch
 import ipaddress
 import random
@@ -155,6 +156,7 @@ def _grants(rules):
     st.sampled_from(QUERY_HOSTS), st.sampled_from(["GET", "POST", "PUT"]), request_path,
     st.sampled_from([(443, True), (80, False), (8443, True), (80, True)]), st.booleans(),
     st.sampled_from([frozenset(), frozenset({"scout"})])), min_size=1, max_size=8))
+@pytest.mark.slow  # over 5 s: not in the fast tier
 def test_compiled_equals_naive_scan(rules, queries):
     grants = _grants(rules)
     m = Matcher(grants)
@@ -164,6 +166,7 @@ def test_compiled_equals_naive_scan(rules, queries):
             _check(m, grants, host, ip, port, tls, method, path, encoded_slash, closed)
 
 
+@pytest.mark.slow  # over 5 s: not in the fast tier
 @settings(max_examples=200, deadline=None)
 @given(st.lists(pattern, min_size=1, max_size=40), st.lists(request_path, min_size=1, max_size=10))
 def test_many_globs_in_one_node(patterns, paths):

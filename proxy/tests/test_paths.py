@@ -112,6 +112,7 @@ def test_every_known_form_is_judged_as_the_original_judged_it(path):
     _same_as_original(path)
 
 
+@pytest.mark.slow  # over 5 s: not in the fast tier
 @settings(max_examples=1500, deadline=None)
 @given(st.one_of(generated_paths, plain_paths, st.text(max_size=24)))
 @example("/")

@@ -6,6 +6,7 @@ minimal mitmproxy, and events are dispatched by dispatch.HandlerTable (test_disp
 
 from __future__ import annotations
 
+import pytest
 import asyncio
 import socket
 import subprocess
@@ -58,6 +59,7 @@ def test_only_request_serving_addons_stay_in_the_chain(pki, tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.slow  # over 5 s: not in the fast tier
 def test_an_error_while_starting_the_listeners_still_stops_the_proxy(pki, tmp_path):
     """ErrorCheck leaves the chain only after its last startup check: a DNS port that is
     taken (an error in the running phase) still ends the proxy with exit 1."""
