@@ -573,3 +573,35 @@ def test_a_gateway_hook_bypasses_approvals_in_the_default_layout(world, guarded)
     finally:
         agent.stop()
         guarded.start()
+
+
+def test_the_managed_layer_is_undone_without_a_restart(world, guarded):
+    """The gateway reloads $HERMES_HOME/.env on every turn (gateway/run.py
+    _current_max_iterations -> _reload_runtime_env_preserving_config_authority) and
+    load_config() asks get_managed_dir() each time: a HERMES_MANAGED_DIR line plus
+    approvals.mode: off in the agent's own config.yaml take effect on the next message."""
+    agent = _other_layout(world, guarded, "managed", "managed-live")
+    try:
+        cfg = {**hermes_config(), "approvals": {"mode": "off"}}
+        wrote = agent.as_agent(f"printf 'HERMES_MANAGED_DIR=/nonexistent\\n' >> {agent.hermes_home / '.env'} && "
+                               f"printf '%s' '{json.dumps(cfg)}' > {agent.hermes_home / 'config.yaml'}")
+        assert wrote.returncode == 0, wrote.stderr
+        marker = agent.markers / "live"
+        since = len(world.sent())
+        world.say(tool("terminal", command=f'sh -c "touch {marker}"'))
+        reply = bot_says(world, since, "RESULT:", proc=agent.gateway)
+        prompts = [m for m in world.sent()[since:] if "Command Approval Required" in (m.get("text") or "")]
+        assert not prompts and marker.exists(), reply
+    finally:
+        agent.stop()
+        guarded.start()
+
+
+def test_sigterm_exits_1_and_sigint_exits_0(world, guarded):
+    """Hermes' own unit stops it with SIGTERM and Restart=always; an unplanned SIGTERM
+    exits 1 (gateway/run.py start_gateway: "signal-initiated shutdown"), so under
+    `systemctl stop` our unit would end failed. SIGINT is a planned stop: exit 0."""
+    assert guarded.gateway.stop(signal.SIGTERM) == 1
+    guarded.start()
+    assert guarded.gateway.stop(signal.SIGINT) == 0
+    guarded.start()
