@@ -122,8 +122,8 @@ def api(method: str, p: dict):
         msg = bot_message(p)
         with STATE.cond:
             STATE.messages[msg["message_id"]] = msg
-            STATE.sent.append({"method": method, "message_id": msg["message_id"], "text": msg["text"],
-                               "reply_markup": msg.get("reply_markup"), "time": time.time()})
+            STATE.sent.append({"method": method, "message_id": msg["message_id"], "chat_id": msg["chat"]["id"],
+                               "text": msg["text"], "reply_markup": msg.get("reply_markup"), "time": time.time()})
         return msg
     if method in ("editMessageText", "editMessageReplyMarkup"):
         message_id = int(p.get("message_id") or 0)
@@ -136,8 +136,8 @@ def api(method: str, p: dict):
             else:
                 msg.pop("reply_markup", None)
             STATE.messages[message_id] = msg
-            STATE.sent.append({"method": method, "message_id": message_id, "text": msg["text"],
-                               "reply_markup": msg.get("reply_markup"), "time": time.time()})
+            STATE.sent.append({"method": method, "message_id": message_id, "chat_id": msg["chat"]["id"],
+                               "text": msg["text"], "reply_markup": msg.get("reply_markup"), "time": time.time()})
         return msg
     if method == "getMyCommands":
         return []
