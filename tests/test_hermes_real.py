@@ -97,7 +97,7 @@ class Proc:
         self.name, self.out = name, workdir / f"{name}.out"
         if user:
             argv = ["setpriv", f"--reuid={AGENT_UID}", f"--regid={AGENT_GID}", "--clear-groups", "--", *argv]
-        with open(self.out, "w") as fh:
+        with open(self.out, "a") as fh:  # a restart appends: every start's output stays
             self.proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=workdir,
                                          start_new_session=True)
 

@@ -14,7 +14,8 @@ The script is the operator's own message, so a test decides what the "model" doe
                              (e.g. TOOL terminal {"command": "touch /tmp/x"});
                              the tool must be among the request's `tools`, else the
                              answer is the text "NO TOOL <name>"
-  anything else              answer with the text "ECHO: <message>"
+  anything else              answer with the text "ECHO: <the message's last 500
+                             characters>" (Hermes may append context to the operator's text)
 When the conversation's last message carries a tool_result, the answer is the text
 "RESULT: <the tool result's text, cut to 300 characters>", so the result (or Hermes'
 "BLOCKED: ..." refusal) reaches the operator.
