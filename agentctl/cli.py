@@ -36,10 +36,11 @@ def plan(stack: str = StackOpt, json_out: bool = typer.Option(False, "--json", h
 
 @app.command()
 def verify(stack: str = StackOpt, host: List[str] = typer.Option(..., "--host", help="NAME=SPEC, e.g. scout=paramiko://admin@10.0.2.11"),
-           project_dir: Path = ProjectDirOpt, ssh_key: Optional[Path] = typer.Option(None, "--ssh-key", help="Private key for SSH")) -> None:
+           project_dir: Path = ProjectDirOpt, ssh_key: Optional[Path] = typer.Option(None, "--ssh-key", help="Private key for SSH"),
+           junit_dir: Optional[Path] = typer.Option(None, "--junit-dir", help="Write each host's JUnit report to DIR/<host>.xml")) -> None:
     """Run each host's role suite (testinfra) against converged hosts."""
     from agentctl.verify import run_verify
-    raise typer.Exit(run_verify(project_dir, stack, host, ssh_key))
+    raise typer.Exit(run_verify(project_dir, stack, host, ssh_key, junit_dir=junit_dir))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
@@ -49,6 +50,13 @@ def lab(ctx: typer.Context) -> None:
     from agentctl.lab.cli import app as lab_app
     group = typer.main.get_group(lab_app)  # a group: no completion options of its own
     group.main(args=ctx.args, prog_name=f"{ctx.find_root().info_name or 'agentctl'} lab")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def stage(ctx: typer.Context) -> None:
+    """The staging pipeline: up | verify | down | run | reap (see: agentctl stage --help)."""
+    from agentctl.stage.cli import app as stage_app  # imported when used, like lab
+    typer.main.get_group(stage_app).main(args=ctx.args, prog_name=f"{ctx.find_root().info_name or 'agentctl'} stage")
 
 
 def main() -> None:

@@ -37,7 +37,9 @@ def parse_hosts(specs: list[str], names: dict[str, str]) -> list[tuple[str, str,
 
 
 def run_verify(project_dir: Path, stack: str, hosts: list[str], ssh_key: Path | None,
-               extra_args: list[str] | None = None) -> int:
+               extra_args: list[str] | None = None, junit_dir: Path | None = None) -> int:
+    """Each host's suite in its own pytest, side by side; with junit_dir, each writes
+    its JUnit report to junit_dir/<host>.xml (pytest's own --junitxml)."""
     deployment = load(project_dir, stack)
     names = {deployment.proxy.name: "proxy", **{a.name: "agent" for a in deployment.agents}}
     targets = parse_hosts(hosts, names)
@@ -52,6 +54,8 @@ def run_verify(project_dir: Path, stack: str, hosts: list[str], ssh_key: Path | 
                 f"--agentctl-host={name}", *[str(s) for s in suites(role)], *(extra_args or [])]
         if ssh_key is not None:
             args.append(f"--ssh-identity-file={ssh_key}")
+        if junit_dir is not None:
+            args.append(f"--junitxml={Path(junit_dir).resolve() / f'{name}.xml'}")
         procs.append((name, role, spec, subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))))
