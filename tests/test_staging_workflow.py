@@ -62,3 +62,14 @@ def test_aws_assumes_a_role_through_oidc(wf):
 
 def test_hetzner_token_comes_from_the_secret_store(wf):
     assert wf["jobs"]["hcloud"]["env"]["HCLOUD_TOKEN"] == "${{ secrets.HCLOUD_TOKEN }}"
+
+
+def test_the_documented_policies_are_json():
+    """docs/staging.md's trust and permission policies are pasted as they are: they must parse."""
+    import json
+    import re
+    blocks = re.findall(r"```json\n(.*?)```", (ROOT / "docs" / "staging.md").read_text(), re.S)
+    assert len(blocks) == 2
+    trust, perms = (json.loads(b) for b in blocks)
+    assert trust["Statement"][0]["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert {s["Sid"] for s in perms["Statement"]} == {"Network", "ProxyRole", "PassToEc2", "State"}
