@@ -64,12 +64,13 @@ def verify(stack: str = StackOpt, host: List[str] = typer.Option(..., "--host", 
            first_contact: Optional[str] = typer.Option(None, "--first-contact", help="A host with no pinned key: "
                                                        "refuse, or record its key (default: record on Hetzner only)"),
            known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="Pinned host keys (default: "
-                                                      ".agentctl/<stack>/known_hosts)")) -> None:
+                                                      ".agentctl/<stack>/known_hosts)"),
+           junit_dir: Optional[Path] = typer.Option(None, "--junit-dir", help="Write each host's JUnit report to DIR/<host>.xml")) -> None:
     """Run each host's role suite (testinfra) against converged hosts; SSH host keys must be the pinned ones."""
     from agentctl import sshtrust
     from agentctl.verify import Trust, run_verify
     trust = Trust(known_hosts or sshtrust.known_hosts_file(project_dir, stack), first_contact, jump, proxy_command)
-    raise typer.Exit(run_verify(project_dir, stack, host, ssh_key, trust=trust))
+    raise typer.Exit(run_verify(project_dir, stack, host, ssh_key, trust=trust, junit_dir=junit_dir))
 
 
 @app.command("hostkeys")
@@ -107,6 +108,13 @@ def lab(ctx: typer.Context) -> None:
     group = typer.main.get_group(lab_app)  # a group: no completion options of its own
     group.main(args=ctx.args, prog_name=f"{ctx.find_root().info_name or 'agentctl'} lab",
                help_option_names=["-h", "--help"])  # inherited by its subcommands
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def stage(ctx: typer.Context) -> None:
+    """The staging pipeline: up | verify | down | run | reap (see: agentctl stage --help)."""
+    from agentctl.stage.cli import app as stage_app  # imported when used, like lab
+    typer.main.get_group(stage_app).main(args=ctx.args, prog_name=f"{ctx.find_root().info_name or 'agentctl'} stage")
 
 
 def main() -> None:

@@ -69,7 +69,10 @@ def _ssh_config(folder: Path, name: str, trust: Trust) -> Path:
 
 
 def run_verify(project_dir: Path, stack: str, hosts: list[str], ssh_key: Path | None,
-               extra_args: list[str] | None = None, trust: Trust | None = None) -> int:
+               extra_args: list[str] | None = None, trust: Trust | None = None,
+               junit_dir: Path | None = None) -> int:
+    """Each host's suite in its own pytest, side by side; with junit_dir, each writes
+    its JUnit report to junit_dir/<host>.xml (pytest's own --junitxml)."""
     deployment = load(project_dir, stack)
     names = {deployment.proxy.name: "proxy", **{a.name: "agent" for a in deployment.agents}}
     targets = parse_hosts(hosts, names)
@@ -109,6 +112,8 @@ def run_verify(project_dir: Path, stack: str, hosts: list[str], ssh_key: Path | 
             args.append(f"--ssh-config={_ssh_config(scratch, name, trust)}")
         if ssh_key is not None:
             args.append(f"--ssh-identity-file={ssh_key}")
+        if junit_dir is not None:
+            args.append(f"--junitxml={Path(junit_dir).resolve() / f'{name}.xml'}")
         procs.append((name, role, spec, subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))))

@@ -224,6 +224,19 @@ def _audit_since(d: Deployment, offset: int) -> list[dict]:
     return lines
 
 
+def outcome(v: Verdict) -> str:
+    """info (shown, not judged), held, ESCAPED (a way out that must not exist was
+    there), or FAILED (what must work did not, e.g. the allowlisted request)."""
+    if v.attempt.expect == "info":
+        return "info"
+    if v.ok:
+        return "held"
+    return "ESCAPED" if v.attempt.expect in ("no-answer", "refused") else "FAILED"
+
+
+_STYLE = {"info": "[dim]{}[/]", "held": "[green]{}[/]", "ESCAPED": "[red]{}[/]", "FAILED": "[red]{}[/]"}
+
+
 def run(project_dir: Path, stack: str, state_dir: Path, agent: str | None, json_out: bool, out: Console) -> int:
     results = run_escape(project_dir, stack, state_dir, agent)
     failed = sum(not v.ok for _, verdicts in results for v in verdicts)
@@ -239,8 +252,7 @@ def run(project_dir: Path, stack: str, state_dir: Path, agent: str | None, json_
         for v in verdicts:
             table.add_row(v.attempt.vector, escape_markup(v.attempt.what), v.attempt.expect,
                           escape_markup("; ".join(filter(None, [v.observed, *v.evidence]))),
-                          "[dim]info[/]" if v.attempt.expect == "info" else "[green]held[/]" if v.ok else "[red]ESCAPED[/]" if v.attempt.expect in (
-                              "no-answer", "refused") else "[red]FAILED[/]")
+                          _STYLE[outcome(v)].format(outcome(v)))
         out.print(table)
     out.print(f"{sum(len(v) for _, v in results) - failed} passed, {failed} failed")
     return 1 if failed else 0

@@ -3,7 +3,9 @@ namespace (the only place the switch lets SSH come from), and with --score the
 figures of tools no one here wrote: lynis inside each host, ssh-audit from outside."""
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ from agentctl.lab import hosts, lab, topology
 LYNIS_TIMEOUT = 300
 
 
-def verify_argv(project_dir: Path, stack: str, state_dir: Path) -> list[str]:
+def verify_argv(project_dir: Path, stack: str, state_dir: Path, junit_dir: Path | None = None) -> list[str]:
     d = lab.load_lab(project_dir, stack)
     specs = [f"{name}=paramiko://admin@{lab.host_ip(d, name)}" for name in lab.host_names(d)]
     argv = ["ip", "netns", "exec", topology.ADMIN_NS, sys.executable, "-m", "agentctl.cli", "verify",
@@ -27,8 +29,20 @@ def verify_argv(project_dir: Path, stack: str, state_dir: Path) -> list[str]:
     for spec in specs:
         argv += ["--host", spec]
     # Host keys: the ones `lab up` pinned from each host's root; nothing else is accepted.
-    return argv + ["--ssh-key", str(lab.ssh_key(state_dir)), "--known-hosts", str(lab.known_hosts(state_dir)),
-                   "--first-contact", "refuse"]
+    argv += ["--ssh-key", str(lab.ssh_key(state_dir)), "--known-hosts", str(lab.known_hosts(state_dir)),
+             "--first-contact", "refuse"]
+    return argv + (["--junit-dir", str(Path(junit_dir).resolve())] if junit_dir is not None else [])
+
+
+def run_suites(project_dir: Path, stack: str, state_dir: Path, junit_dir: Path | None = None,
+               select: str | None = None) -> int:
+    """The role suites from the admin namespace; their exit code. junit_dir: one JUnit
+    file per host (what `agentctl stage` reads); select: a pytest -k expression, passed
+    through pytest's own PYTEST_ADDOPTS to each host's pytest."""
+    env = None
+    if select:
+        env = dict(os.environ, PYTEST_ADDOPTS=f"{os.environ.get('PYTEST_ADDOPTS', '')} -k {shlex.quote(select)}".strip())
+    return subprocess.run(verify_argv(project_dir, stack, state_dir, junit_dir), env=env).returncode
 
 
 def lynis_index(ns: str) -> tuple[int | None, str]:
@@ -86,7 +100,7 @@ def run(project_dir: Path, stack: str, state_dir: Path, score: bool, out: Consol
     if not lab.is_up(d, state_dir):
         raise lab.LabError(f"lab {stack} is not up (agentctl lab up)")
     t0 = time.monotonic()
-    rc = subprocess.run(verify_argv(project_dir, stack, state_dir)).returncode
+    rc = run_suites(project_dir, stack, state_dir)
     out.print(f"role suites: {'passed' if rc == 0 else 'FAILED'} in {time.monotonic() - t0:.1f} s")
     if score:
         table = Table(title="scores")
