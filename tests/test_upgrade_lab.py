@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from agentctl.upgrade import engine
-from agentctl.upgrade.backends.lab import LabBackend, LabBackendError
+from agentctl.upgrade.backends.lab import LabBackend, LabBackendError, lab_start, lab_stop
+from tests.labrun import lab_cli, needs_lab
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts and whiteouts need root")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts and whiteouts need root")
 
 
 @pytest.fixture
@@ -41,6 +42,7 @@ def tags(run_id="20261205T091327Z-abcdef"):
     return engine.snapshot_tags("lab", "scout", "1.0.0", "1.1.0", run_id)
 
 
+@needs_root
 def test_snapshot_then_restore_brings_back_the_exact_view(lab):
     backend, root, events = lab
     (root / "home").mkdir()
@@ -61,6 +63,7 @@ def test_snapshot_then_restore_brings_back_the_exact_view(lab):
     assert not (root / "etc" / "from-image").exists() and not (root / "opt").exists()
 
 
+@needs_root
 def test_listing_and_retention_see_only_the_projects_snapshots(lab, tmp_path):
     backend, root, _ = lab
     ids = [backend.snapshot("scout", tags(f"2026120{i}T000000Z-00000{i}")) for i in range(3)]
@@ -73,6 +76,7 @@ def test_listing_and_retention_see_only_the_projects_snapshots(lab, tmp_path):
     assert [s.id for s in backend.list_snapshots("scout")] == ids[1:]
 
 
+@needs_root
 def test_a_half_made_copy_is_never_listed_and_is_redone(lab):
     backend, root, _ = lab
     half = backend.state_dir / "snapshots" / "scout" / "20261205T091327Z-abcdef.tmp"
@@ -82,3 +86,31 @@ def test_a_half_made_copy_is_never_listed_and_is_redone(lab):
         backend.wait("scout/20261205T091327Z-abcdef")
     snap = backend.snapshot("scout", tags())
     assert not half.exists() and [s.id for s in backend.list_snapshots("scout")] == [snap]
+
+
+def test_snapshot_and_restore_on_a_booted_lab_host(tmp_path):
+    """The real stop/start: a file written before the snapshot is back after a restore,
+    and the agent's service runs again."""
+    from agentctl.lab import hosts, state, topology
+    state_dir = tmp_path / "lab"
+    cli = lab_cli(state_dir)
+    try:
+        cli("up", check=0)
+        ns = topology.host_netns("scout")
+        marker = "/var/lib/agentctl-upgrade-test"
+        assert hosts.run_in(ns, "sh", "-c", f"echo before > {marker}").returncode == 0
+        backend = LabBackend(state_dir, Path(state.load(state_dir).image), "lab", lab_stop(state_dir),
+                             lab_start(state_dir))
+        snap = backend.snapshot("scout", tags())
+        backend.wait(snap)
+        assert hosts.run_in(ns, "sh", "-c", f"echo after > {marker}").returncode == 0
+        backend.restore("scout", snap)
+        assert hosts.run_in(ns, "cat", marker).stdout == "before\n"
+        active = hosts.run_in(ns, "systemctl", "is-active", "agentctl-agent.service").stdout.strip()
+        assert active in ("active", "activating")
+    finally:
+        cli("down")
+
+
+for _mark in needs_lab:
+    test_snapshot_and_restore_on_a_booted_lab_host = _mark(test_snapshot_and_restore_on_a_booted_lab_host)

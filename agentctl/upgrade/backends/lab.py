@@ -11,8 +11,7 @@ complete, so a killed copy is never listed and is redone on --resume.
 
 Restore: stop, unmount the overlay, put the snapshot's copy in place of `upper`, empty
 `work`, mount again over the same image, start. How a host stops and starts is passed in
-(`stop`, `start`); wiring the lab's own (hosts.stop of the host's nspawn pid from the lab
-state, hosts.boot + wait_cloud_init) is not done yet (docs/snapshot-upgrade.md).
+(`stop`, `start`): the lab's own are `lab_stop` and `lab_start` below.
 """
 from __future__ import annotations
 
@@ -105,3 +104,27 @@ class LabBackend:
         if (tags.get("project"), tags.get("stack")) != (PROJECT, self.stack):
             raise LabBackendError(f"lab: refusing to delete {snap}: not a {PROJECT} snapshot of stack {self.stack}")
         shutil.rmtree(snap)
+
+
+def lab_stop(state_dir: Path) -> HostAction:
+    """Stop a lab host cleanly: SIGTERM to its supervised nspawn (hosts.stop)."""
+    from agentctl.lab import hosts, state
+
+    def stop(host: str) -> None:
+        for pid, what in state.live_processes(state.load(state_dir)).items():
+            if what == f"host {host}":
+                hosts.stop(pid)
+    return stop
+
+
+def lab_start(state_dir: Path, timeout: float = 240) -> HostAction:
+    """Boot a lab host on its (mounted) root again, as `lab up` does, and wait for it."""
+    from agentctl.lab import hosts, topology
+
+    def start(host: str) -> None:
+        ns = topology.host_netns(host)
+        hosts.boot(state_dir, host, ns)
+        ok, text = hosts.wait_cloud_init(ns, timeout)
+        if not ok:
+            raise LabBackendError(f"lab: host {host} did not come back: {text.splitlines()[-1] if text else ''}")
+    return start
