@@ -1,0 +1,1 @@
+"""Snapshot backends of `agentctl snapshot-upgrade` (engine.SnapshotBackend): AWS, Hetzner, the lab."""

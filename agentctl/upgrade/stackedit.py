@@ -1,0 +1,62 @@
+"""Record an upgraded runtime version in the stack file, changing nothing else.
+
+ruamel.yaml's round-trip mode keeps comments, key order, flow style and quoting
+(`typ="rt"`, `preserve_quotes`); the indentation and line width are set to the
+project's stack-file layout so the rest of the file comes back byte for byte
+(tests/test_upgrade_stackedit.py proves it on every example stack). The write is
+atomic, and the file is validated by the project's own loader afterwards, so a stack
+file that no longer loads is never left behind.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from agentctl.errors import ConfigError
+from agentctl.stackfile import NAMESPACE, load, stack_path
+from agentctl.upgrade.journal import write_atomic
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 4096  # never re-wrap a long flow line
+    return yaml
+
+
+def runtime_version(project_dir: Path, stack: str, host: str) -> str:
+    """The version the stack file pins for `host`'s runtime (the model's view)."""
+    agent = next((a for a in load(project_dir, stack).agents if a.name == host), None)
+    if agent is None or agent.runtime.hermes is None or agent.runtime.hermes.version is None:
+        raise ConfigError(str(stack_path(project_dir, stack)), f"{NAMESPACE}:agents[{host}].runtime",
+                          "has no versioned runtime", "runtime: {hermes: {version: ...}}")
+    return agent.runtime.hermes.version
+
+
+def set_runtime_version(project_dir: Path, stack: str, host: str, version: str) -> None:
+    path = stack_path(project_dir, stack)
+    original = path.read_text()
+    yaml = _yaml()
+    doc = yaml.load(original)
+    agents = doc["config"][f"{NAMESPACE}:agents"]
+    index = next((i for i, a in enumerate(agents) if a.get("name") == host), None)
+    if index is None:
+        raise ConfigError(str(path), f"{NAMESPACE}:agents", f"has no agent {host!r}", "an agent of this stack")
+    hermes = agents[index].get("runtime", {}).get("hermes")
+    if not hasattr(hermes, "get") or "version" not in hermes:
+        raise ConfigError(str(path), f"{NAMESPACE}:agents[{index}].runtime.hermes.version", "is not set",
+                          "a runtime pinned by version")
+    old = hermes["version"]
+    # Keep the scalar's style (a quoted "v1.2" stays quoted).
+    hermes["version"] = type(old)(version) if type(old) is not str else version
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    write_atomic(path, out.getvalue().encode())
+    try:
+        load(project_dir, stack)
+    except ConfigError:
+        write_atomic(path, original.encode())  # never leave a stack file that does not load
+        raise

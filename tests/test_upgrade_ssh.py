@@ -1,0 +1,136 @@
+"""snapshot-upgrade's SSH: a real paramiko SSH server on loopback; the host key must match
+the pinned one, and every way of not reaching the host is one line of bad input."""
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from agentctl.errors import ConfigError
+from agentctl.upgrade.ssh import AdminSsh
+
+
+class _Server(paramiko.ServerInterface):
+    def __init__(self, allowed: paramiko.PKey):
+        self.allowed, self.event = allowed, threading.Event()
+
+    def check_auth_publickey(self, username, key):
+        ok = username == "admin" and key.get_base64() == self.allowed.get_base64()
+        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
+
+    def get_allowed_auths(self, username):
+        return "publickey"
+
+    def check_channel_request(self, kind, chanid):
+        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_exec_request(self, channel, command):
+        def answer():
+            channel.sendall(b"ran: " + command)
+            channel.sendall_stderr(b"warn")
+            channel.send_exit_status(3)
+            channel.close()
+        threading.Thread(target=answer, daemon=True).start()
+        return True
+
+
+@pytest.fixture
+def server():
+    host_key = paramiko.Ed25519Key.generate() if hasattr(paramiko.Ed25519Key, "generate") else paramiko.ECDSAKey.generate()
+    client_key = paramiko.ECDSAKey.generate()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    transports = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            t = paramiko.Transport(conn)
+            t.add_server_key(host_key)
+            transports.append(t)
+            try:
+                t.start_server(server=_Server(client_key))
+            except Exception:
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield listener.getsockname()[1], host_key, client_key
+    listener.close()
+    for t in transports:
+        t.close()
+
+
+def pin(path: Path, port: int, key: paramiko.PKey) -> Path:
+    path.write_text(f"[127.0.0.1]:{port} {key.get_name()} {key.get_base64()}\n")
+    return path
+
+
+def key_file(tmp_path: Path, key: paramiko.PKey) -> Path:
+    path = tmp_path / "id"
+    key.write_private_key_file(str(path))
+    return path
+
+
+def test_pinned_key_connects_and_runs(tmp_path, server):
+    port, host_key, client_key = server
+    with AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, host_key), key_file(tmp_path, client_key),
+                  port=port) as ssh:
+        result = ssh.run("cat /etc/agentctl/runtime-version")
+    assert (result.rc, result.out, result.err) == (3, "ran: cat /etc/agentctl/runtime-version", "warn")
+
+
+def test_a_changed_host_key_is_refused_in_one_line(tmp_path, server):
+    port, _, client_key = server
+    other = paramiko.ECDSAKey.generate()
+    other_line = pin(tmp_path / "kh", port, other)
+    with pytest.raises(ConfigError) as err:
+        AdminSsh("scout", "127.0.0.1", other_line, key_file(tmp_path, client_key), port=port).connect()
+    line = str(err.value)
+    assert "\n" not in line and line.startswith("--host: scout:")
+    assert "changed" in line or "not found in known_hosts" in line
+
+
+def test_a_changed_key_of_the_same_type_names_both_fingerprints(tmp_path, server):
+    port, host_key, client_key = server
+    same_type = type(host_key).generate() if hasattr(type(host_key), "generate") else None
+    if same_type is None:
+        pytest.skip("this paramiko cannot generate the server's key type")
+    with pytest.raises(ConfigError, match="host key of 127.0.0.1 changed") as err:
+        AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, same_type), key_file(tmp_path, client_key),
+                 port=port).connect()
+    assert same_type.fingerprint in str(err.value) and host_key.fingerprint in str(err.value)
+
+
+def test_an_unpinned_host_is_refused_never_accepted(tmp_path, server):
+    port, _, client_key = server
+    (tmp_path / "kh").write_text("")
+    with pytest.raises(ConfigError, match="not found in known_hosts"):
+        AdminSsh("scout", "127.0.0.1", tmp_path / "kh", key_file(tmp_path, client_key), port=port).connect()
+    assert (tmp_path / "kh").read_text() == ""  # nothing learned
+    with pytest.raises(ConfigError, match="no pinned host keys"):
+        AdminSsh("scout", "127.0.0.1", tmp_path / "missing", key_file(tmp_path, client_key), port=port).connect()
+
+
+def test_an_unreachable_host_is_bad_input(tmp_path):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    (tmp_path / "kh").write_text("")
+    with pytest.raises(ConfigError, match=f"127.0.0.1:{port} is unreachable") as err:
+        AdminSsh("scout", "127.0.0.1", tmp_path / "kh", port=port, timeout=3).connect()
+    assert err.value.exit_code == 2
+
+
+def test_a_wrong_client_key_is_refused(tmp_path, server):
+    port, host_key, _ = server
+    with pytest.raises(ConfigError, match="refused our key"):
+        AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, host_key),
+                 key_file(tmp_path, paramiko.ECDSAKey.generate()), port=port).connect()
