@@ -33,7 +33,11 @@ class _Server(paramiko.ServerInterface):
             channel.sendall_stderr(b"warn")
             channel.send_exit_status(3)
             channel.close()
-        threading.Thread(target=answer, daemon=True).start()
+        # Answer only after paramiko has sent the exec request's success reply (it does
+        # so when this returns): closing first makes the client see 'Channel closed'.
+        timer = threading.Timer(0.2, answer)
+        timer.daemon = True
+        timer.start()
         return True
 
 
