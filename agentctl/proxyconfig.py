@@ -1,4 +1,4 @@
-"""The proxy's config (DESIGN.md format plus our `agents:` extension), from a deployment.
+"""The proxy's config (docs/design.md format plus our `agents:` extension), from a deployment.
 
 Each agent gets its own grants keyed by its address, so one proxy serves several
 agents without sharing what they may reach. Apt mirrors and the heartbeat are a

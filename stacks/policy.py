@@ -39,7 +39,7 @@ def agent_to_proxy_ports(deployment: Deployment) -> list[PortRule]:
         PortRule("tcp", listen.tunnel, "explicit proxy (CONNECT)"),
         PortRule("tcp", listen.dns, "DNS answered by the proxy"),
         PortRule("udp", listen.dns, "DNS answered by the proxy"),
-        # TLS needs a correct clock; the proxy serves time (DESIGN.md, "Time").
+        # TLS needs a correct clock; the proxy serves time (docs/design.md, "Time").
         PortRule("udp", NTP_PORT, "time from the proxy's chrony"),
     ]
 

@@ -75,7 +75,7 @@ def package_list(project_dir: Path) -> list[str]:
 
 def proxy_requirements(project_dir: Path) -> list[str]:
     """The proxy venv's third-party requirements: the proxy's own dependencies plus the
-    pins known to be needed (DESIGN.md). The proxy itself is installed at `lab up`."""
+    pins known to be needed (docs/design.md). The proxy itself is installed at `lab up`."""
     reqs = list(PROXY_VENV_PINS)
     pyproject = Path(project_dir) / "proxy" / "pyproject.toml"
     if pyproject.is_file():

@@ -154,7 +154,7 @@ def security_groups(deployment: Deployment) -> list[Grant]:
         Grant("proxy -> lab internet", f"ip saddr {proxy} ip daddr {INTERNET_V4} tcp dport {{ 53, 80, 443 }} accept"),
         Grant("proxy -> lab internet DNS", f"ip saddr {proxy} ip daddr {INTERNET_V4} udp dport 53 accept"),
         Grant("admin -> sshd on every host", f"ip saddr {admin} ip daddr {{ {hosts} }} tcp dport 22 accept"),
-        # The proxy is the admin's jump host to the agents (DESIGN.md, "Admin path").
+        # The proxy is the admin's jump host to the agents (docs/design.md, "Admin path").
         Grant("proxy -> sshd on agents (jump host)", f"ip saddr {proxy} ip daddr {agents} tcp dport 22 accept"),
     ]
 

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps uses
 
-# DESIGN.md's keys plus `event`: "decision" (written before the proxy acts on it) or
+# docs/design.md's keys plus `event`: "decision" (written before the proxy acts on it) or
 # "complete" (an allowed exchange ended; carries the final status and duration).
 KEYS = (
     "time", "event", "remote_addr", "agent", "mode", "host", "sni", "method", "path", "action",

@@ -1,4 +1,4 @@
-"""The proxy config: iron-proxy's YAML format plus our extensions (DESIGN.md).
+"""The proxy config: iron-proxy's YAML format plus our extensions (docs/design.md).
 
 Parsed once at the boundary into typed, frozen models; unknown keys are errors.
 `load_config` raises ConfigError whose message is one line:

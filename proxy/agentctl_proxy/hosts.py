@@ -22,7 +22,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def normalize_host(host: str) -> str:
-    """Lower-case, without brackets and one trailing dot (DESIGN.md: Hosts)."""
+    """Lower-case, without brackets and one trailing dot (docs/design.md: Hosts)."""
     host = host.strip().lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -9,7 +9,7 @@ depends on the segment's length and on how many globs could match it, not on how
 many globs the node holds. Only globs that share both their prefix and their suffix
 with the segment are checked with a regex.
 
-Semantics (DESIGN.md, Paths): a pattern is a glob over whole segments; a trailing
+Semantics (docs/design.md, Paths): a pattern is a glob over whole segments; a trailing
 ``/*`` means "this path and everything below it" (``/v1/*`` matches ``/v1``).
 """
 

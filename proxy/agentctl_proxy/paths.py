@@ -1,4 +1,4 @@
-"""Path canonicality: refuse, never normalise (DESIGN.md, Paths).
+"""Path canonicality: refuse, never normalise (docs/design.md, Paths).
 
 A request path is matched as sent. Anything a server or a framework behind it might
 normalise into another path is refused before matching, in raw and in every

@@ -49,7 +49,7 @@ def test_ports_methods_order_and_bootstrap():
 
 
 # ---------------------------------------------------------------- the naive reference
-# DESIGN.md, written out as a scan of every rule: hosts exact, "*" (never an IP
+# docs/design.md, written out as a scan of every rule: hosts exact, "*" (never an IP
 # literal) or "*.x.com" (also x.com); IP literals only by cidr; a path pattern is a
 # glob over whole segments, and a trailing "/*" means "this path and everything below".
 
