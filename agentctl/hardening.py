@@ -34,7 +34,9 @@ FAIL2BAN_BANTIME = "1h"
 
 # login.defs for accounts created later (dev-sec os-05: password aging; UMASK 027,
 # which login sessions get through pam_umask). Converge sets each exactly once.
-LOGIN_DEFS = {"UMASK": "027", "PASS_MAX_DAYS": "365", "PASS_MIN_DAYS": "1", "HOME_MODE": "0750",
+# USERGROUPS_ENAB no: Linux-PAM >= 1.5.3 (Ubuntu 24.04) reads it in pam_umask and then
+# copies the owner bits to the group bits for user-private groups, making 027 into 007.
+LOGIN_DEFS = {"UMASK": "027", "USERGROUPS_ENAB": "no", "PASS_MAX_DAYS": "365", "PASS_MIN_DAYS": "1", "HOME_MODE": "0750",
               "SHA_CRYPT_MIN_ROUNDS": "50000", "SHA_CRYPT_MAX_ROUNDS": "100000"}
 
 # Destructive commands the operator may not run through sudo. A guard against

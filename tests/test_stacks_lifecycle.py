@@ -62,12 +62,14 @@ def life(tmp_path_factory):
 
 
 def _without_mock_ids(inputs):
-    """A server's inputs but its user-data, with the Primary IP's id left out: under
-    mocks ids are handed out in creation order, so one more agent shifts them (the
-    Primary IP resource itself is compared by its own inputs elsewhere)."""
-    out = {k: v for k, v in inputs.items() if k != "userData"}
+    """A server's inputs but its user-data, with the ids of other resources left out:
+    under mocks ids are handed out in the order resources happen to register, which
+    differs from run to run (those resources are compared by their own inputs)."""
+    out = {k: v for k, v in inputs.items() if k not in ("userData", "firewallIds", "sshKeys")}
     if "publicNets" in out:
         out["publicNets"] = [{k: v for k, v in net.items() if k != "ipv4"} for net in out["publicNets"]]
+    if "networks" in out:
+        out["networks"] = [{k: v for k, v in net.items() if k != "networkId"} for net in out["networks"]]
     return out
 
 
