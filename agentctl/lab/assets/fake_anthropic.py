@@ -32,11 +32,12 @@ import hashlib
 import itertools
 import json
 import re
-import ssl
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+import fake_service
 
 LOCK = threading.Lock()
 IDS = itertools.count(1)
@@ -180,45 +181,13 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    tls: ssl.SSLContext | None = None
-
-    def finish_request(self, request, client_address) -> None:
-        if self.tls is not None:  # the handshake in the connection's thread, as lab_internet.py
-            try:
-                request = self.tls.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError):
-                return
-        super().finish_request(request, client_address)
-
-
 def main(argv: list[str] | None = None) -> int:
     global ARGS
-    p = argparse.ArgumentParser()
-    p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0: any free port)")
-    p.add_argument("--log", required=True)
+    p = fake_service.parser()
     p.add_argument("--placeholder", default="", help="the key the agent host holds; flagged if it arrives")
     p.add_argument("--latency-ms", type=int, default=0, help="the model's own latency per call")
-    p.add_argument("--cert")
-    p.add_argument("--key")
-    p.add_argument("--port-file", help="write the bound port here once listening")
     ARGS = p.parse_args(argv)
-    host, _, port = ARGS.listen.rpartition(":")
-    server = Server((host, int(port)), Handler)
-    if ARGS.cert:
-        server.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server.tls.load_cert_chain(ARGS.cert, ARGS.key)
-    record(kind="start", port=server.server_address[1])
-    if ARGS.port_file:
-        with open(ARGS.port_file + ".tmp", "w") as fh:
-            fh.write(str(server.server_address[1]))
-        __import__("os").replace(ARGS.port_file + ".tmp", ARGS.port_file)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return fake_service.serve(ARGS, Handler, record)
 
 
 if __name__ == "__main__":
