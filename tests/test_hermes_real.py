@@ -34,6 +34,7 @@ import pytest
 import yaml
 
 from .conftest import ROOT
+from .loopback import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -55,12 +56,6 @@ DENY = ["0.0.0.0/8", "10.0.0.0/8", "169.254.0.0/16", "127.0.0.1/32", "::1/128", 
 
 def sha(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _build_venv() -> Path:

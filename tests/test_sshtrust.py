@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,8 @@ import pytest
 from agentctl import sshtrust
 from agentctl.sshtrust import Endpoint, HostKeyError
 from tests.conftest import ROOT
+from tests.loopback import SSHD, free_port, start_sshd
 
-SSHD = "/usr/sbin/sshd"
 
 pytestmark = [
     pytest.mark.skipif(not Path(SSHD).exists(), reason="needs openssh-server (./dev setup installs it)"),
@@ -23,33 +22,12 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
 
 def _sshd(tmp: Path, client_pub: str) -> dict:
-    _keygen(tmp / "host_key")
-    (tmp / "authorized_keys").write_text(client_pub)
-    port = _free_port()
-    Path("/run/sshd").mkdir(exist_ok=True)
-    (tmp / "sshd_config").write_text(
-        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {tmp / 'host_key'}\nPidFile {tmp / 'sshd.pid'}\n"
-        f"AuthorizedKeysFile {tmp / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        "AllowTcpForwarding yes\n")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")], stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    port, proc = start_sshd(tmp, client_pub, "AllowTcpForwarding yes\n")
     return {"port": port, "proc": proc, "pub": (tmp / "host_key.pub").read_text().split()[:2]}
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import pwd
-import socket
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import paramiko
@@ -19,8 +17,8 @@ from agentctl import escape, secrets_push
 from agentctl.resources import ROLES
 from agentctl.secrets import INSTALL_SECRET_BIN
 from agentctl.secrets_push import PushFile, SecretPushError, host_key_fingerprint, push_files, write_command
+from tests.loopback import SSHD, free_port, start_sshd
 
-SSHD = "/usr/sbin/sshd"
 SECRET = b"ghp_this-must-never-be-printed-0123456789"
 
 pytestmark = [
@@ -29,31 +27,11 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sshd")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "host_key")], check=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "client_key")], check=True)
-    (tmp / "authorized_keys").write_text((tmp / "client_key.pub").read_text())
-    port = _free_port()
-    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-    (tmp / "sshd_config").write_text(
-        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {tmp / 'host_key'}\nPidFile {tmp / 'sshd.pid'}\n"
-        f"AuthorizedKeysFile {tmp / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")], stderr=subprocess.PIPE)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    port, proc = start_sshd(tmp, (tmp / "client_key.pub").read_text())
     yield {"port": port, "key": str(tmp / "client_key"), "dir": tmp, "proc": proc,
            "fingerprint": subprocess.run(["ssh-keygen", "-l", "-f", str(tmp / "host_key.pub")], capture_output=True,
                                          text=True, check=True).stdout.split()[1]}
@@ -167,7 +145,7 @@ def test_push_cut_off_midway_starts_again_and_completes(sshd, tmp_path, monkeypa
 
 def test_unreachable_host_gives_up_with_one_line():
     with pytest.raises(SecretPushError, match="cannot connect"):
-        push_files("127.0.0.1", [], user="root", port=_free_port(), wait_seconds=0)
+        push_files("127.0.0.1", [], user="root", port=free_port(), wait_seconds=0)
 
 
 def test_secret_never_on_the_command_line():
