@@ -160,7 +160,8 @@ class TlsSection(Strict):
 
     # iron-proxy's "mitm" is the only mode here; its "sni-only" is not supported
     mode: Literal["mitm"] = "mitm"
-    ca_cert: str
+    ca_cert: Annotated[str, Field(description="the interception CA certificate (a PEM file)",
+                                  examples=["/etc/agentctl-proxy/ca.crt"])]
     ca_key: str | None = None
     ca_key_source: SecretSource | None = None
     upstream_ca_bundle: str | None = None

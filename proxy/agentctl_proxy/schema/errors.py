@@ -92,7 +92,7 @@ def _describe(err: dict[str, Any], root: type[BaseModel], loc: tuple[Any, ...]) 
         tag = ctx.get("tag", value)
         if kind == "union_tag_invalid" and "type" in str(ctx.get("discriminator")):
             return describe_source_type(tag), f"one of {', '.join(SOURCE_TYPES)}"
-        expected = str(ctx.get("expected_tags") or ctx.get("expected", "")).replace("'", "")
+        expected = str(ctx.get("expected_tags") or ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
         what = str(ctx.get("discriminator", "")).strip("'") or "value"
         return f"unknown {what} {tag!r}" if kind == "union_tag_invalid" else f"{tag!r} is not allowed", \
             f"one of {expected}"
@@ -101,7 +101,8 @@ def _describe(err: dict[str, Any], root: type[BaseModel], loc: tuple[Any, ...]) 
     if kind in {"model_type", "model_attributes_type", "dict_type"}:
         return f"{_shown(value)} is not a mapping", _keys_of(root, loc)
     if kind == "too_short":
-        return "is empty", (want or f"at least {ctx.get('min_length')} item(s)")
+        least = ctx.get("min_length")
+        return "is empty", (want or ("at least one entry" if least == 1 else f"at least {least} entries"))
     if kind == "too_long":
         return f"has too many items (at most {ctx.get('max_length')})", want
     if kind in {"greater_than_equal", "greater_than", "less_than_equal", "less_than"}:

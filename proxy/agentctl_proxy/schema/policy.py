@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agentctl_proxy.schema import values as v
 
@@ -123,6 +123,14 @@ class DnsRecord(Strict):
     name: Annotated[str, AfterValidator(v.dns_name)]
     type: Literal["A", "AAAA"]
     value: str
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _no_cname(cls, value: Any) -> Any:
+        if value == "CNAME":
+            raise ValueError("CNAME records are not supported by agentctl-proxy (iron-proxy has them);"
+                             " expected A or AAAA with an IP address as value")
+        return value
 
     @model_validator(mode="after")
     def _value(self) -> DnsRecord:

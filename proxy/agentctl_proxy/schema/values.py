@@ -115,8 +115,9 @@ def network(value: Any, *, strict: bool = True) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a network; expected an address/prefix in quotes, e.g. \"10.20.0.0/16\"")
     if "/" not in value:
-        raise ValueError(f"{value!r} has no prefix length; expected a network such as"
-                         f" {value}/{'128' if ':' in value else '24'}")
+        one = "128" if ":" in value else "32"
+        raise ValueError(f"{value!r} has no prefix length; expected address/prefix, e.g. {value}/16 (a network)"
+                         f" or {value}/{one} (one address)")
     try:
         net = ipaddress.ip_network(value, strict=False)
     except ValueError:
