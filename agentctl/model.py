@@ -11,7 +11,7 @@ import ipaddress
 import itertools
 import re
 from functools import lru_cache
-from typing import Annotated, Iterator, Literal, Union
+from typing import Annotated, Iterator, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
