@@ -176,7 +176,7 @@ class TlsSection(Strict):
 
 
 class LogSection(Strict):
-    # iron-proxy's log level; `agentctl-proxy run` logs at it (--debug overrides)
+    # iron-proxy's log levels (its internal/config/logger.go parseLogLevel); `run` logs at it (--debug overrides)
     level: Literal["debug", "info", "warn", "error"] = "info"
     audit_path: str | None = None  # None: audit lines go to stdout (journald)
     # ours: audit lines per agent an agent can cause without being forwarded (refusals,
