@@ -63,16 +63,6 @@ STACK_CASES = [
 ]
 
 
-@pytest.mark.parametrize("mutate,line", STACK_CASES)
-def test_stack_file_messages(mutate, line):
-    config = copy.deepcopy(BASE)
-    mutate(config)
-    with pytest.raises(ConfigError) as e:
-        from_config(config, "Pulumi.t.yaml")
-    assert str(e.value) == f"Pulumi.t.yaml: {line}"
-    assert not JARGON.search(str(e.value))
-
-
 def test_render_refuses_a_listener_clash_with_one_line(tmp_path):
     for name in ("Pulumi.yaml", "Pulumi.lab.yaml"):
         shutil.copy(ROOT / name, tmp_path / name)
@@ -125,11 +115,18 @@ def _at(d, path):
     return d
 
 
-@pytest.mark.parametrize("mutate,line", PROXY_CASES)
-def test_proxy_config_messages(mutate, line):
-    data = copy.deepcopy(PROXY)
+# each file: its base document, its loader, the error that loader raises, the file name
+FILES = {"stack": (BASE, lambda d: from_config(d, "Pulumi.t.yaml"), ConfigError, "Pulumi.t.yaml"),
+         "proxy": (PROXY, lambda d: parse_config(d, "proxy.yaml"), ProxyConfigError, "proxy.yaml")}
+
+
+@pytest.mark.parametrize("kind,mutate,line", [("stack", *c) for c in STACK_CASES] +
+                         [("proxy", *c) for c in PROXY_CASES])
+def test_messages(kind, mutate, line):
+    base, load, error, name = FILES[kind]
+    data = copy.deepcopy(base)
     mutate(data)
-    with pytest.raises(ProxyConfigError) as e:
-        parse_config(data, "proxy.yaml")
-    assert str(e.value) == f"proxy.yaml: {line}"
+    with pytest.raises(error) as e:
+        load(data)
+    assert str(e.value) == f"{name}: {line}"
     assert not JARGON.search(str(e.value))
