@@ -213,6 +213,15 @@ def test_operator_install_needs_no_mitmproxy():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_the_proxy_command_without_its_server_extra_says_what_to_install():
+    code = "import sys, runpy; sys.modules['typer'] = None; runpy.run_module('agentctl_proxy', run_name='__main__')"
+    proc = subprocess.run([sys.executable, "-c", code, "check", "--config", "x"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == "agentctl-proxy: running the proxy needs its server extra: pip install" \
+                          " 'agentctl-proxy[server]'\n"
+
+
 def test_one_schema_for_both():
     from agentctl import model
     from agentctl_proxy import config

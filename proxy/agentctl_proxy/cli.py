@@ -10,7 +10,10 @@ import asyncio
 import logging
 import sys
 
-import typer
+try:
+    import typer
+except ImportError:  # a plain install is the policy schema only (docs/policy-schema.md)
+    sys.exit("agentctl-proxy: running the proxy needs its server extra: pip install 'agentctl-proxy[server]'")
 
 from agentctl_proxy.config import Config, ConfigError, load_checked
 
