@@ -161,6 +161,10 @@ def test_what_render_accepts_the_proxy_accepts_and_decides_alike(config):
                 for path in REQUEST_PATHS:
                     got = ident.allow.decide(host, None, 443, True, method, path, closed=closed).grant is not None
                     assert got == _stack_allows(raw["egress"]["rules"], host, method, path), (host, method, path)
+                    # while the bootstrap window is open, its rules too
+                    opened = ident.allow.decide(host, None, 443, True, method, path).grant is not None
+                    assert opened == _stack_allows(raw["egress"]["rules"] + raw["bootstrap"]["rules"], host, method,
+                                                   path), (host, method, path)
                     # the secret injected is the first whose rules match, in the stack file's order
                     hit = ident.secrets.decide(host, None, 443, True, method, path).grant
                     said = [s for s in raw["egress"]["secrets"] if _stack_allows(s["rules"], host, method, path)]
