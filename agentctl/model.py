@@ -11,17 +11,19 @@ import ipaddress
 import itertools
 import re
 from functools import lru_cache
-from typing import Annotated, Iterator, Literal, Union
+from typing import Annotated, Iterator, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agentctl import values
+from agentctl_proxy.schema import policy
+from agentctl_proxy.schema.values import DurationText, listener_clash, network
 
 HOSTNAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
+HostName = Annotated[str, Field(pattern=HOSTNAME, examples=["scout"], description=(
+    "a host name of 2 to 32 lower-case letters, digits and -, starting with a letter"))]
 # Agents' private addresses start at .11 of the agent subnet (.1-.10: the cloud's own).
 FIRST_AGENT_HOST = 11
-DURATION = r"^[0-9]+(s|m|h)$"
-HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"}
 # Environment the agent unit sets itself: a stack may not point the agent elsewhere.
 RESERVED_ENV = {"HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy", "SSL_CERT_FILE",
                 "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "HERMES_HOME"}
@@ -53,107 +55,32 @@ class Strict(BaseModel):
 class ConfigSecretRef(Strict):
     """A Pulumi config secret of this stack (`pulumi config set --secret KEY`)."""
 
-    config: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
+    config: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", examples=["githubPat"],
+                                 description="a config key: a letter, then letters, digits and _")]
 
 
-class _Cached(Strict):
-    """Every source: how long a value is kept, and how long a failure is."""
-
-    ttl: Annotated[str, Field(pattern=DURATION)] = "15m"
-    failure_ttl: Annotated[str, Field(pattern=DURATION)] = "30s"
-
-
-class EnvSource(_Cached):
-    type: Literal["env"]
-    var: str
+# The policy types are the proxy's own (agentctl_proxy.schema, docs/policy-schema.md):
+# what a stack file's egress says is what proxy.yaml says, read by the same code.
+EnvSource, FileSource, SsmSource, SecretSource = policy.EnvSource, policy.FileSource, policy.SsmSource, policy.SecretSource
+Rule, Inject, DnsRecord = policy.Rule, policy.Inject, policy.DnsRecord
 
 
-class FileSource(_Cached):
-    type: Literal["file"]
-    path: Annotated[str, Field(pattern=r"^/")]
-
-
-class SsmSource(_Cached):
-    type: Literal["aws_ssm"]
-    name: Annotated[str, Field(pattern=r"^/")]
-    region: str | None = None
-    with_decryption: bool = True
-
-
-SecretSource = Annotated[Union[EnvSource, FileSource, SsmSource], Field(discriminator="type")]
-
-
-# --- egress policy (proxy format) ---------------------------------------------------
-
-class Rule(Strict):
-    host: Annotated[str, Field(min_length=1)]
-    methods: Annotated[list[str], Field(min_length=1)]
-    paths: list[str] = ["/*"]
-    ports: list[Annotated[int, Field(ge=1, le=65535)]] | None = None
-    cidr: str | None = None
-    allow_encoded_slashes: bool = False
-    rate_limit: Annotated[int, Field(ge=1)] | None = None
-    name: str | None = None
-
-    @field_validator("host")
-    @classmethod
-    def _host_glob(cls, host: str) -> str:
-        bare = host[2:] if host.startswith("*.") else host
-        if host != "*" and ("*" in bare or not re.fullmatch(r"[A-Za-z0-9.-]+\.?", bare)):
-            raise ValueError(f"host pattern {host!r} is not allowed; expected an exact name, '*' or '*.example.com'")
-        return host
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, methods: list[str]) -> list[str]:
-        bad = [m for m in methods if m.upper() not in HTTP_METHODS]
-        if bad:
-            raise ValueError(f"unknown HTTP method {bad[0]!r}; expected one of {sorted(HTTP_METHODS)}")
-        return [m.upper() for m in methods]
-
-    @field_validator("paths")
-    @classmethod
-    def _paths(cls, paths: list[str]) -> list[str]:
-        for p in paths:
-            if not p.startswith("/"):
-                raise ValueError(f"path {p!r} must start with '/'")
-        return paths
-
-    @field_validator("cidr")
-    @classmethod
-    def _cidr(cls, cidr: str | None) -> str | None:
-        if cidr is not None:
-            ipaddress.ip_network(cidr, strict=False)
-        return cidr
-
-
-class Inject(Strict):
-    header: str | None = None
-    query_param: str | None = None
-    formatter: str = "{{ .Value }}"
-
-    @model_validator(mode="after")
-    def _one_target(self) -> "Inject":
-        if (self.header is None) == (self.query_param is None):
-            raise ValueError("set exactly one of 'header' or 'query_param'")
-        return self
-
-
-class Secret(Strict):
+class Secret(policy.Secret):
     """A credential the proxy injects. `from` is a Pulumi secret that the stack
     materialises (SSM on AWS, pushed over SSH on Hetzner); `source` is an existing
     reference handed to the proxy as it is. Never a value."""
 
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: policy.SecretName
     from_: Annotated[ConfigSecretRef | None, Field(alias="from")] = None
-    source: SecretSource | None = None
-    inject: Inject
-    rules: Annotated[list[Rule], Field(min_length=1)]
+    source: SecretSource | None = None  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _one_origin(self) -> "Secret":
         if (self.from_ is None) == (self.source is None):
-            raise ValueError("set exactly one of 'from' (a Pulumi config secret) or 'source' (an existing reference)")
+            raise ValueError("set exactly one of 'from' (a Pulumi config secret) or 'source' (an existing reference)"
+                             "; expected e.g. from: {config: githubPat}")
         return self
 
 
@@ -167,7 +94,7 @@ class Bootstrap(Strict):
     when the host reports ready, or after maxDuration, whichever is first."""
 
     rules: list[Rule] = []
-    max_duration: Annotated[str, Field(alias="maxDuration", pattern=DURATION)] = "30m"
+    max_duration: Annotated[DurationText, Field(alias="maxDuration")] = "30m"
 
 
 # --- runtime -------------------------------------------------------------------------
@@ -218,7 +145,7 @@ class Backups(Strict):
 
 
 class Agent(Strict):
-    name: Annotated[str, Field(pattern=HOSTNAME)]
+    name: HostName
     size: str | None = None
     runtime: Runtime
     egress: Egress = Egress()
@@ -231,26 +158,28 @@ class Agent(Strict):
 
 
 class Listen(Strict):
-    tunnel: Annotated[int, Field(ge=1, le=65535)] = 8080
-    https: Annotated[int, Field(ge=1, le=65535)] = 443
-    http: Annotated[int, Field(ge=1, le=65535)] = 80
-    dns: Annotated[int, Field(ge=1, le=65535)] = 53
+    tunnel: policy.Port = 8080
+    https: policy.Port = 443
+    http: policy.Port = 80
+    dns: policy.Port = 53
+
+    @model_validator(mode="after")
+    def _apart(self) -> "Listen":
+        # all four bind the proxy's address; the proxy's own clash rule decides
+        clash = listener_clash([(k, "proxy", getattr(self, k)) for k in ("tunnel", "https", "http", "dns")])
+        if clash:
+            raise ValueError(clash)
+        return self
 
 
 class ProxyInstall(Strict):
     """How the proxy host gets agentctl-proxy: a pip requirement, installed in a venv."""
 
-    pip: Annotated[str, AfterValidator(values.shell_word), Field(min_length=1)] = "agentctl-proxy"
-
-
-class DnsRecord(Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+$")]
-    type: Literal["A", "AAAA", "CNAME"] = "A"
-    value: str
+    pip: Annotated[str, AfterValidator(values.shell_word), Field(min_length=1)] = "agentctl-proxy[server]"
 
 
 class ProxyHost(Strict):
-    name: Annotated[str, Field(pattern=HOSTNAME)] = "proxy"
+    name: HostName = "proxy"
     size: str | None = None
     listen: Listen = Listen()
     install: ProxyInstall = ProxyInstall()
@@ -258,7 +187,8 @@ class ProxyHost(Strict):
     apt_mirrors: Annotated[list[str] | None, Field(alias="aptMirrors")] = None
     # Static answers the proxy also uses to resolve upstreams (internal services, the lab).
     dns_records: Annotated[list[DnsRecord], Field(alias="dnsRecords")] = []
-    upstream_ca_bundle: Annotated[str | None, Field(alias="upstreamCaBundle", pattern=r"^/")] = None
+    upstream_ca_bundle: Annotated[str | None, Field(alias="upstreamCaBundle", pattern=r"^/", description="an absolute path",
+                                                    examples=["/etc/ssl/upstream-ca.pem"])] = None
     # Where the proxy host itself resolves upstream names on AWS, whose VPC resolver the
     # DNS Firewall closes to everyone (so no agent can tunnel data through it).
     resolvers: list[str] = ["1.1.1.1", "9.9.9.9"]
@@ -276,7 +206,7 @@ class Network(Strict):
     @field_validator("cidr")
     @classmethod
     def _cidr(cls, cidr: str) -> str:
-        net = ipaddress.ip_network(cidr)
+        net = ipaddress.ip_network(network(cidr))
         if net.version != 4 or net.prefixlen > 22:
             raise ValueError(f"{cidr} is too small; expected an IPv4 network of /22 or larger")
         return str(net)
@@ -288,7 +218,8 @@ class Network(Strict):
 
 
 class Maintenance(Strict):
-    reboot_time: Annotated[str, Field(alias="rebootTime", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "03:30"
+    reboot_time: Annotated[str, Field(alias="rebootTime", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+                                      description="a time of day, HH:MM", examples=["03:30"])] = "03:30"
     auto_reboot: Annotated[bool, Field(alias="autoReboot")] = True
 
 
@@ -308,7 +239,8 @@ class Tailscale(Strict):
 
 class Deployment(Strict):
     cloud: Literal["aws", "hcloud", "lab"]
-    region: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")]
+    region: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$", examples=["eu-central-1"],
+                                 description="a region name: lower-case letters, digits and -")]
     distro: Literal["ubuntu-24.04", "debian-12"] = "ubuntu-24.04"
     admin_ssh_keys: Annotated[list[str], Field(alias="adminSshKeys", min_length=1)]
     network: Network = Network()

@@ -46,8 +46,8 @@ def system_rules(d: Deployment) -> list[dict[str, Any]]:
 
 
 def _rule(rule: Rule) -> dict[str, Any]:
-    return rule.model_dump(exclude_none=True, exclude_defaults=True) | {
-        "host": rule.host, "methods": rule.methods, "paths": rule.paths}
+    # methods and paths written out even at their defaults: a reader sees what is allowed
+    return rule.model_dump(exclude_none=True, exclude_defaults=True) | {"methods": rule.methods, "paths": rule.paths}
 
 
 def secret_source(d: Deployment, agent: Agent, secret: Secret, *, project: str, stack: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from agentctl.errors import ConfigError
 from agentctl.model import Deployment
 from agentctl.modelerrors import one_line
 from agentctl.stackcheck import StackContext, check_stack
-from agentctl.yamlkeys import find_duplicate
+from agentctl_proxy.schema import yamlload
 
 NAMESPACE = "agentctl"
 DEFAULT_PROJECT = "agentctl"
@@ -31,19 +31,16 @@ def load(project_dir: Path, stack: str) -> Deployment:
     if not path.is_file():
         raise ConfigError(str(path), "", "no such stack file", f"Pulumi.{stack}.yaml in {project_dir}")
     try:
-        text = path.read_text()
-        duplicate = find_duplicate(text)
-        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        doc = yamlload.load(path.read_text())
+    except yamlload.DuplicateKey as exc:
+        key_path = exc.key_path.removeprefix("config.").replace("\n", "\\n")  # one line, whatever the key holds
+        raise ConfigError(str(path), key_path, f"is given twice (again on line {exc.line})",
+                          "each key once (Pulumi refuses duplicates too)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         raise ConfigError(str(path), "", f"is not valid YAML ({where}: {getattr(exc, 'problem', exc)})",
                           "a Pulumi stack file") from None
-    if duplicate:
-        key_path, line = duplicate
-        key_path = key_path.removeprefix("config.").replace("\n", "\\n")  # one line, whatever the key holds
-        raise ConfigError(str(path), key_path, f"is given twice (again on line {line})",
-                          "each key once (Pulumi refuses duplicates too)")
     return from_config(_config_section(doc, path), str(path), project=project_name(project_dir), stack=stack)
 
 

@@ -60,7 +60,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
     proc = agentctl("render", "--stack", "lab", "--out", str(out), "--project-dir", str(project))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert "Pulumi.lab.yaml: agentctl:agents[0].egress.rules[0].host: is required but missing" in proc.stderr
+    assert "Pulumi.lab.yaml: agentctl:agents[0].egress.rules[0]: no target; expected host: (e.g. api.github.com)" \
+        " or cidr: (e.g. 10.20.0.0/16)" in proc.stderr
     assert not out.exists() and not (project / ".agentctl").exists()
 
 

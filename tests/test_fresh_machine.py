@@ -132,7 +132,7 @@ def offline_apt_repo(distro: str, rootfs: Path, packages: list[str], scratch: Pa
 
 
 def wheels(distro: str) -> Path:
-    """Every wheel `pip install -e ./proxy -e .[test]` needs (and the build backend)."""
+    """Every wheel `pip install -e './proxy[server]' -e .[test]` needs (and the build backend)."""
     deps = (ROOT / "pyproject.toml").read_text() + (ROOT / "proxy" / "pyproject.toml").read_text()
     folder = CACHE / _key(distro, "wheels", deps) / "wheels"
     if folder.is_dir() and any(folder.iterdir()):
@@ -141,7 +141,7 @@ def wheels(distro: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     python = DISTROS[distro]["python"]
-    wanted = ["setuptools>=68", "wheel", str(ROOT / "proxy"), f"{ROOT}[test]"]
+    wanted = ["setuptools>=68", "wheel", f"{ROOT / 'proxy'}[server]", f"{ROOT}[test]"]
     if python == "%d.%d" % sys.version_info[:2]:
         _run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(tmp), *wanted], timeout=1800)
     else:

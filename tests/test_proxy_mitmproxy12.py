@@ -50,7 +50,8 @@ def _interpreter() -> tuple[str, str] | None:
 def requirements() -> list[str]:
     """The proxy's dependencies and test extras, with mitmproxy held to 12.x."""
     project = tomllib.loads((ROOT / "proxy" / "pyproject.toml").read_text())["project"]
-    deps = [d for d in project["dependencies"] if not d.replace(" ", "").startswith("mitmproxy")]
+    deps = [d for d in project["dependencies"] + project["optional-dependencies"]["server"]
+            if not d.replace(" ", "").startswith("mitmproxy")]
     return ["mitmproxy>=12,<13", *deps, *project["optional-dependencies"]["test"]]
 
 

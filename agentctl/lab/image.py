@@ -79,7 +79,9 @@ def proxy_requirements(project_dir: Path) -> list[str]:
     reqs = list(PROXY_VENV_PINS)
     pyproject = Path(project_dir) / "proxy" / "pyproject.toml"
     if pyproject.is_file():
-        deps = tomllib.loads(pyproject.read_text()).get("project", {}).get("dependencies", [])
+        project = tomllib.loads(pyproject.read_text()).get("project", {})
+        # the proxy host runs agentctl-proxy[server]: its base install is only the schema
+        deps = project.get("dependencies", []) + project.get("optional-dependencies", {}).get("server", [])
         pinned = {re.split(r"[<>=!~ \[]", p, maxsplit=1)[0].lower() for p in PROXY_VENV_PINS}
         reqs += [d for d in deps if re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower() not in pinned]
     return reqs

@@ -10,9 +10,12 @@ import asyncio
 import logging
 import sys
 
-import typer
+try:
+    import typer
+except ImportError:  # a plain install is the policy schema only (docs/policy-schema.md)
+    sys.exit("agentctl-proxy: running the proxy needs its server extra: pip install 'agentctl-proxy[server]'")
 
-from agentctl_proxy.config import Config, ConfigError, load_config
+from agentctl_proxy.config import Config, ConfigError, load_checked
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, no_args_is_help=True,
                   help="agentctl-proxy: the egress proxy of an agentctl deployment.")
@@ -27,9 +30,9 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load(path: str) -> Config:
+def _load(path: str) -> tuple[Config, list[str]]:
     try:
-        return load_config(path)
+        return load_checked(path)
     except ConfigError as e:
         raise _fail(str(e)) from None
 
@@ -57,9 +60,10 @@ def source_warnings(cfg: Config) -> list[str]:
 
 @app.command()
 def check(config: str = ConfigOpt) -> None:
-    """Validate a config: exit 0, or 2 with the key path. Warns about unreachable secret sources."""
-    cfg = _load(config)
-    for line in source_warnings(cfg):
+    """Validate a config: exit 0, or 2 with the key path. Warns, one line each, where an
+    iron-proxy config means more there than here, and about unreachable secret sources."""
+    cfg, warnings = _load(config)
+    for line in warnings + source_warnings(cfg):
         print(line, file=sys.stderr)
     print(f"{config}: ok")
 
@@ -69,20 +73,31 @@ def run(config: str = ConfigOpt, debug: bool = typer.Option(False, help="Verbose
     """Run the proxy."""
     from agentctl_proxy.runner import ProxyApp
 
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg, warnings = _load(config)  # before logging is set up: a config problem is one line, exit 2
+    level = logging.DEBUG if debug else _LEVELS[cfg.log.level]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not debug:  # one line per connection is the audit file's job, not the log's
-        logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
-    cfg = _load(config)
-    for line in source_warnings(cfg):
+        logging.getLogger("mitmproxy.proxy.server").setLevel(max(level, logging.WARNING))
+    for line in warnings + source_warnings(cfg):
         print(line, file=sys.stderr)
     try:
         proxy = ProxyApp(config, cfg)  # opens the audit file
         asyncio.run(proxy.run())
     except ConfigError as e:
         raise _fail(str(e)) from None
+    except _options_error() as e:  # what load_checked cannot see: one line, never mitmproxy's traceback
+        raise _fail(f"{config}: cannot start: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     except OSError as e:
         raise _fail(f"{config}: cannot start: {e.strerror or e}", 1) from None
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+
+
+def _options_error() -> type[Exception]:
+    from mitmproxy.exceptions import OptionsError
+
+    return OptionsError
 
 
 @ca_app.command("init")

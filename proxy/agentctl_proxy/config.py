@@ -10,13 +10,19 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
-from agentctl_proxy import pki, strict_yaml
-from agentctl_proxy.hosts import is_valid_name, normalize_host
+from agentctl_proxy import ironproxy, pki
+from agentctl_proxy.schema import errors, yamlload
+from agentctl_proxy.schema import values as v
+from agentctl_proxy.schema.policy import (  # noqa: F401 (the proxy's names for them)
+    DnsRecord, EnvSource, FileSource, Inject, Rule, Secret, SecretSource, SsmSource, Strict)
+from agentctl_proxy.schema.values import parse_duration, parse_listen  # noqa: F401
+
+Source = SecretSource
 
 DEFAULT_DENY_CIDRS = (
     "0.0.0.0/8",  # "this network": 0.0.0.0 reaches the proxy host itself
@@ -36,11 +42,6 @@ DEFAULT_DENY_CIDRS = (
     "2002::/16",  # 6to4: same
 )
 
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
-_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}
-_TOKEN = re.compile(r"^[A-Z][A-Z-]*$")
-_FORMATTER = re.compile(r"\{\{\s*\.Value\s*\}\}")
-_HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -48,170 +49,29 @@ class ConfigError(ValueError):
     """Bad config; str() is the one line to print."""
 
 
-def parse_duration(value: Any) -> float:
-    """'15m' -> 900.0; bare numbers are seconds."""
-    if isinstance(value, bool):
-        raise ValueError("not a duration")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value).strip())
-        if not m:
-            raise ValueError("expected a duration like 30s, 15m, 1h")
-        seconds = int(m.group(1)) * _UNITS[m.group(2)]
-    if seconds < 0:
-        raise ValueError("duration must not be negative")
-    return seconds
+class RulesConfig(Strict):
+    """iron-proxy's allowlist config (its internal/transform/allowlist/allowlist.go):
+    `domains:` and `cidrs:` are rules with every method and path, ahead of `rules:`."""
 
+    iron_only: ClassVar[frozenset[str]] = frozenset({"warn"})
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """'10.0.1.10:8080', ':443' (all addresses), '[::1]:53' -> (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("expected HOST:PORT, e.g. 10.0.1.10:8080 or :443")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if host:
-        ipaddress.ip_address(host)  # listeners bind addresses, not names
-    return host or "0.0.0.0", int(port)
-
-
-Duration = Annotated[float, Field(ge=0)]
-
-
-def _networks(values: list[str]) -> list[str]:
-    """Every entry must be a network written exactly (no host bits set)."""
-    for v in values:
-        ipaddress.ip_network(v, strict=True)
-    return values
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Rule(Strict):
-    name: str | None = None
-    host: str | None = None
-    methods: list[str]
-    paths: list[str] = ["/*"]
-    ports: list[Annotated[int, Field(gt=0, lt=65536)]] | None = None
-    cidr: str | None = None
-    allow_encoded_slashes: bool = False
-    rate_limit: Annotated[int, Field(gt=0)] | None = None
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        h = normalize_host(v)
-        if h == "*":
-            return h
-        name = h[2:] if h.startswith("*.") else h
-        if "*" in name or not is_valid_name(name):
-            raise ValueError(
-                f"{v!r} is not a host pattern; expected an exact name, '*' or '*.example.com'"
-                " (IP targets need a cidr)"
-            )
-        return h
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("empty; expected a list of methods such as [GET] or ['*']")
-        out = [m.upper() for m in v]
-        for m in out:
-            if m != "*" and not _TOKEN.match(m):
-                raise ValueError(f"{m!r} is not an HTTP method")
-        return out
-
-    @field_validator("paths")
-    @classmethod
-    def _paths(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("empty; expected path globs such as ['/v1/*']")
-        for p in v:
-            if not p.startswith("/") or "//" in p or "\\" in p:
-                raise ValueError(f"{p!r}: expected a path glob starting with / (e.g. /v1/*)")
-            if any(seg in (".", "..") for seg in p.split("/")):
-                raise ValueError(f"{p!r}: dot segments never match")
-        return v
-
-    @field_validator("cidr")
-    @classmethod
-    def _cidr(cls, v: str | None) -> str | None:
-        if v is not None:
-            ipaddress.ip_network(v, strict=True)
-        return v
+    domains: list[v.HostPattern] = []
+    cidrs: list[v.Cidr] = []
+    rules: list[Rule] = []
 
     @model_validator(mode="after")
-    def _target(self) -> Rule:
-        if self.host is None and self.cidr is None:
-            raise ValueError("host: required; expected a host name pattern (or a cidr)")
+    def _flat(self) -> RulesConfig:
+        if self.domains or self.cidrs:  # one list to compile, in iron-proxy's order
+            flat = [Rule(host=d) for d in self.domains] + [Rule(cidr=c) for c in self.cidrs]
+            object.__setattr__(self, "rules", flat + list(self.rules))  # frozen: set once, while validating
+            object.__setattr__(self, "domains", [])
+            object.__setattr__(self, "cidrs", [])
         return self
-
-
-class RulesConfig(Strict):
-    rules: list[Rule]
 
 
 class AllowlistTransform(Strict):
     name: Literal["allowlist"]
     config: RulesConfig
-
-
-class _Source(Strict):
-    ttl: Duration = 900.0
-    failure_ttl: Duration = 30.0
-
-    @field_validator("ttl", "failure_ttl", mode="before")
-    @classmethod
-    def _dur(cls, v: Any) -> float:
-        return parse_duration(v)
-
-
-class EnvSource(_Source):
-    type: Literal["env"]
-    var: str
-
-
-class FileSource(_Source):
-    type: Literal["file"]
-    path: str
-
-
-class SsmSource(_Source):
-    type: Literal["aws_ssm"]
-    name: str
-    region: str | None = None
-    with_decryption: bool = True
-
-
-Source = Annotated[Union[EnvSource, FileSource, SsmSource], Field(discriminator="type")]
-
-
-class Inject(Strict):
-    header: str | None = None
-    query_param: str | None = None
-    formatter: str = "{{ .Value }}"
-
-    @model_validator(mode="after")
-    def _one_target(self) -> Inject:
-        if (self.header is None) == (self.query_param is None):
-            raise ValueError("expected exactly one of header or query_param")
-        if self.header is not None and not _HEADER.match(self.header):
-            raise ValueError(f"header {self.header!r} is not a header name")
-        if len(_FORMATTER.findall(self.formatter)) != 1:
-            raise ValueError("formatter must contain {{ .Value }} exactly once")
-        return self
-
-
-class Secret(Strict):
-    name: str | None = None
-    source: Source
-    inject: Inject
-    rules: list[Rule] = Field(min_length=1)
 
 
 class SecretsConfig(Strict):
@@ -227,106 +87,97 @@ Transform = Annotated[Union[AllowlistTransform, SecretsTransform], Field(discrim
 
 
 class Bootstrap(Strict):
-    max_duration: Duration = 1800.0
+    max_duration: v.Duration = 1800.0
     rules: list[Rule]
-
-    @field_validator("max_duration", mode="before")
-    @classmethod
-    def _dur(cls, v: Any) -> float:
-        return parse_duration(v)
 
 
 class Agent(Strict):
     name: str
-    sources: list[str] = Field(min_length=1)
+    sources: Annotated[list[v.Cidr], Field(min_length=1, description="the agent's addresses as networks",
+                                           examples=[["10.0.2.11/32"]])]
     transforms: list[Transform] = []
     bootstrap: Bootstrap | None = None
 
     @field_validator("name")
     @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("expected a lower-case name: letters, digits, - and _")
-        return v
-
-    @field_validator("sources")
-    @classmethod
-    def _sources(cls, v: list[str]) -> list[str]:
-        return _networks(v)
+    def _name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError(f"{name!r} is not an agent name; expected a lower-case name of letters, digits,"
+                             " - and _, e.g. scout")
+        return name
 
 
 class ProxySection(Strict):
-    tunnel_listen: str
-    https_listen: str | None = None
-    http_listen: str | None = None
-    upstream_deny_cidrs: list[str] = list(DEFAULT_DENY_CIDRS)
+    iron_only: ClassVar[frozenset[str]] = frozenset({"upstream_response_header_timeout", "upstream_proxy"})
+
+    # iron-proxy runs without a tunnel (CONNECT) listener; at least one listener is set
+    tunnel_listen: v.ListenAddress | None = None
+    https_listen: v.ListenAddress | None = None
+    http_listen: v.ListenAddress | None = None
+    upstream_deny_cidrs: list[v.Cidr] = list(DEFAULT_DENY_CIDRS)
     max_request_body_bytes: Annotated[int, Field(gt=0)] = 1048576
     max_response_body_bytes: Annotated[int, Field(gt=0)] | None = None
-    health_listen: str | None = None
+    health_listen: v.ListenAddress | None = None
     # ours: where bootstrap windows are remembered across restarts (absent: memory only)
-    state_path: Annotated[str, Field(pattern=r"^/")] | None = None
+    state_path: Annotated[str, AfterValidator(v.absolute)] | None = None
 
-    @field_validator("tunnel_listen", "https_listen", "http_listen", "health_listen")
+    @field_validator("max_request_body_bytes", "max_response_body_bytes", mode="before")
     @classmethod
-    def _listen(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_listen(v)
-        return v
-
-    @field_validator("upstream_deny_cidrs")
-    @classmethod
-    def _cidrs(cls, v: list[str]) -> list[str]:
-        return _networks(v)
-
-
-class DnsRecord(Strict):
-    name: str
-    type: Literal["A", "AAAA"]
-    value: str
+    def _iron_zero(cls, value: Any, info: Any) -> Any:
+        # iron-proxy reads 0 as "unset": 1 MiB for requests, uncapped for responses
+        if value == 0 and not isinstance(value, bool):
+            return 1048576 if info.field_name == "max_request_body_bytes" else None
+        return value
 
     @model_validator(mode="after")
-    def _value(self) -> DnsRecord:
-        ip = ipaddress.ip_address(self.value)
-        if (ip.version == 4) != (self.type == "A"):
-            raise ValueError(f"value {self.value} does not fit type {self.type}")
-        if not is_valid_name(normalize_host(self.name)):
-            raise ValueError(f"name {self.name!r} is not a DNS name")
+    def _some_listener(self) -> ProxySection:
+        if not (self.tunnel_listen or self.https_listen or self.http_listen):
+            raise ValueError("no listener; expected at least one of tunnel_listen, https_listen or"
+                             " http_listen, e.g. https_listen: \":443\"")
         return self
 
 
 class DnsSection(Strict):
-    listen: str
+    iron_only: ClassVar[frozenset[str]] = frozenset({"enabled", "upstream_resolver"})
+
+    listen: v.ListenAddress = ":53"  # iron-proxy's default
     proxy_ip: str
     records: list[DnsRecord] = []
-    passthrough: list[str] = []
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str) -> str:
-        parse_listen(v)
-        return v
+    passthrough: list[v.HostPattern] = []
 
     @field_validator("proxy_ip")
     @classmethod
-    def _ip(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
+    def _ip(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address; expected the proxy's address, e.g. 10.0.1.10")
+        return value
 
 
 class TlsSection(Strict):
-    ca_cert: str
+    iron_only: ClassVar[frozenset[str]] = frozenset({"leaf_cert_expiry_hours"})
+
+    # iron-proxy's "mitm" is the only mode here; its "sni-only" is not supported
+    mode: Literal["mitm"] = "mitm"
+    ca_cert: Annotated[str, Field(description="the interception CA certificate (a PEM file)",
+                                  examples=["/etc/agentctl-proxy/ca.crt"])]
     ca_key: str | None = None
-    ca_key_source: Source | None = None
+    ca_key_source: SecretSource | None = None
     upstream_ca_bundle: str | None = None
+    # iron-proxy's leaf certificate cache; mitmproxy keeps its own (accepted, not applied)
+    cert_cache_size: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
     def _key(self) -> TlsSection:
         if (self.ca_key is None) == (self.ca_key_source is None):
-            raise ValueError("expected exactly one of ca_key or ca_key_source")
+            raise ValueError("expected exactly one of ca_key (a PEM file) or ca_key_source (a secret source)")
         return self
 
 
 class LogSection(Strict):
+    # iron-proxy's log levels (its internal/config/logger.go parseLogLevel); `run` logs at it (--debug overrides)
+    level: Literal["debug", "info", "warn", "error"] = "info"
     audit_path: str | None = None  # None: audit lines go to stdout (journald)
     # ours: audit lines per agent an agent can cause without being forwarded (refusals,
     # DNS answers): a bucket of refusal_burst lines refilled at refusal_rate per second;
@@ -336,6 +187,9 @@ class LogSection(Strict):
 
 
 class Config(Strict):
+    iron_only: ClassVar[frozenset[str]] = frozenset({"mcp", "mcp_gateway", "postgres", "metrics", "management",
+                                                     "control_plane"})
+
     proxy: ProxySection
     dns: DnsSection | None = None
     tls: TlsSection
@@ -343,8 +197,17 @@ class Config(Strict):
     agents: list[Agent] | None = None
     log: LogSection = LogSection()
 
+    def listeners(self) -> list[tuple[str, str, int]]:
+        p = self.proxy
+        named = [("proxy.tunnel_listen", p.tunnel_listen), ("proxy.https_listen", p.https_listen),
+                 ("proxy.http_listen", p.http_listen), ("proxy.health_listen", p.health_listen),
+                 ("dns.listen", self.dns.listen if self.dns else None)]
+        return [(key, *v.parse_listen(addr)) for key, addr in named if addr]
+
     @model_validator(mode="after")
     def _agents(self) -> Config:
+        if (clash := v.listener_clash(self.listeners())) is not None:
+            raise ValueError(clash)
         if self.agents == []:  # deny-all for every client: a templating slip, not a policy
             raise ValueError("agents: empty list; list at least one agent, or remove the key"
                              " so every client gets the top-level rules")
@@ -366,66 +229,51 @@ class Config(Strict):
         return self
 
 
-_TAGS = {"allowlist", "secrets", "env", "file", "aws_ssm"}
-
-
-def _key_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for i, part in enumerate(loc):
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in _TAGS and i and (isinstance(loc[i - 1], int) or "source" in str(loc[i - 1])):
-            continue  # pydantic's discriminator tag: not a key the user wrote
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def _describe(err: dict[str, Any]) -> str:
-    msg = err["msg"].removeprefix("Value error, ")
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return "unknown key; remove it or check its spelling"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "union_tag_invalid":
-        ctx = err["ctx"]
-        return f"unknown {ctx['discriminator'].strip(chr(39))}: {ctx['tag']!r}; expected one of {ctx['expected_tags']}"
-    if kind == "union_tag_not_found":
-        return f"missing key {err['ctx']['discriminator']}"
-    return msg
-
-
 def parse_config(data: Any, source: str = "<config>") -> Config:
+    return parse_checked(data, source)[0]
+
+
+def parse_checked(data: Any, source: str = "<config>") -> tuple[Config, list[str]]:
+    """The config, and one warning line per place an iron-proxy file means more there
+    than here (ironproxy.py); ConfigError when it is not a config."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: (top level): expected a mapping with proxy:, tls:, ...")
+    dropped: ironproxy.Dropped = {}
+    warnings: list[str] = []
+    if ironproxy.is_iron_file(data):
+        data, dropped, warnings = ironproxy.adapt(data)
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
-        err = e.errors(include_url=False)[0]
-        where = _key_path(err["loc"])
-        if not err["loc"]:  # a whole-config check names its own keys in the message
-            raise ConfigError(f"{source}: {_describe(err)}") from None
-        raise ConfigError(f"{source}: {where}: {_describe(err)}") from None
+        p = errors.explain(e, Config, more=False)
+        p = errors.Problem(ironproxy.original_loc(p.loc, dropped), p.problem, p.expected)
+        where = p.key_path()
+        raise ConfigError(f"{source}: {where}: {p.line()}" if where else f"{source}: {p.line()}") from None
+    return cfg, [f"warning: {source}: {w}" for w in warnings]
 
 
 def load_config(path: str | Path) -> Config:
+    return load_checked(path)[0]
+
+
+def load_checked(path: str | Path) -> tuple[Config, list[str]]:
+    """load_config, and the warning lines `check` prints (parse_checked)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
     try:
-        data = strict_yaml.load(text)
-    except strict_yaml.DuplicateKey as e:
+        data = yamlload.load(text)
+    except yamlload.DuplicateKey as e:
         raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
         raise ConfigError(f"{p}: {where}: not valid YAML; expected the agentctl-proxy config format") from None
-    cfg = parse_config(data, str(p))
+    cfg, warnings = parse_checked(data, str(p))
     _check_files(cfg, str(p))
-    return cfg
+    return cfg, warnings
 
 
 def _check_files(cfg: Config, source: str) -> None:

@@ -42,7 +42,7 @@ def _hostport(listen: str) -> str:
 
 def modes(cfg: Config) -> list[str]:
     p = cfg.proxy
-    out = [f"regular@{_hostport(p.tunnel_listen)}"]
+    out = [f"regular@{_hostport(p.tunnel_listen)}"] if p.tunnel_listen else []  # optional, as in iron-proxy
     if p.https_listen:
         out.append(f"reverse:https://{_PLACEHOLDER}:443@{_hostport(p.https_listen)}")
     if p.http_listen:

@@ -76,17 +76,17 @@ def test_documented_example_loads(write):
     (lambda d: d["agents"][0]["transforms"][0]["config"]["rules"][0].update(methdos=["GET"]),
      "agents[0].transforms[0].config.rules[0].methdos: unknown key"),
     (lambda d: d["agents"][0]["transforms"][1]["config"]["secrets"][0]["source"].update(type="vault"),
-     "agents[0].transforms[1].config.secrets[0].source: unknown type: 'vault'"),
+     "agents[0].transforms[1].config.secrets[0].source: unknown source type 'vault'; expected one of env, file, aws_ssm"),
     (lambda d: d["transforms"][0]["config"]["rules"][0].update(host="*openai.com"),
      "transforms[0].config.rules[0].host: '*openai.com' is not a host pattern"),
-    (lambda d: d["proxy"].update(tunnel_listen="localhost"), "proxy.tunnel_listen: expected HOST:PORT"),
+    (lambda d: d["proxy"].update(tunnel_listen="localhost"), "proxy.tunnel_listen: 'localhost' is not an address and port; expected HOST:PORT, e.g."),
     (lambda d: d["agents"][0]["transforms"][1]["config"]["secrets"][0]["inject"].update(formatter="Bearer"),
-     "formatter must contain {{ .Value }} exactly once"),
+     "inject.formatter: 'Bearer' must contain {{ .Value }} exactly once; expected e.g. \"Bearer {{ .Value }}\""),
     (lambda d: d["agents"][0]["transforms"][1]["config"]["secrets"][0]["source"].update(ttl="soon"),
-     "source.ttl: expected a duration"),
+     "source.ttl: 'soon' is not a duration; expected a whole number and a unit (ms, s, m or h), e.g. 30s"),
     (lambda d: d["agents"].append({"name": "b", "sources": ["10.0.2.0/24"]}), "overlaps"),
     (lambda d: d["tls"].pop("ca_cert"), "tls.ca_cert: required key is missing"),
-    (lambda d: d["transforms"][0]["config"]["rules"][0].update(paths=["/a/../b"]), "dot segments never match"),
+    (lambda d: d["transforms"][0]["config"]["rules"][0].update(paths=["/a/../b"]), "rules[0].paths: '/a/../b' has a . or .. segment, which no request path has"),
     (lambda d: d.setdefault("log", {}).update(refusal_burst=0), "log.refusal_burst: "),
     (lambda d: d.setdefault("log", {}).update(refusal_rate="fast"), "log.refusal_rate: "),
 ])
@@ -107,9 +107,11 @@ def test_missing_files_are_config_errors(write, tmp_path):
 
 
 def test_durations():
-    assert parse_duration("15m") == 900 and parse_duration("30s") == 30 and parse_duration(5) == 5
-    with pytest.raises(ValueError):
-        parse_duration("-1s")
+    assert parse_duration("15m") == 900 and parse_duration("30s") == 30 and parse_duration("250ms") == 0.25
+    # one definition for both files (docs/policy-schema.md): no bare numbers, no days
+    for bad in ("-1s", 5, "5", "1d", "1h30m", "15 m"):
+        with pytest.raises(ValueError, match="is not a duration; expected a whole number and a unit"):
+            parse_duration(bad)
 
 
 def test_check_command_exit_codes(write, tmp_path):
@@ -124,7 +126,7 @@ def test_check_command_exit_codes(write, tmp_path):
     out = subprocess.run([sys.executable, "-m", "agentctl_proxy", "check", "--config", str(bad)],
                          capture_output=True, text=True)
     assert out.returncode == 2
-    assert out.stderr.strip() == f"{bad}: dns.forward: unknown key; remove it or check its spelling"
+    assert out.stderr.strip() == f"{bad}: dns.forward: unknown key; expected one of: listen, passthrough, proxy_ip, records"
     assert "Traceback" not in out.stderr
 
 
@@ -133,7 +135,7 @@ def test_run_with_bad_config_exits_2_and_opens_no_listener(tmp_path):
     bad.write_text("proxy: {tunnel_listen: '127.0.0.1:1'}\ntls: {ca_cert: /x, ca_key: /y}\nextra: 1\n")
     out = subprocess.run([sys.executable, "-m", "agentctl_proxy", "run", "--config", str(bad)],
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2 and out.stderr.strip() == f"{bad}: extra: unknown key; remove it or check its spelling"
+    assert out.returncode == 2 and out.stderr.strip() == f"{bad}: extra: unknown key; expected one of: agents, dns, log, proxy, tls, transforms"
 
 
 def _cli(*args, timeout=60):

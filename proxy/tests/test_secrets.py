@@ -21,7 +21,7 @@ def test_file_source_cached_for_ttl_then_refetched(tmp_path):
     f.write_text("one\n")
     clock = Clock()
     cache = SecretCache(clock)
-    src = c.FileSource(type="file", path=str(f), ttl=60, failure_ttl=5)
+    src = c.FileSource(type="file", path=str(f), ttl="60s", failure_ttl="5s")
     assert cache.get("s", src) == "one"
     f.write_text("two")
     clock.t = 59
@@ -33,7 +33,7 @@ def test_file_source_cached_for_ttl_then_refetched(tmp_path):
 def test_failure_remembered_for_failure_ttl_and_never_leaks(tmp_path, monkeypatch):
     clock = Clock()
     cache = SecretCache(clock)
-    src = c.EnvSource(type="env", var="AGENTCTL_T_SECRET", ttl=60, failure_ttl=5)
+    src = c.EnvSource(type="env", var="AGENTCTL_T_SECRET", ttl="60s", failure_ttl="5s")
     with pytest.raises(SecretUnavailable, match="'pat'.*AGENTCTL_T_SECRET is not set"):
         cache.get("pat", src)
     monkeypatch.setenv("AGENTCTL_T_SECRET", "v4lue")

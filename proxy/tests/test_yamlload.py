@@ -1,9 +1,9 @@
-"""strict_yaml.load: safe_load, except that a repeated key is an error naming its path."""
+"""schema.yamlload.load (the stack file and proxy.yaml): safe_load, except that a repeated key is an error naming its path."""
 
 import pytest
 import yaml
 
-from agentctl_proxy.strict_yaml import DuplicateKey, load
+from agentctl_proxy.schema.yamlload import DuplicateKey, load
 
 
 @pytest.mark.parametrize("text,path", [
@@ -32,3 +32,13 @@ def test_yaml_errors_pass_through():
         load("a: [\n")
     with pytest.raises(yaml.YAMLError):
         load("!!python/object:os.system x\n")  # still the safe loader
+
+
+@pytest.mark.parametrize("text,path,line", [
+    ("'1': a\n1: b\n", "1", 2),  # the same key text, as Pulumi would see it
+    ("base: &b {k: 1}\nuse: *b\nother: *b\nx: 1\nx: 2\n", "x", 5),  # aliases are not duplicates
+])
+def test_key_text_and_aliases(text, path, line):
+    with pytest.raises(DuplicateKey) as e:
+        load(text)
+    assert (e.value.key_path, e.value.line) == (path, line)
