@@ -219,3 +219,12 @@ def test_ca_key_parameter_is_a_name_no_agent_can_have():
 
     segment = ca_key_parameter_name("p", "s").removeprefix(ssm_prefix("p", "s")).split("/")[0]
     assert not re.fullmatch(HOSTNAME, segment), f"an agent named {segment!r} would share the CA key's path"
+
+
+def test_plan_help_says_json_carries_each_resources_options():
+    """`plan --help` tells what --json prints, options included (issue 17: `options` per resource)."""
+    out = agentctl("plan", "--help", "--project-dir", str(ROOT))
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    for word in ("options", "deleteBeforeReplace", "ignoreChanges", "dependsOn", "protect"):
+        assert word in text, word
