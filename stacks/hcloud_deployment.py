@@ -103,8 +103,11 @@ class HcloudDeployment(pulumi.ComponentResource):
                                   [{"ipv4_enabled": True, "ipv4": _int_id(self.primary_ip), "ipv6_enabled": False}], [],
                                   ignore_changes=["userData"],
                                   replacement_trigger=policy.user_data_digest_without(proxy_data, PROXY_CONFIG_PATH))
+        # An agent's user-data is read at first boot only (policy.agent_user_data_ignored).
         self.agents = {agent.name: self._server(f"agent-{agent.name}", agent.name, agent.size, d.agent_ip(agent),
-                                                policy.agent_public_nets(), [self.proxy])
+                                                policy.agent_public_nets(), [self.proxy],
+                                                ignore_changes=policy.agent_user_data_ignored(
+                                                    "userData", agent.name, self._args.rebuild))
                        for agent in d.agents}
 
     def secret_files(self) -> list[dict]:

@@ -6,6 +6,7 @@ can be tested on their own and the components stay a thin mapping onto resources
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 from dataclasses import dataclass
@@ -75,10 +76,33 @@ def agent_metadata_options() -> dict[str, object]:
             "http_put_response_hop_limit": 1, "instance_metadata_tags": "disabled"}
 
 
-def agent_instance_ignore_changes() -> list[str]:
+def agent_instance_ignore_changes(agent: str, rebuild: frozenset[str] = frozenset()) -> list[str]:
     """AgentImds closes the endpoint outside the instance's inputs; a refresh would see
-    `disabled` and `pulumi up` would re-open it to match the launch value. Never."""
-    return ["metadataOptions.httpEndpoint"]
+    `disabled` and `pulumi up` would re-open it to match the launch value. Never.
+    And the agent's user-data (see agent_user_data_ignored)."""
+    return ["metadataOptions.httpEndpoint", *agent_user_data_ignored("userDataBase64", agent, rebuild)]
+
+
+REBUILD_ENV = "AGENTCTL_REBUILD"
+
+
+def rebuild_requested(environ: dict[str, str]) -> frozenset[str]:
+    """AGENTCTL_REBUILD=scout,scribe: the agents whose user-data `pulumi up` applies (by
+    replacing them, delete first) on this run."""
+    return frozenset(filter(None, (n.strip() for n in environ.get(REBUILD_ENV, "").split(","))))
+
+
+def agent_user_data_ignored(key: str, agent: str, rebuild: frozenset[str]) -> list[str]:
+    """An agent's user-data is read at first boot only, so `pulumi up` ignores a change to
+    it: the runtime version that `agentctl snapshot-upgrade` moves on the running host and
+    records in the stack file must neither replace nor restart the host (a user-data
+    change replaces an EC2 instance, user_data_replace_on_change, and a Hetzner server).
+    New hosts get the current user-data, new version included. Pulumi keeps an ignored
+    input at its value in state even when the resource is replaced (the engine's
+    step_generator.go, processIgnoreChanges; pulumi docs, "ignoreChanges"), so a replace
+    trigger could only rebuild the host with its old user-data: a rebuild with the new
+    one is asked for by name (AGENTCTL_REBUILD), and then nothing is ignored."""
+    return [] if agent in rebuild else [key]
 
 
 def proxy_metadata_options() -> dict[str, object]:
@@ -259,3 +283,21 @@ def user_data_file(user_data: str, path: str) -> str:
     """The content cloud-init writes to `path` (write_files), exactly."""
     (content,) = [f["content"] for f in yaml.safe_load(user_data)["write_files"] if f["path"] == path]
     return content
+
+
+SSM_STANDARD_LIMIT, SSM_ADVANCED_LIMIT = 4096, 8192  # bytes of a parameter's value
+
+
+def parameter_tier(value: str) -> str:
+    """The SSM tier a value needs (Standard is free; Advanced takes up to 8 KB). Raises
+    ValueError past that: plan turns it into a one-line error on the stack."""
+    size = len(value.encode())
+    if size > SSM_ADVANCED_LIMIT:
+        raise ValueError(f"the proxy's policy is {size} bytes compressed; an SSM parameter holds "
+                         f"{SSM_ADVANCED_LIMIT}: fewer or shorter rules")
+    return "Standard" if size <= SSM_STANDARD_LIMIT else "Advanced"
+
+
+def packed_config(text: str) -> str:
+    """gzip (no timestamp: the same policy is the same value) + base64, what policy-pull unpacks."""
+    return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from agentctl.model import Deployment
 from agentctl.stackcheck import require_pulumi_cloud
 from agentctl.stackfile import NAMESPACE, from_config
 from agentctl_stacks.args import CaMaterial, DeploymentArgs, HostData
+from agentctl_stacks.policy import rebuild_requested
 
 COMPONENT_NAME = "agentctl"
 
@@ -43,7 +45,7 @@ def config_mapping_from_runtime() -> dict[str, Any]:
 def host_data(deployment: Deployment, ca_cert_pem: str, stack: str, project: str) -> list[HostData]:
     from agentctl.render import render_hosts
 
-    return [HostData(h.name, h.role, h.private_ip, h.user_data)
+    return [HostData(h.name, h.role, h.private_ip, h.user_data, h.proxy_config)
             for h in render_hosts(deployment, ca_cert_pem, stack=stack, project=project)]
 
 
@@ -54,7 +56,8 @@ def declare(deployment: Deployment, ca_cert_pem: str, ca_fingerprint: str, ca_ke
         deployment=deployment, project=project, stack=stack,
         hosts=host_data(deployment, ca_cert_pem, stack, project),
         ca=CaMaterial(ca_cert_pem, ca_fingerprint, pulumi.Output.secret(ca_key_pem)),
-        secrets={ref.config: config.require_secret(ref.config) for _, ref in deployment.secret_refs()})
+        secrets={ref.config: config.require_secret(ref.config) for _, ref in deployment.secret_refs()},
+        rebuild=rebuild_requested(os.environ))
     component = _component_class(deployment.cloud)(COMPONENT_NAME, args)
     for key, value in component.outputs().items():
         pulumi.export(key, value)

@@ -35,7 +35,8 @@ def test_metadata_options():
     # Agents launch with IMDSv2 only (cloud-init needs it once); AgentImds then closes it.
     assert policy.agent_metadata_options() == {"http_endpoint": "enabled", "http_tokens": "required",
                                                "http_put_response_hop_limit": 1, "instance_metadata_tags": "disabled"}
-    assert policy.agent_instance_ignore_changes() == ["metadataOptions.httpEndpoint"]
+    assert policy.agent_instance_ignore_changes("scout") == ["metadataOptions.httpEndpoint", "userDataBase64"]
+    assert policy.agent_instance_ignore_changes("scout", frozenset({"scout"})) == ["metadataOptions.httpEndpoint"]
     proxy = policy.proxy_metadata_options()
     assert proxy["http_tokens"] == "required" and proxy["http_put_response_hop_limit"] == 1
 
