@@ -89,8 +89,9 @@ def option_recorder(options: dict[str, dict[str, Any]]):
             "protect": bool(o.protect),
             "provider": _resource_name(o.provider, names),
             # A plain digest shows as itself (so two plans can be compared); else whether one is set.
-            "replacementTrigger": (o.replacement_trigger if isinstance(o.replacement_trigger, str)
-                                   else o.replacement_trigger is not None),
+            # (an option of newer SDKs: absent on the oldest the pins allow)
+            "replacementTrigger": (trigger if isinstance(trigger := getattr(o, "replacement_trigger", None), str)
+                                   else trigger is not None),
         }
         return None
 

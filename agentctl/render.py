@@ -251,9 +251,11 @@ def _render_proxy(d: Deployment, ca_cert_pem: str, *, stack: str, project: str) 
                   ca_cert_pem=ca_cert_pem)
     ctx.update(proxy_config=pconf, proxy_bin=PROXY_BIN,
                proxy_own_resolvers=d.proxy.resolvers if d.cloud == "aws" else [],
-               # AWS: the policy travels as an SSM parameter (stacks/aws_deployment.py), so
-               # a rule change does not change the proxy's user-data (docs/cloud.md).
-               policy_pull=d.cloud == "aws", proxy_config_in_user_data=d.cloud != "aws",
+               # The policy is not in a cloud proxy's user-data, so a rule change does not
+               # change (and replace) the proxy: AWS pulls it from an SSM parameter
+               # (stacks/aws_deployment.py), Hetzner gets it pushed with the secrets
+               # (stacks/hcloud_deployment.py). docs/cloud.md, "Lifecycle".
+               policy_pull=d.cloud == "aws", proxy_config_in_user_data=d.cloud == "lab",
                proxy_config_parameter=proxy_config_parameter_name(project, stack), region=d.region,
                proxy_install_spec=None if d.cloud == "lab" else d.proxy.install.pip,
                host_facts=_facts(d, "proxy", d.proxy.name, d.proxy_ip, stack))

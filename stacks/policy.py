@@ -8,10 +8,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import json
 from dataclasses import dataclass
-
-import yaml
 
 from agentctl.model import Deployment
 
@@ -269,20 +266,6 @@ def hcloud_existing_keys(keys: list, stack: str) -> dict[str, int]:
     """fingerprint -> id of the project's SSH keys this stack did not create (those carry
     its `agentctl-stack` label and stay its own resources)."""
     return {k.fingerprint: k.id for k in keys if (k.labels or {}).get("agentctl-stack") != stack}
-
-
-def user_data_digest_without(user_data: str, path: str) -> str:
-    """sha256 of a cloud-config with the file at `path` left out: what a host must be
-    rebuilt for, when that file is delivered another way."""
-    doc = yaml.safe_load(user_data)
-    doc["write_files"] = [f for f in doc.get("write_files", []) if f["path"] != path]
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-def user_data_file(user_data: str, path: str) -> str:
-    """The content cloud-init writes to `path` (write_files), exactly."""
-    (content,) = [f["content"] for f in yaml.safe_load(user_data)["write_files"] if f["path"] == path]
-    return content
 
 
 SSM_STANDARD_LIMIT, SSM_ADVANCED_LIMIT = 4096, 8192  # bytes of a parameter's value

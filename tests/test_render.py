@@ -532,10 +532,11 @@ def test_proxy_config_grants_each_agent_its_own_rules(rendered, hosts, stack):
     proxy = next(h for h in rendered[stack] if h.role == "proxy")
     conf = yaml.safe_load(proxy.proxy_config)
     proxy_files = hosts[stack, d.proxy.name].files
-    if d.cloud == "aws":
-        # AWS: the policy is an SSM parameter that policy-pull brings (docs/cloud.md)
+    if d.cloud != "lab":
+        # Not in a cloud proxy's user-data (a rule change would replace the proxy): AWS
+        # pulls it from an SSM parameter, Hetzner gets it pushed (docs/cloud.md)
         assert "/etc/agentctl-proxy/config.yaml" not in proxy_files
-        assert "/usr/local/sbin/agentctl-proxy-policy-pull" in proxy_files
+        assert ("/usr/local/sbin/agentctl-proxy-policy-pull" in proxy_files) == (d.cloud == "aws")
     else:
         assert yaml.safe_load(proxy_files["/etc/agentctl-proxy/config.yaml"]["content"]) == conf
         assert "/usr/local/sbin/agentctl-proxy-policy-pull" not in proxy_files

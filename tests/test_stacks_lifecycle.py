@@ -100,17 +100,21 @@ def _by_name(resources):
 
 
 def test_hetzner_policy_changes_push_instead_of_rebuilding_the_proxy(life):
-    """Adding/removing an agent or editing a rule changes the proxy's user-data (its
-    policy), which the server ignores; the replacement trigger (everything else) stays;
-    the push's manifest is the same files, so it re-pushes (contents differ) and reloads."""
+    """Adding/removing an agent or editing a rule changes the proxy's policy, which is
+    not in its user-data: the proxy server's inputs stay the same (nothing to replace),
+    and the push's manifest is the same files, so it re-pushes (contents differ) and
+    reloads. Nothing is ignored on the proxy, so a change to its user-data replaces it
+    with that user-data (on main: userData ignored + a replacement trigger, so a
+    replacement booted with the user-data in state)."""
     first = _by_name(life["example-hcloud/first-up"])
     for step in ("add-agent", "remove-agent", "edit-rule"):
         now = _by_name(life[f"example-hcloud/{step}"])
         proxy, before = now[f"{N}-proxy"], first[f"{N}-proxy"]
-        assert proxy["options"]["ignoreChanges"] == ["userData"], step
-        assert proxy["options"]["replacementTrigger"] == before["options"]["replacementTrigger"], step
-        assert proxy["inputs"]["userData"] != before["inputs"]["userData"], f"{step}: the policy did change"
+        assert proxy["options"]["ignoreChanges"] == [] and proxy["options"]["replacementTrigger"] is False, step
+        assert proxy["inputs"]["userData"] == before["inputs"]["userData"], f"{step}: the policy is not in it"
         assert _without_mock_ids(proxy["inputs"]) == _without_mock_ids(before["inputs"]), step
+        pushed = [m["path"] for m in now[f"{N}-proxy-secrets"]["inputs"]["manifest"]]
+        assert "/etc/agentctl-proxy/config.yaml" in pushed, step
     added = set(_by_name(life["example-hcloud/add-agent"])) - set(first)
     assert added == {f"{N}-agent-third"}
     removed = set(first) - set(_by_name(life["example-hcloud/remove-agent"]))
