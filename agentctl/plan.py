@@ -20,6 +20,7 @@ from agentctl.stackfile import NAMESPACE, load, stack_path
 SECRET_PLACEHOLDER = "[secret]"
 PLACEHOLDER_ACCOUNT = "123456789012"
 PLACEHOLDER_AMI = "ami-00000000000000000"
+PLACEHOLDER_HCLOUD_KEY_ID = 0
 
 
 def project_name(project_dir: Path) -> str:
@@ -149,6 +150,15 @@ def _mocks(records: list[dict[str, Any]], region: str):
                 return {"names": names, "zoneIds": [], "id": region}
             if args.token == "hcloud:index/getSshKeys:getSshKeys":
                 return {"id": "ssh-keys", "sshKeys": list(MOCK_HCLOUD_SSH_KEYS)}
+            if args.token == "hcloud:index/getSshKey:getSshKey":
+                # a named key (agentctl:hcloudSshKeys): the mocked project's, else a
+                # placeholder; `pulumi up` looks it up for real (run_plan says so)
+                want = {k: v for k, v in args.args.items() if k in ("name", "fingerprint") and v}
+                for key in MOCK_HCLOUD_SSH_KEYS:
+                    if all(key.get(k) == v for k, v in want.items()):
+                        return dict(key)
+                return {"id": PLACEHOLDER_HCLOUD_KEY_ID, "name": want.get("name", ""),
+                        "fingerprint": want.get("fingerprint", ""), "publicKey": "", "labels": {}}
             if args.token == "aws:ec2/getAmi:getAmi":
                 return {"id": PLACEHOLDER_AMI, "imageId": PLACEHOLDER_AMI}
             return {}
@@ -222,6 +232,13 @@ def run_plan(project_dir: Path, stack: str, as_json: bool) -> None:
         print(json.dumps(resources, indent=2, sort_keys=True))
         return
     print(preview_text(stack, project_name(Path(project_dir)), resources, outputs))
+    keys = load(Path(project_dir), stack).hcloud_ssh_keys
+    if keys:
+        import os
+
+        how = ("checked against the Hetzner API" if os.environ.get("HCLOUD_TOKEN") else
+               "not checked offline: `pulumi up` looks each one up (set HCLOUD_TOKEN to check now)")
+        print(f"SSH keys by name or fingerprint ({', '.join(keys)}): {how}.")
 
 
 # --- the human form: like `pulumi preview`, readable at 80 columns ---------------------

@@ -67,8 +67,15 @@ class HcloudDeployment(pulumi.ComponentResource):
         already in the project (uploaded by hand, or by another stack) is used as it is,
         by id; only the others are created, labelled with this stack, and those stay
         this stack's on every later `up` (the look-up skips keys with our label)."""
-        existing = policy.hcloud_existing_keys(hcloud.get_ssh_keys().ssh_keys or [], self._args.stack)
         self.ssh_keys, self.ssh_key_ids = [], []
+        if self._d.hcloud_ssh_keys:
+            # Named keys already in the project: used as they are, nothing created.
+            for ref in self._d.hcloud_ssh_keys:
+                by = "fingerprint" if policy.HCLOUD_FINGERPRINT.match(ref) else "name"
+                found = hcloud.get_ssh_key_output(**{by: ref}, opts=pulumi.InvokeOutputOptions(parent=self))
+                self.ssh_key_ids.append(found.id.apply(str))
+            return
+        existing = policy.hcloud_existing_keys(hcloud.get_ssh_keys().ssh_keys or [], self._args.stack)
         for i, key in enumerate(self._d.admin_ssh_keys):
             found = existing.get(policy.ssh_md5_fingerprint(key))
             if found is not None:

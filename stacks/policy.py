@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass
 
 from agentctl.model import Deployment
+from agentctl.stackcheck import HCLOUD_FINGERPRINT  # what tells a key's fingerprint from its name
 
 ANYWHERE_V4 = "0.0.0.0/0"
 SSH_PORT = 22
