@@ -23,14 +23,17 @@ COMPONENT_NAME = "agentctl"
 
 def config_mapping_from_runtime() -> dict[str, Any]:
     """The engine hands structured values over as JSON text and secrets in plain text;
-    give from_config the file's shape back (secrets as `{secure: ...}` markers)."""
-    from pulumi.runtime.config import CONFIG, _SECRET_KEYS, get_config_env
+    give from_config the file's shape back (secrets as `{secure: ...}` markers).
 
-    raw = {**get_config_env(), **CONFIG.get()}
-    secret_keys = set(_SECRET_KEYS.get()) | set(pulumi.runtime.config.get_config_secret_keys_env())
+    Public API only: the language host passes the stack's config in PULUMI_CONFIG and its
+    secret keys in PULUMI_CONFIG_SECRET_KEYS (`get_config_env`,
+    `get_config_secret_keys_env`), and `is_config_secret` answers for keys set through
+    `set_all_config`; `agentctl plan` sets both the same way."""
+    raw = pulumi.runtime.get_config_env()
+    secret_keys = set(pulumi.runtime.get_config_secret_keys_env())
     mapping: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in secret_keys:
+        if key in secret_keys or pulumi.runtime.is_config_secret(key):
             mapping[key] = {"secure": "<runtime secret>"}
         elif isinstance(value, str) and value[:1] in "[{":
             try:

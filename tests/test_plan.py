@@ -126,9 +126,9 @@ def test_runtime_config_is_what_the_engine_passes():
 
 
 def test_clean_redacts_secrets_and_provider():
-    from pulumi.runtime import rpc
+    from agentctl.pulumi_private import SECRET_SIG, SECRET_SIG_KEY
 
-    secret = {rpc._special_sig_key: rpc._special_secret_sig, "value": "hunter2"}
+    secret = {SECRET_SIG_KEY: SECRET_SIG, "value": "hunter2"}
     assert clean({"a": secret, "__provider": "pickled", "n": 80.0, "l": [1.5]}) == {
         "a": SECRET_PLACEHOLDER, "__provider": "[dynamic provider]", "n": 80, "l": [1.5]}
 
