@@ -196,6 +196,29 @@ def check_hcloud_ssh_keys(ctx: StackContext) -> None:
                            "and let agentctl create the admin keys")
 
 
+def check_aws_policy_size(ctx: StackContext) -> None:
+    """AWS: the proxy's policy travels as one SSM parameter (agentctl/policy_parameter.py),
+    at most 8 KB packed; say how many agents fit, as for user-data."""
+    from agentctl import policy_parameter
+    from agentctl.userdata import _agents_that_fit
+
+    d = ctx.deployment
+    if ctx.stack is None:
+        return
+
+    def packed(n: int) -> int:
+        return len(policy_parameter.packed_policy(d.model_copy(update={"agents": d.agents[:n]}),
+                                                  ctx.project, ctx.stack))
+
+    size = packed(len(d.agents))
+    if size <= policy_parameter.SSM_ADVANCED_LIMIT:
+        return
+    fits = _agents_that_fit(len(d.agents), lambda n: packed(n) <= policy_parameter.SSM_ADVANCED_LIMIT)
+    raise ctx.fail("agents", f"the proxy's policy is {size} bytes packed with {len(d.agents)} agents, and its SSM "
+                   f"parameter holds {policy_parameter.SSM_ADVANCED_LIMIT}; at most {fits} fit",
+                   f"at most {fits} agents (or fewer rules) per stack on aws: split the agents into several stacks")
+
+
 def check_hcloud(ctx: StackContext) -> None:
     from agentctl import hcloud_catalog  # the server types and locations Hetzner offers
 
@@ -214,7 +237,7 @@ def check_hcloud(ctx: StackContext) -> None:
 
 COMMON: list[Check] = [check_host_names, check_host_numbers, check_secret_names, check_backups,
                        check_ssm_sources_cloud, check_sizes, check_images, check_hcloud_ssh_keys]
-BY_CLOUD: dict[str, list[Check]] = {"aws": [check_aws], "hcloud": [check_hcloud], "lab": []}
+BY_CLOUD: dict[str, list[Check]] = {"aws": [check_aws, check_aws_policy_size], "hcloud": [check_hcloud], "lab": []}
 
 
 def register(cloud: str, check: Check) -> None:

@@ -52,9 +52,9 @@ class DeploymentArgs:
     @property
     def proxy_config_value(self) -> str:
         """The proxy's policy as its SSM parameter holds it (AWS)."""
-        from agentctl_stacks.policy import packed_config
+        from agentctl.policy_parameter import pack
 
-        return packed_config(self.proxy.proxy_config or "")
+        return pack(self.proxy.proxy_config or "")
 
     def agent_secrets(self) -> list[tuple[Agent, str, pulumi.Output]]:
         """(agent, secret name, value) for every secret the stack materialises."""

@@ -10,6 +10,7 @@ import json
 import pulumi
 import pulumi_aws as aws
 
+from agentctl import policy_parameter
 from agentctl_stacks import policy
 from agentctl_stacks.agent_imds import AgentImds, aws_credentials
 from agentctl_stacks.args import DeploymentArgs
@@ -160,7 +161,7 @@ class AwsDeployment(pulumi.ComponentResource):
         # Not a secret (hosts, paths, parameter names): String, the size AWS allows.
         self.proxy_config = aws.ssm.Parameter(
             f"{n}-proxy-config", name=proxy_config_parameter_name(a.project, a.stack), type="String",
-            tier=policy.parameter_tier(a.proxy_config_value), insecure_value=a.proxy_config_value,
+            tier=policy_parameter.tier(a.proxy_config_value), insecure_value=a.proxy_config_value,
             tags=self._tags("proxy-config"), opts=self._opts())
         self.parameters.append(self.proxy_config)
 

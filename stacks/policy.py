@@ -6,7 +6,6 @@ can be tested on their own and the components stay a thin mapping onto resources
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
 from dataclasses import dataclass
 
@@ -268,20 +267,3 @@ def hcloud_existing_keys(keys: list, stack: str) -> dict[str, int]:
     its `agentctl-stack` label and stay its own resources)."""
     return {k.fingerprint: k.id for k in keys if (k.labels or {}).get("agentctl-stack") != stack}
 
-
-SSM_STANDARD_LIMIT, SSM_ADVANCED_LIMIT = 4096, 8192  # bytes of a parameter's value
-
-
-def parameter_tier(value: str) -> str:
-    """The SSM tier a value needs (Standard is free; Advanced takes up to 8 KB). Raises
-    ValueError past that: plan turns it into a one-line error on the stack."""
-    size = len(value.encode())
-    if size > SSM_ADVANCED_LIMIT:
-        raise ValueError(f"the proxy's policy is {size} bytes compressed; an SSM parameter holds "
-                         f"{SSM_ADVANCED_LIMIT}: fewer or shorter rules")
-    return "Standard" if size <= SSM_STANDARD_LIMIT else "Advanced"
-
-
-def packed_config(text: str) -> str:
-    """gzip (no timestamp: the same policy is the same value) + base64, what policy-pull unpacks."""
-    return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()

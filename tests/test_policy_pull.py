@@ -18,7 +18,7 @@ from agentctl.ca import ensure_ca
 from agentctl.render import _env, render_hosts
 from agentctl.secrets import proxy_config_parameter_name
 from agentctl.stackfile import load
-from agentctl_stacks.policy import packed_config
+from agentctl.policy_parameter import pack as packed_config
 from tests.loopback import free_port
 from tests.test_stacks_harness import ROOT
 
