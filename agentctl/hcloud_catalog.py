@@ -82,9 +82,18 @@ def live_catalogue(token: str, endpoint: str | None) -> Catalogue:
 
 def catalogue(environ=os.environ) -> Catalogue:
     """The live catalogue with a token (HCLOUD_TOKEN, HCLOUD_ENDPOINT as the hcloud CLI
-    reads them), else the static one."""
+    reads them), else the static one. An API that cannot be reached (offline) leaves the
+    static one, and the messages say so; an API that answers with an error (a bad token)
+    is the caller's one-line error."""
+    import requests  # hcloud-python's transport
+
     token = environ.get("HCLOUD_TOKEN")
-    return live_catalogue(token, environ.get("HCLOUD_ENDPOINT")) if token else static_catalogue()
+    if not token:
+        return static_catalogue()
+    try:
+        return live_catalogue(token, environ.get("HCLOUD_ENDPOINT"))
+    except requests.ConnectionError:
+        return Catalogue(SERVER_TYPES, LOCATIONS, "agentctl's built-in list (the Hetzner API could not be reached)")
 
 
 def network_zone(location: str) -> str:

@@ -213,12 +213,13 @@ def evaluate_with_outputs(project_dir: Path, stack: str) -> tuple[list[dict[str,
         def run() -> pulumi.Output:
             pulumi.runtime.register_stack_transformation(option_recorder(options))
             declared, _ = program.load_from_runtime(stack)
-            component = program.declare(declared, ca.cert_pem, ca.fingerprint_sha256, ca.key_path.read_text(),
-                                        project=project, stack=stack)
-            # The stack outputs as `pulumi stack output` shows them, secrets redacted:
-            # each output's value and whether it is secret, waited for by pulumi.runtime.test.
-            names = sorted(component.outputs())
-            values = [pulumi.Output.from_input(component.outputs()[n]) for n in names]
+            program.declare(declared, ca.cert_pem, ca.fingerprint_sha256, ca.key_path.read_text(),
+                            project=project, stack=stack)
+            # The stack outputs as `pulumi stack output` shows them (what the program
+            # exported, on the public root Stack resource), secrets redacted.
+            exported = pulumi.runtime.get_root_resource().outputs
+            names = sorted(exported)
+            values = [pulumi.Output.from_input(exported[n]) for n in names]
 
             async def collect() -> None:
                 for name, value in zip(names, values):

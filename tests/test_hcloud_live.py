@@ -131,3 +131,12 @@ def test_named_ssh_keys_on_aws_are_refused(tmp_path):
     out = agentctl(project, "render", "--stack", "example-aws", "--out", str(tmp_path / "out"))
     assert out.returncode == 2
     assert "agentctl:hcloudSshKeys: names Hetzner SSH keys, but this stack runs on AWS" in out.stderr
+
+
+def test_an_api_that_cannot_be_reached_leaves_the_built_in_list_and_says_so(tmp_path):
+    project = make_project(tmp_path, "example-hcloud", _sizes("cx22"))
+    out = agentctl(project, "render", "--stack", "example-hcloud", "--out", str(tmp_path / "out"),
+                   env={"HCLOUD_TOKEN": "t", "HCLOUD_ENDPOINT": "http://127.0.0.1:9/v1"})
+    assert out.returncode == 2
+    assert "'cx22' was retired by Hetzner (checked against agentctl's built-in list (the Hetzner API could not be " \
+           "reached))" in out.stderr

@@ -112,13 +112,19 @@ def test_pulumi_refuses_the_lab_stack_and_accepts_examples(aws):
 
 
 def test_config_mapping_from_runtime_restores_the_file_shape():
+    import json
+    import os
+
     import pulumi
 
-    pulumi.runtime.set_all_config({"agentctl:network": '{"cidr": "10.0.0.0/16"}', "agentctl:region": "fsn1",
-                                   "agentctl:githubPat": "ghp_plain"}, ["agentctl:githubPat"])
+    # as the language host hands config to a program: PULUMI_CONFIG, PULUMI_CONFIG_SECRET_KEYS
+    config = {"agentctl:network": '{"cidr": "10.0.0.0/16"}', "agentctl:region": "fsn1",
+              "agentctl:githubPat": "ghp_plain"}
+    os.environ.update(PULUMI_CONFIG=json.dumps(config), PULUMI_CONFIG_SECRET_KEYS='["agentctl:githubPat"]')
     try:
         mapping = program.config_mapping_from_runtime()
     finally:
+        del os.environ["PULUMI_CONFIG"], os.environ["PULUMI_CONFIG_SECRET_KEYS"]
         pulumi.runtime.set_all_config({}, [])
     assert mapping["agentctl:network"] == {"cidr": "10.0.0.0/16"}
     assert mapping["agentctl:githubPat"] == {"secure": "<runtime secret>"}, "the value never reaches the model"
