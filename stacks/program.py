@@ -86,8 +86,11 @@ def load_from_runtime(stack: str) -> tuple[Deployment, dict[str, Any]]:
 
 
 def project_root() -> Path:
-    """Where Pulumi.yaml is: the engine says so; under mocks it answers a placeholder."""
-    root = Path(pulumi.get_root_directory())
+    """Where Pulumi.yaml is: the engine says so (pulumi >= 3.16x: get_root_directory;
+    before, the program runs in the project folder, since Pulumi.yaml names no `main:`);
+    under mocks it answers a placeholder."""
+    get_root = getattr(pulumi, "get_root_directory", None)
+    root = Path(get_root()) if get_root else Path.cwd()
     return root if (root / "Pulumi.yaml").is_file() else Path.cwd()
 
 
