@@ -151,22 +151,22 @@ def _many_agents(project: Path, stack: str, n: int) -> None:
 
 def test_a_policy_too_big_for_its_ssm_parameter_is_refused_with_the_count_that_fits(tmp_path):
     """The proxies' policy is not in their user-data (a rule change must not replace
-    them): on Hetzner it is pushed, so 200 agents render; on AWS it is one SSM parameter
+    them): on Hetzner it is pushed, so 60 agents render; on AWS it is one SSM parameter
     of at most 8 KB packed, so every command refuses what `pulumi up` could not create,
     with how many agents fit."""
     from agentctl import policy_parameter
 
     hcloud = _project(tmp_path / "h", "example-hcloud")
-    _many_agents(hcloud, "example-hcloud", 200)
+    _many_agents(hcloud, "example-hcloud", 60)
     ok = agentctl("render", "--stack", "example-hcloud", "--out", str(tmp_path / "h-out"), "--project-dir", str(hcloud))
     assert ok.returncode == 0, ok.stderr
     project = _project(tmp_path / "p", "example-aws")
-    _many_agents(project, "example-aws", 200)
+    _many_agents(project, "example-aws", 60)
     out = tmp_path / "out"
     proc = agentctl("render", "--stack", "example-aws", "--out", str(out), "--project-dir", str(project))
     _refused(proc, "Pulumi.example-aws.yaml: agentctl:agents: the proxy's policy is ")
     fits = int(re.search(r"at most (\d+) fit", proc.stderr).group(1))
-    assert not out.exists() and 1 < fits < 200
+    assert not out.exists() and 1 < fits < 60
     assert f"holds {policy_parameter.SSM_ADVANCED_LIMIT}" in proc.stderr
     for n, code in ((fits, 0), (fits + 1, 2)):
         _many_agents(project, "example-aws", n)

@@ -12,6 +12,8 @@ from agentctl.ca import ensure_ca
 from agentctl_stacks.policy import ssh_md5_fingerprint
 from tests.test_stacks_harness import evaluate_variants, make_project, named
 
+pytestmark = pytest.mark.slow  # one evaluation per step and cloud: 5.5 s wall, 7.4 s of CPU measured (fast tier: ./dev test -m "not lab and not slow")
+
 N = "agentctl"
 
 
