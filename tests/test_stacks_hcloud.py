@@ -14,7 +14,7 @@ from agentctl.stackfile import load
 from agentctl_stacks import policy, proxy_secrets
 from tests.test_stacks_harness import Ctx, Plan, evaluate_variants, make_project, named, of_type
 
-pytestmark = pytest.mark.slow  # the Hetzner invariants harness: one evaluation per break, 9 s and 8.5 s of CPU measured (fast tier: ./dev test -m "not lab and not slow"), as test_stacks_aws
+pytestmark = pytest.mark.slow  # the Hetzner invariants harness: one evaluation per break, 9 s wall, 8.5 s of CPU measured (fast tier: ./dev test -m "not lab and not slow"), as test_stacks_aws
 
 STACK = "example-hcloud"
 N = "agentctl"
