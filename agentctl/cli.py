@@ -46,7 +46,10 @@ def render(stack: str = StackOpt, out: Path = typer.Option(..., "--out", help="F
 
 
 @app.command()
-def plan(stack: str = StackOpt, json_out: bool = typer.Option(False, "--json", help="Print {type, name, inputs} as JSON"),
+def plan(stack: str = StackOpt, json_out: bool = typer.Option(
+             False, "--json", help="Print every resource as JSON: {type, name, inputs, options}, where options are "
+             "the resource options a real `pulumi up` acts on (parent, dependsOn, deleteBeforeReplace, "
+             "replaceOnChanges, ignoreChanges, protect, provider, replacementTrigger)"),
          project_dir: Path = ProjectDirOpt) -> None:
     """Evaluate the Pulumi program offline under Pulumi's mocks and show what it declares."""
     from agentctl.plan import run_plan

@@ -252,6 +252,11 @@ class Deployment(Strict):
     heartbeat_url: Annotated[HttpsUrl | None, Field(alias="heartbeatUrl")] = None
     ami: str | None = None
     image: str | None = None
+    # Hetzner: SSH keys already in the project, by name or MD5 fingerprint, given to the
+    # servers instead of creating keys (docs/cloud.md "Hetzner SSH keys"); checked in
+    # agentctl/stackcheck.py.
+    hcloud_ssh_keys: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]],
+                               Field(alias="hcloudSshKeys")] = []
     # Which top-level config keys are Pulumi secrets; filled by the loader, not by users.
     secure_keys: Annotated[frozenset[str], Field(alias="secureKeys")] = frozenset()
 

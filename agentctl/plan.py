@@ -6,7 +6,9 @@ process-global, so evaluate once per process (the CLI does).
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,10 @@ from agentctl.stackcheck import require_pulumi_cloud
 from agentctl.stackfile import NAMESPACE, load, stack_path
 
 SECRET_PLACEHOLDER = "[secret]"
+ENGINE_CONFIG_ENV = ("PULUMI_CONFIG", "PULUMI_CONFIG_SECRET_KEYS")
 PLACEHOLDER_ACCOUNT = "123456789012"
 PLACEHOLDER_AMI = "ami-00000000000000000"
+PLACEHOLDER_HCLOUD_KEY_ID = 0
 
 
 def project_name(project_dir: Path) -> str:
@@ -45,10 +49,10 @@ def runtime_config(stack_config: dict[str, Any]) -> tuple[dict[str, str], list[s
 
 def clean(value: Any) -> Any:
     """Inputs as printable JSON: secrets redacted, integral floats as ints."""
-    from pulumi.runtime import rpc
+    from agentctl.pulumi_private import is_secret_input
 
     if isinstance(value, dict):
-        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+        if is_secret_input(value):
             return SECRET_PLACEHOLDER
         return {k: ("[dynamic provider]" if k == "__provider" else clean(v)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -89,8 +93,9 @@ def option_recorder(options: dict[str, dict[str, Any]]):
             "protect": bool(o.protect),
             "provider": _resource_name(o.provider, names),
             # A plain digest shows as itself (so two plans can be compared); else whether one is set.
-            "replacementTrigger": (o.replacement_trigger if isinstance(o.replacement_trigger, str)
-                                   else o.replacement_trigger is not None),
+            # (an option of newer SDKs: absent on the oldest the pins allow)
+            "replacementTrigger": (trigger if isinstance(trigger := getattr(o, "replacement_trigger", None), str)
+                                   else trigger is not None),
         }
         return None
 
@@ -148,6 +153,15 @@ def _mocks(records: list[dict[str, Any]], region: str):
                 return {"names": names, "zoneIds": [], "id": region}
             if args.token == "hcloud:index/getSshKeys:getSshKeys":
                 return {"id": "ssh-keys", "sshKeys": list(MOCK_HCLOUD_SSH_KEYS)}
+            if args.token == "hcloud:index/getSshKey:getSshKey":
+                # a named key (agentctl:hcloudSshKeys): the mocked project's, else a
+                # placeholder; `pulumi up` looks it up for real (run_plan says so)
+                want = {k: v for k, v in args.args.items() if k in ("name", "fingerprint") and v}
+                for key in MOCK_HCLOUD_SSH_KEYS:
+                    if all(key.get(k) == v for k, v in want.items()):
+                        return dict(key)
+                return {"id": PLACEHOLDER_HCLOUD_KEY_ID, "name": want.get("name", ""),
+                        "fingerprint": want.get("fingerprint", ""), "publicKey": "", "labels": {}}
             if args.token == "aws:ec2/getAmi:getAmi":
                 return {"id": PLACEHOLDER_AMI, "imageId": PLACEHOLDER_AMI}
             return {}
@@ -178,9 +192,6 @@ def evaluate_with_outputs(project_dir: Path, stack: str) -> tuple[list[dict[str,
     require_pulumi_cloud(deployment, source)  # every other check ran in load()
 
     import pulumi
-    from pulumi.runtime.settings import get_root_resource
-    from pulumi.runtime.stack import run_pulumi_func
-    from pulumi.runtime.sync_await import _sync_await
 
     from agentctl.ca import ca_dir, ensure_ca
 
@@ -191,25 +202,41 @@ def evaluate_with_outputs(project_dir: Path, stack: str) -> tuple[list[dict[str,
     with tempfile.TemporaryDirectory(prefix="agentctl-plan-") as scratch:
         # Use the stack's CA when it exists; never create one in the project just to plan.
         ca = ensure_ca(project_dir if ca_dir(project_dir, stack).is_dir() else Path(scratch), stack)
+        # What the engine hands a program (PULUMI_CONFIG, PULUMI_CONFIG_SECRET_KEYS: the
+        # language host sets both), through Pulumi's public setters, so the program reads
+        # config the same way here as under `pulumi up` (program.config_mapping_from_runtime).
+        saved = {k: os.environ.get(k) for k in ENGINE_CONFIG_ENV}
+        os.environ.update({"PULUMI_CONFIG": json.dumps(config), "PULUMI_CONFIG_SECRET_KEYS": json.dumps(secret_keys)})
         pulumi.runtime.set_all_config(config, secret_keys)
         pulumi.runtime.set_mocks(_mocks(records, deployment.region), project=project, stack=stack, preview=False)
 
-        async def run() -> None:
+        def run() -> pulumi.Output:
             pulumi.runtime.register_stack_transformation(option_recorder(options))
             declared, _ = program.load_from_runtime(stack)
             program.declare(declared, ca.cert_pem, ca.fingerprint_sha256, ca.key_path.read_text(),
                             project=project, stack=stack)
-            for name, value in get_root_resource().outputs.items():
-                output = pulumi.Output.from_input(value)
-                resolved = await output.future()
-                outputs[name] = SECRET_PLACEHOLDER if await output.is_secret() else clean(resolved)
+            # The stack outputs as `pulumi stack output` shows them (what the program
+            # exported, on the public root Stack resource), secrets redacted.
+            exported = pulumi.runtime.get_root_resource().outputs
+            names = sorted(exported)
+            values = [pulumi.Output.from_input(exported[n]) for n in names]
+
+            async def collect() -> None:
+                for name, value in zip(names, values):
+                    resolved = await value.future()
+                    outputs[name] = SECRET_PLACEHOLDER if await value.is_secret() else clean(resolved)
+
+            return pulumi.Output.from_input(asyncio.ensure_future(collect()))
 
         try:
-            _sync_await(run_pulumi_func(run))
+            pulumi.runtime.test(run)()
         except ConfigError:
             raise
         except ValueError as exc:  # e.g. user-data over EC2's limit
             raise ConfigError(source, f"{NAMESPACE}:", str(exc)) from None
+        finally:
+            for key, old in saved.items():
+                os.environ.pop(key, None) if old is None else os.environ.__setitem__(key, old)
     for record in records:
         record["options"] = options.get(record["name"], {})
     return sorted(records, key=lambda r: r["name"]), outputs
@@ -221,6 +248,13 @@ def run_plan(project_dir: Path, stack: str, as_json: bool) -> None:
         print(json.dumps(resources, indent=2, sort_keys=True))
         return
     print(preview_text(stack, project_name(Path(project_dir)), resources, outputs))
+    keys = load(Path(project_dir), stack).hcloud_ssh_keys
+    if keys:
+        import os
+
+        how = ("checked against the Hetzner API" if os.environ.get("HCLOUD_TOKEN") else
+               "not checked offline: `pulumi up` looks each one up (set HCLOUD_TOKEN to check now)")
+        print(f"SSH keys by name or fingerprint ({', '.join(keys)}): {how}.")
 
 
 # --- the human form: like `pulumi preview`, readable at 80 columns ---------------------

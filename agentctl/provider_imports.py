@@ -83,6 +83,8 @@ def install(package: str = "pulumi_aws", services: tuple[str, ...] = SERVICES) -
 
 
 def _is_unloaded_lazy(module: types.ModuleType) -> bool:
-    """pulumi's lazy_import leaves a module that has not run yet (its class turns into
-    a plain module once an attribute is read)."""
-    return type(module).__name__ == "_LazyModule"
+    """A module that pulumi's lazy_import (pulumi/_utils.py) left unexecuted: it is an
+    instance of a ModuleType subclass until the first attribute read turns it into a
+    plain module. Told by that behaviour, not by the private class's name;
+    tests/test_pulumi_private.py is its canary."""
+    return type(module) is not types.ModuleType and not isinstance(module, _ServicePackage)

@@ -24,7 +24,7 @@ from agentctl.outdir import check_out, stage
 from agentctl.proxyconfig import proxy_config
 from agentctl.resources import ROLES, TEMPLATES
 from agentctl.secrets import (CA_KEY_PATH, INSTALL_SECRET_BIN, PROXY_CONFIG_PATH, SECRET_OWNERS, SECRETS_DIR,
-                              TAILSCALE_AUTHKEY_PATH)
+                              TAILSCALE_AUTHKEY_PATH, proxy_config_parameter_name)
 from agentctl.stackfile import load, project_name, stack_path
 from agentctl.userdata import check_user_data_limits
 
@@ -251,6 +251,12 @@ def _render_proxy(d: Deployment, ca_cert_pem: str, *, stack: str, project: str) 
                   ca_cert_pem=ca_cert_pem)
     ctx.update(proxy_config=pconf, proxy_bin=PROXY_BIN,
                proxy_own_resolvers=d.proxy.resolvers if d.cloud == "aws" else [],
+               # The policy is not in a cloud proxy's user-data, so a rule change does not
+               # change (and replace) the proxy: AWS pulls it from an SSM parameter
+               # (stacks/aws_deployment.py), Hetzner gets it pushed with the secrets
+               # (stacks/hcloud_deployment.py). docs/cloud.md, "Lifecycle".
+               policy_pull=d.cloud == "aws", proxy_config_in_user_data=d.cloud == "lab",
+               proxy_config_parameter=proxy_config_parameter_name(project, stack), region=d.region,
                proxy_install_spec=None if d.cloud == "lab" else d.proxy.install.pip,
                host_facts=_facts(d, "proxy", d.proxy.name, d.proxy_ip, stack))
     return RenderedHost(d.proxy.name, "proxy", d.proxy_ip, _cloud_config(d, "proxy", d.proxy.name, ctx),

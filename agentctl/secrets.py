@@ -18,6 +18,11 @@ def ca_key_parameter_name(project: str, stack: str) -> str:
     return f"/{project}/{stack}/_proxy/ca-key"
 
 
+def proxy_config_parameter_name(project: str, stack: str) -> str:
+    """AWS: the proxy's policy (gzip + base64 of config.yaml), read by its policy-pull."""
+    return f"/{project}/{stack}/_proxy/config"
+
+
 def secret_file_path(agent: str, secret: str) -> str:
     return f"{SECRETS_DIR}/{agent}/{secret}"
 

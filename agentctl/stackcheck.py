@@ -159,11 +159,76 @@ def check_aws(ctx: StackContext) -> None:
                            f"parameters in {d.region!r} only", f"{d.region} or no region")
 
 
+HCLOUD_FINGERPRINT = re.compile(r"^([0-9a-f]{2}:){15}[0-9a-f]{2}$")
+
+
+def check_hcloud_ssh_keys(ctx: StackContext) -> None:
+    """Named SSH keys exist in the project: with HCLOUD_TOKEN, asked of the Hetzner API
+    (hcloud-python ssh_keys.get_by_fingerprint / get_by_name); offline the program looks
+    them up at `pulumi up` (and `plan` says it did not)."""
+    import os
+
+    d = ctx.deployment
+    if not d.hcloud_ssh_keys:
+        return
+    if d.cloud != "hcloud":
+        raise ctx.fail("hcloudSshKeys", f"names Hetzner SSH keys, but this stack runs on {CLOUD_NAMES[d.cloud]}",
+                       "no hcloudSshKeys (adminSshKeys are what the hosts trust)")
+    token = os.environ.get("HCLOUD_TOKEN")
+    if not token:
+        return
+    from hcloud import APIException, Client
+
+    endpoint = os.environ.get("HCLOUD_ENDPOINT")
+    client = Client(token=token, application_name="agentctl", **({"api_endpoint": endpoint} if endpoint else {}))
+    for i, ref in enumerate(d.hcloud_ssh_keys):
+        by = "fingerprint" if HCLOUD_FINGERPRINT.match(ref) else "name"
+        try:
+            found = (client.ssh_keys.get_by_fingerprint(ref) if by == "fingerprint"
+                     else client.ssh_keys.get_by_name(ref))
+        except APIException as exc:
+            raise ctx.fail(f"hcloudSshKeys[{i}]", f"the Hetzner API did not answer ({exc.code}: {exc.message})",
+                           "a valid HCLOUD_TOKEN, or none to leave the look-up to `pulumi up`") from None
+        if found is None:
+            raise ctx.fail(f"hcloudSshKeys[{i}]", f"no SSH key with {by} {ref!r} in the Hetzner project "
+                           "(checked against the Hetzner API)",
+                           "the name or fingerprint of a key `hcloud ssh-key list` shows, or leave it out "
+                           "and let agentctl create the admin keys")
+
+
+def check_aws_policy_size(ctx: StackContext) -> None:
+    """AWS: the proxy's policy travels as one SSM parameter (agentctl/policy_parameter.py),
+    at most 8 KB packed; say how many agents fit, as for user-data."""
+    from agentctl import policy_parameter
+    from agentctl.userdata import _agents_that_fit
+
+    d = ctx.deployment
+    if ctx.stack is None:
+        return
+
+    def packed(n: int) -> int:
+        return len(policy_parameter.packed_policy(d.model_copy(update={"agents": d.agents[:n]}),
+                                                  ctx.project, ctx.stack))
+
+    size = packed(len(d.agents))
+    if size <= policy_parameter.SSM_ADVANCED_LIMIT:
+        return
+    fits = _agents_that_fit(len(d.agents), lambda n: packed(n) <= policy_parameter.SSM_ADVANCED_LIMIT)
+    raise ctx.fail("agents", f"the proxy's policy is {size} bytes packed with {len(d.agents)} agents, and its SSM "
+                   f"parameter holds {policy_parameter.SSM_ADVANCED_LIMIT}; at most {fits} fit",
+                   f"at most {fits} agents (or fewer rules) per stack on aws: split the agents into several stacks")
+
+
 def check_hcloud(ctx: StackContext) -> None:
     from agentctl import hcloud_catalog  # the server types and locations Hetzner offers
 
     d = ctx.deployment
-    for path, what, expected in hcloud_catalog.problems(d):
+    try:
+        found = hcloud_catalog.problems(d)
+    except Exception as exc:  # the live catalogue: hcloud's APIException, a network error
+        raise ctx.fail("region", f"cannot be checked against the Hetzner API ({type(exc).__name__}: {exc})",
+                       "a valid HCLOUD_TOKEN (and HCLOUD_ENDPOINT), or neither to use the built-in list") from None
+    for path, what, expected in found:
         raise ctx.fail(path, what, expected)
     if not d.network.admin_cidrs:
         raise ctx.fail("network.adminCidrs", "is empty, but on Hetzner the proxy's secrets and CA key are pushed "
@@ -171,8 +236,8 @@ def check_hcloud(ctx: StackContext) -> None:
 
 
 COMMON: list[Check] = [check_host_names, check_host_numbers, check_secret_names, check_backups,
-                       check_ssm_sources_cloud, check_sizes, check_images]
-BY_CLOUD: dict[str, list[Check]] = {"aws": [check_aws], "hcloud": [check_hcloud], "lab": []}
+                       check_ssm_sources_cloud, check_sizes, check_images, check_hcloud_ssh_keys]
+BY_CLOUD: dict[str, list[Check]] = {"aws": [check_aws, check_aws_policy_size], "hcloud": [check_hcloud], "lab": []}
 
 
 def register(cloud: str, check: Check) -> None:

@@ -27,6 +27,7 @@ class HostData:
     role: str
     private_ip: str
     user_data: str
+    proxy_config: str | None = None  # the proxy's config.yaml (None for agents)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class DeploymentArgs:
     ca: CaMaterial
     # Pulumi config key -> its secret value, for every `from: {config: KEY}`.
     secrets: Mapping[str, pulumi.Output] = field(default_factory=dict)
+    # agents whose user-data this run applies by rebuilding them (AGENTCTL_REBUILD)
+    rebuild: frozenset[str] = frozenset()
 
     def host(self, name: str) -> HostData:
         return next(h for h in self.hosts if h.name == name)
@@ -45,6 +48,13 @@ class DeploymentArgs:
     @property
     def proxy(self) -> HostData:
         return self.host(self.deployment.proxy.name)
+
+    @property
+    def proxy_config_value(self) -> str:
+        """The proxy's policy as its SSM parameter holds it (AWS)."""
+        from agentctl.policy_parameter import pack
+
+        return pack(self.proxy.proxy_config or "")
 
     def agent_secrets(self) -> list[tuple[Agent, str, pulumi.Output]]:
         """(agent, secret name, value) for every secret the stack materialises."""

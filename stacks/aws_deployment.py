@@ -10,10 +10,11 @@ import json
 import pulumi
 import pulumi_aws as aws
 
+from agentctl import policy_parameter
 from agentctl_stacks import policy
 from agentctl_stacks.agent_imds import AgentImds, aws_credentials
 from agentctl_stacks.args import DeploymentArgs
-from agentctl.secrets import ca_key_parameter_name, ssm_parameter_name
+from agentctl.secrets import ca_key_parameter_name, proxy_config_parameter_name, ssm_parameter_name
 from agentctl.userdata import ec2_user_data_base64
 
 DEFAULT_PROXY_SIZE = "t3.small"
@@ -154,6 +155,15 @@ class AwsDeployment(pulumi.ComponentResource):
         self.parameters.append(aws.ssm.Parameter(
             f"{n}-ca-key", name=ca_key_parameter_name(a.project, a.stack), type="SecureString", key_id=self.key.arn,
             value=a.ca.key_pem, tags=self._tags("ca-key"), opts=self._opts()))
+        # The proxy's policy: not in its user-data, so adding an agent or editing a rule
+        # updates this parameter in place and the proxy's policy-pull reloads it within a
+        # minute (roles/proxy/templates/policy-pull.py.j2); the proxy is not replaced.
+        # Not a secret (hosts, paths, parameter names): String, the size AWS allows.
+        self.proxy_config = aws.ssm.Parameter(
+            f"{n}-proxy-config", name=proxy_config_parameter_name(a.project, a.stack), type="String",
+            tier=policy_parameter.tier(a.proxy_config_value), insecure_value=a.proxy_config_value,
+            tags=self._tags("proxy-config"), opts=self._opts())
+        self.parameters.append(self.proxy_config)
 
     def _proxy_identity(self) -> None:
         n, a = self._name, self._args
@@ -213,7 +223,8 @@ class AwsDeployment(pulumi.ComponentResource):
                 root_block_device=policy.root_volume(), user_data_base64=ec2_user_data_base64(a.host(agent.name).user_data),
                 user_data_replace_on_change=True, tags=self._tags(f"agent-{agent.name}"),
                 # The proxy must answer DNS and time before an agent's cloud-init needs them.
-                opts=self._host_opts(depends_on=[self.proxy], ignore=policy.agent_instance_ignore_changes()))
+                opts=self._host_opts(depends_on=[self.proxy],
+                                     ignore=policy.agent_instance_ignore_changes(agent.name, self._args.rebuild)))
             # cloud-init read its user-data from IMDS; once the host converged, close it for good.
             self.agent_imds[agent.name] = AgentImds(f"{n}-agent-{agent.name}-imds", instance_id=instance.id,
                                                     region=d.region, host=agent.name,

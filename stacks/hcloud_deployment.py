@@ -20,7 +20,9 @@ PROXY_USER = "agentctl-proxy"  # owner of the proxy's secret files (roles/proxy 
 ADMIN_USER = "admin"
 SECRET_MODE = "0600"
 # The proxy reloads its policy on SIGHUP (ExecReload); not running yet: nothing to do.
-RELOAD_PROXY = "systemctl try-reload-or-restart agentctl-proxy.service"
+# The proxy reloads its policy on SIGHUP (ExecReload); on first boot it waits for this
+# push (its policy is not in user-data) and is started here.
+RELOAD_PROXY = "systemctl reload-or-restart agentctl-proxy.service"
 
 
 def _int_id(resource: pulumi.CustomResource) -> pulumi.Output[int]:
@@ -65,8 +67,15 @@ class HcloudDeployment(pulumi.ComponentResource):
         already in the project (uploaded by hand, or by another stack) is used as it is,
         by id; only the others are created, labelled with this stack, and those stay
         this stack's on every later `up` (the look-up skips keys with our label)."""
-        existing = policy.hcloud_existing_keys(hcloud.get_ssh_keys().ssh_keys or [], self._args.stack)
         self.ssh_keys, self.ssh_key_ids = [], []
+        if self._d.hcloud_ssh_keys:
+            # Named keys already in the project: used as they are, nothing created.
+            for ref in self._d.hcloud_ssh_keys:
+                by = "fingerprint" if policy.HCLOUD_FINGERPRINT.match(ref) else "name"
+                found = hcloud.get_ssh_key_output(**{by: ref}, opts=pulumi.InvokeOutputOptions(parent=self))
+                self.ssh_key_ids.append(found.id.apply(str))
+            return
+        existing = policy.hcloud_existing_keys(hcloud.get_ssh_keys().ssh_keys or [], self._args.stack)
         for i, key in enumerate(self._d.admin_ssh_keys):
             found = existing.get(policy.ssh_md5_fingerprint(key))
             if found is not None:
@@ -95,16 +104,18 @@ class HcloudDeployment(pulumi.ComponentResource):
         # A Primary IP outlives the server: rebuilds keep the address admins and DNS use.
         self.primary_ip = hcloud.PrimaryIp(f"{n}-proxy-ip", type="ipv4", assignee_type="server", auto_delete=False,
                                            location=d.region, labels=self._labels("proxy"), opts=self._opts())
-        # The proxy's policy (every agent's grants) is pushed with its secrets and reloaded
-        # (SIGHUP): adding an agent or editing a rule must not rebuild the proxy. Its
-        # user-data is read at creation; any other change to it replaces the proxy.
-        proxy_data = self._args.proxy.user_data
+        # The proxy's policy (every agent's grants) is not in its user-data: it is pushed
+        # with its secrets and reloaded (SIGHUP), so adding an agent or editing a rule
+        # does not rebuild the proxy. Any change to its user-data replaces it (delete
+        # first) with that user-data: no ignoreChanges, whose state value a replacement
+        # would inherit (policy.agent_user_data_ignored).
         self.proxy = self._server("proxy", d.proxy.name, d.proxy.size, d.proxy_ip,
-                                  [{"ipv4_enabled": True, "ipv4": _int_id(self.primary_ip), "ipv6_enabled": False}], [],
-                                  ignore_changes=["userData"],
-                                  replacement_trigger=policy.user_data_digest_without(proxy_data, PROXY_CONFIG_PATH))
+                                  [{"ipv4_enabled": True, "ipv4": _int_id(self.primary_ip), "ipv6_enabled": False}], [])
+        # An agent's user-data is read at first boot only (policy.agent_user_data_ignored).
         self.agents = {agent.name: self._server(f"agent-{agent.name}", agent.name, agent.size, d.agent_ip(agent),
-                                                policy.agent_public_nets(), [self.proxy])
+                                                policy.agent_public_nets(), [self.proxy],
+                                                ignore_changes=policy.agent_user_data_ignored(
+                                                    "userData", agent.name, self._args.rebuild))
                        for agent in d.agents}
 
     def secret_files(self) -> list[dict]:
@@ -115,7 +126,7 @@ class HcloudDeployment(pulumi.ComponentResource):
         files.append({"path": CA_KEY_PATH, "owner": PROXY_USER, "mode": SECRET_MODE, "content": a.ca.key_pem})
         # Not a secret, but it travels the same way so a policy change needs no rebuild.
         files.append({"path": PROXY_CONFIG_PATH, "owner": f"root:{PROXY_USER}", "mode": "0640",
-                      "content": pulumi.Output.from_input(policy.user_data_file(a.proxy.user_data, PROXY_CONFIG_PATH))})
+                      "content": pulumi.Output.from_input(a.proxy.proxy_config)})
         if d.tailscale:
             # agentctl-tailscale-up.path waits for this file; the unit reads it as root and shreds it.
             files.append({"path": TAILSCALE_AUTHKEY_PATH, "owner": "root", "mode": SECRET_MODE,

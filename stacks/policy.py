@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from dataclasses import dataclass
 
-import yaml
-
 from agentctl.model import Deployment
+from agentctl.stackcheck import HCLOUD_FINGERPRINT  # what tells a key's fingerprint from its name
 
 ANYWHERE_V4 = "0.0.0.0/0"
 SSH_PORT = 22
@@ -75,10 +73,33 @@ def agent_metadata_options() -> dict[str, object]:
             "http_put_response_hop_limit": 1, "instance_metadata_tags": "disabled"}
 
 
-def agent_instance_ignore_changes() -> list[str]:
+def agent_instance_ignore_changes(agent: str, rebuild: frozenset[str] = frozenset()) -> list[str]:
     """AgentImds closes the endpoint outside the instance's inputs; a refresh would see
-    `disabled` and `pulumi up` would re-open it to match the launch value. Never."""
-    return ["metadataOptions.httpEndpoint"]
+    `disabled` and `pulumi up` would re-open it to match the launch value. Never.
+    And the agent's user-data (see agent_user_data_ignored)."""
+    return ["metadataOptions.httpEndpoint", *agent_user_data_ignored("userDataBase64", agent, rebuild)]
+
+
+REBUILD_ENV = "AGENTCTL_REBUILD"
+
+
+def rebuild_requested(environ: dict[str, str]) -> frozenset[str]:
+    """AGENTCTL_REBUILD=scout,scribe: the agents whose user-data `pulumi up` applies (by
+    replacing them, delete first) on this run."""
+    return frozenset(filter(None, (n.strip() for n in environ.get(REBUILD_ENV, "").split(","))))
+
+
+def agent_user_data_ignored(key: str, agent: str, rebuild: frozenset[str]) -> list[str]:
+    """An agent's user-data is read at first boot only, so `pulumi up` ignores a change to
+    it: the runtime version that `agentctl snapshot-upgrade` moves on the running host and
+    records in the stack file must neither replace nor restart the host (a user-data
+    change replaces an EC2 instance, user_data_replace_on_change, and a Hetzner server).
+    New hosts get the current user-data, new version included. Pulumi keeps an ignored
+    input at its value in state even when the resource is replaced (the engine's
+    step_generator.go, processIgnoreChanges; pulumi docs, "ignoreChanges"), so a replace
+    trigger could only rebuild the host with its old user-data: a rebuild with the new
+    one is asked for by name (AGENTCTL_REBUILD), and then nothing is ignored."""
+    return [] if agent in rebuild else [key]
 
 
 def proxy_metadata_options() -> dict[str, object]:
@@ -246,16 +267,3 @@ def hcloud_existing_keys(keys: list, stack: str) -> dict[str, int]:
     its `agentctl-stack` label and stay its own resources)."""
     return {k.fingerprint: k.id for k in keys if (k.labels or {}).get("agentctl-stack") != stack}
 
-
-def user_data_digest_without(user_data: str, path: str) -> str:
-    """sha256 of a cloud-config with the file at `path` left out: what a host must be
-    rebuilt for, when that file is delivered another way."""
-    doc = yaml.safe_load(user_data)
-    doc["write_files"] = [f for f in doc.get("write_files", []) if f["path"] != path]
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-def user_data_file(user_data: str, path: str) -> str:
-    """The content cloud-init writes to `path` (write_files), exactly."""
-    (content,) = [f["content"] for f in yaml.safe_load(user_data)["write_files"] if f["path"] == path]
-    return content

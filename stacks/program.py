@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +16,24 @@ from agentctl.model import Deployment
 from agentctl.stackcheck import require_pulumi_cloud
 from agentctl.stackfile import NAMESPACE, from_config
 from agentctl_stacks.args import CaMaterial, DeploymentArgs, HostData
+from agentctl_stacks.policy import rebuild_requested
 
 COMPONENT_NAME = "agentctl"
 
 
 def config_mapping_from_runtime() -> dict[str, Any]:
     """The engine hands structured values over as JSON text and secrets in plain text;
-    give from_config the file's shape back (secrets as `{secure: ...}` markers)."""
-    from pulumi.runtime.config import CONFIG, _SECRET_KEYS, get_config_env
+    give from_config the file's shape back (secrets as `{secure: ...}` markers).
 
-    raw = {**get_config_env(), **CONFIG.get()}
-    secret_keys = set(_SECRET_KEYS.get()) | set(pulumi.runtime.config.get_config_secret_keys_env())
+    Public API only: the language host passes the stack's config in PULUMI_CONFIG and its
+    secret keys in PULUMI_CONFIG_SECRET_KEYS (`get_config_env`,
+    `get_config_secret_keys_env`), and `is_config_secret` answers for keys set through
+    `set_all_config`; `agentctl plan` sets both the same way."""
+    raw = pulumi.runtime.get_config_env()
+    secret_keys = set(pulumi.runtime.get_config_secret_keys_env())
     mapping: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in secret_keys:
+        if key in secret_keys or pulumi.runtime.is_config_secret(key):
             mapping[key] = {"secure": "<runtime secret>"}
         elif isinstance(value, str) and value[:1] in "[{":
             try:
@@ -43,7 +48,7 @@ def config_mapping_from_runtime() -> dict[str, Any]:
 def host_data(deployment: Deployment, ca_cert_pem: str, stack: str, project: str) -> list[HostData]:
     from agentctl.render import render_hosts
 
-    return [HostData(h.name, h.role, h.private_ip, h.user_data)
+    return [HostData(h.name, h.role, h.private_ip, h.user_data, h.proxy_config)
             for h in render_hosts(deployment, ca_cert_pem, stack=stack, project=project)]
 
 
@@ -54,7 +59,8 @@ def declare(deployment: Deployment, ca_cert_pem: str, ca_fingerprint: str, ca_ke
         deployment=deployment, project=project, stack=stack,
         hosts=host_data(deployment, ca_cert_pem, stack, project),
         ca=CaMaterial(ca_cert_pem, ca_fingerprint, pulumi.Output.secret(ca_key_pem)),
-        secrets={ref.config: config.require_secret(ref.config) for _, ref in deployment.secret_refs()})
+        secrets={ref.config: config.require_secret(ref.config) for _, ref in deployment.secret_refs()},
+        rebuild=rebuild_requested(os.environ))
     component = _component_class(deployment.cloud)(COMPONENT_NAME, args)
     for key, value in component.outputs().items():
         pulumi.export(key, value)
@@ -80,8 +86,11 @@ def load_from_runtime(stack: str) -> tuple[Deployment, dict[str, Any]]:
 
 
 def project_root() -> Path:
-    """Where Pulumi.yaml is: the engine says so; under mocks it answers a placeholder."""
-    root = Path(pulumi.get_root_directory())
+    """Where Pulumi.yaml is: the engine says so (pulumi >= 3.16x: get_root_directory;
+    before, the program runs in the project folder, since Pulumi.yaml names no `main:`);
+    under mocks it answers a placeholder."""
+    get_root = getattr(pulumi, "get_root_directory", None)
+    root = Path(get_root()) if get_root else Path.cwd()
     return root if (root / "Pulumi.yaml").is_file() else Path.cwd()
 
 

@@ -12,6 +12,12 @@ delete (DELETE /images/{id}); `actions/client.py` BoundAction.wait_until_finishe
 policy (code "rate_limit_exceeded" is retried with its own backoff: it does not read
 Retry-After, which we send anyway as the real API does).
 
+For validation (agentctl/hcloud_catalog.py, agentctl/stackcheck.py): GET /server_types
+and /locations (server_types/client.py, locations/client.py get_all: paginated lists;
+a server type's `locations[]` entries {id, name, deprecation, available, recommended},
+server_types/domain.py ServerTypeLocation) and GET /ssh_keys?name=|fingerprint=
+(ssh_keys/client.py get_by_name / get_by_fingerprint).
+
 Actions run for `polls` GETs, then succeed, or fail when their command is in `fail`.
 `rate_limit` answers that many next requests with 429. Disks are dicts, so a test can
 see that a rebuild from a snapshot brings back what the snapshot held."""
@@ -47,6 +53,10 @@ class FakeHcloud:
         self.fail: set[str] = set()
         self.rate_limit = 0
         self.requests: list[tuple[str, str]] = []
+        # what the project sees: add with add_location / add_server_type / add_ssh_key
+        self.locations: list[dict] = []
+        self.server_types: list[dict] = []
+        self.ssh_keys: list[dict] = []
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"api": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -75,6 +85,26 @@ class FakeHcloud:
         self.images[iid] = {"id": iid, "type": "snapshot", "status": "available", "name": None, "created": created,
                             "description": "", "labels": labels, "disk": disk or {}}
         return iid
+
+    def add_location(self, name: str, network_zone: str) -> None:
+        self.locations.append({"id": next(self.ids), "name": name, "description": name, "country": "DE",
+                               "city": name, "latitude": 0.0, "longitude": 0.0, "network_zone": network_zone})
+
+    def add_server_type(self, name: str, where: dict[str, dict | None]) -> None:
+        """where: location name -> its deprecation ({announced, unavailable_after}) or None."""
+        ids = {loc["name"]: loc["id"] for loc in self.locations}
+        self.server_types.append({"id": next(self.ids), "name": name, "description": name, "cores": 2,
+                                  "memory": 4.0, "disk": 40, "prices": [], "storage_type": "local",
+                                  "cpu_type": "shared", "architecture": "x86", "deprecated": None,
+                                  "deprecation": None, "locations": [
+                                      {"id": ids[loc], "name": loc, "deprecation": dep, "available": True,
+                                       "recommended": dep is None} for loc, dep in where.items()]})
+
+    def add_ssh_key(self, name: str, fingerprint: str, public_key: str, labels: dict | None = None) -> int:
+        kid = next(self.ids)
+        self.ssh_keys.append({"id": kid, "name": name, "fingerprint": fingerprint, "public_key": public_key,
+                              "labels": labels or {}, "created": NOW})
+        return kid
 
     def _action(self, command: str, resources: list[dict], on_success) -> dict:
         aid = next(self.ids)
@@ -184,6 +214,13 @@ class _Handler(BaseHTTPRequestHandler):
                 action = api._action("rebuild_server", [{"id": server["id"], "type": "server"}],
                                      lambda: server.update(disk=copy.deepcopy(image["disk"])))
                 return self._send(201, {"action": public(action), "root_password": None})
+        if parts in (["locations"], ["server_types"]) and method == "GET":
+            items = self.api.locations if parts == ["locations"] else self.api.server_types
+            return self._page(parts[0], [i for i in items if query.get("name") in (None, i["name"])])
+        if parts == ["ssh_keys"] and method == "GET":
+            return self._page("ssh_keys", [k for k in api.ssh_keys if all(
+                query.get(f) in (None, k[f]) for f in ("name", "fingerprint"))
+                and matches(k["labels"], query.get("label_selector", ""))])
         if parts[:1] == ["actions"] and len(parts) == 2 and method == "GET":
             if int(parts[1]) not in api.actions:
                 return self._error(404, "not_found", "action not found")

@@ -150,27 +150,29 @@ def _many_agents(project: Path, stack: str, n: int) -> None:
     path.write_text(yaml.safe_dump(doc))
 
 
-def test_a_deployment_too_big_for_hetzner_is_refused_with_the_count_that_fits(tmp_path):
-    from agentctl.ca import ensure_ca
-    from agentctl.render import _render_proxy
-    from agentctl.userdata import HCLOUD_USER_DATA_LIMIT
-    from agentctl.userdata import hcloud_encode
-    from agentctl.stackfile import load
-    project = _project(tmp_path / "p", "example-hcloud")
-    _many_agents(project, "example-hcloud", 200)
-    ca = ensure_ca(project, "example-hcloud")  # the same CA for the CLI and the check below
-    out = tmp_path / "out"
-    proc = agentctl("render", "--stack", "example-hcloud", "--out", str(out), "--project-dir", str(project))
-    _refused(proc, "Pulumi.example-hcloud.yaml: agentctl:agents: the proxy's user-data is ")
-    fits = int(re.search(r"at most (\d+) fit", proc.stderr).group(1))
-    assert not out.exists()
-    d = load(project, "example-hcloud")
+def test_a_policy_too_big_for_its_ssm_parameter_is_refused_with_the_count_that_fits(tmp_path):
+    """The proxies' policy is not in their user-data (a rule change must not replace
+    them): on Hetzner it is pushed, so 60 agents render; on AWS it is one SSM parameter
+    of at most 8 KB packed, so every command refuses what `pulumi up` could not create,
+    with how many agents fit."""
+    from agentctl import policy_parameter
 
-    def size(n: int) -> int:
-        proxy = _render_proxy(d.model_copy(update={"agents": d.agents[:n]}), ca.cert_pem, stack="example-hcloud",
-                              project="agentctl")
-        return len(hcloud_encode(proxy.user_data).encode())
-    assert 1 < fits < 200 and size(fits) <= HCLOUD_USER_DATA_LIMIT < size(fits + 1)
+    hcloud = _project(tmp_path / "h", "example-hcloud")
+    _many_agents(hcloud, "example-hcloud", 60)
+    ok = agentctl("render", "--stack", "example-hcloud", "--out", str(tmp_path / "h-out"), "--project-dir", str(hcloud))
+    assert ok.returncode == 0, ok.stderr
+    project = _project(tmp_path / "p", "example-aws")
+    _many_agents(project, "example-aws", 60)
+    out = tmp_path / "out"
+    proc = agentctl("render", "--stack", "example-aws", "--out", str(out), "--project-dir", str(project))
+    _refused(proc, "Pulumi.example-aws.yaml: agentctl:agents: the proxy's policy is ")
+    fits = int(re.search(r"at most (\d+) fit", proc.stderr).group(1))
+    assert not out.exists() and 1 < fits < 60
+    assert f"holds {policy_parameter.SSM_ADVANCED_LIMIT}" in proc.stderr
+    for n, code in ((fits, 0), (fits + 1, 2)):
+        _many_agents(project, "example-aws", n)
+        assert agentctl("render", "--stack", "example-aws", "--out", str(tmp_path / f"o{n}"),
+                        "--project-dir", str(project)).returncode == code, n
 
 
 def test_cli_help_and_render_do_not_import_the_lab(tmp_path):

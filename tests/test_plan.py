@@ -18,7 +18,7 @@ def agentctl(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("stack,component,count", [("example-aws", "agentctl:aws:Deployment", 61),
+@pytest.mark.parametrize("stack,component,count", [("example-aws", "agentctl:aws:Deployment", 62),
                                                     ("example-hcloud", "agentctl:hcloud:Deployment", 11)])
 def test_plan_json_lists_every_resource(stack, component, count):
     proc = agentctl("plan", "--stack", stack, "--json")
@@ -126,9 +126,9 @@ def test_runtime_config_is_what_the_engine_passes():
 
 
 def test_clean_redacts_secrets_and_provider():
-    from pulumi.runtime import rpc
+    from agentctl.pulumi_private import SECRET_SIG, SECRET_SIG_KEY
 
-    secret = {rpc._special_sig_key: rpc._special_secret_sig, "value": "hunter2"}
+    secret = {SECRET_SIG_KEY: SECRET_SIG, "value": "hunter2"}
     assert clean({"a": secret, "__provider": "pickled", "n": 80.0, "l": [1.5]}) == {
         "a": SECRET_PLACEHOLDER, "__provider": "[dynamic provider]", "n": 80, "l": [1.5]}
 
@@ -219,3 +219,12 @@ def test_ca_key_parameter_is_a_name_no_agent_can_have():
 
     segment = ca_key_parameter_name("p", "s").removeprefix(ssm_prefix("p", "s")).split("/")[0]
     assert not re.fullmatch(HOSTNAME, segment), f"an agent named {segment!r} would share the CA key's path"
+
+
+def test_plan_help_says_json_carries_each_resources_options():
+    """`plan --help` tells what --json prints, options included (issue 17: `options` per resource)."""
+    out = agentctl("plan", "--help", "--project-dir", str(ROOT))
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    for word in ("options", "deleteBeforeReplace", "ignoreChanges", "dependsOn", "protect"):
+        assert word in text, word

@@ -110,7 +110,7 @@ def shape(v):
         return [shape(x) for x in v]
     return type(v).__name__
 print(json.dumps({{"resources": [(r["type"], r["name"], shape(r["inputs"])) for r in resources],
-                  "outputs": sorted(outputs), "lazy": "pulumi_aws.ec2.allowed_images_settings" not in sys.modules}}))
+                  "outputs": sorted(outputs), "lazy": "pulumi_aws.ec2.ami_copy" not in sys.modules}}))
 """
 
 

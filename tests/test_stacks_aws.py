@@ -16,7 +16,7 @@ from tests.test_stacks_harness import Ctx, Plan, evaluate_variants, make_project
 
 from agentctl.ca import ensure_ca
 from agentctl.plan import PLACEHOLDER_ACCOUNT, SECRET_PLACEHOLDER, mock_id
-from agentctl.secrets import ca_key_parameter_name
+from agentctl.secrets import ca_key_parameter_name, proxy_config_parameter_name
 from agentctl.stackfile import load
 from agentctl_stacks.agent_imds import DEFAULT_TIMEOUT_SECONDS, converged_marker
 
@@ -189,6 +189,9 @@ def check_kms_rotation(p, ctx):
 
 def check_secrets_in_ssm(p, ctx):
     params = {x["inputs"]["name"]: x["inputs"] for x in of_type(p.resources, "aws:ssm/parameter:Parameter")}
+    # The proxy's policy is a parameter too, and no secret (test_stacks_lifecycle).
+    policy_parameter = params.pop(proxy_config_parameter_name("agentctl", STACK))
+    assert policy_parameter["type"] == "String" and "value" not in policy_parameter
     assert set(params) == {f"/agentctl/{STACK}/scout/anthropic-key", f"/agentctl/{STACK}/scout/github-pat",
                            ca_key_parameter_name("agentctl", STACK)}
     for x in params.values():
@@ -488,7 +491,7 @@ def plans(project, ctx, tmp_path_factory):
     jobs = {"baseline": {"dir": str(project), "stack": STACK, "patch": ""},
             "ami": {"dir": str(ami), "stack": STACK, "patch": ""},
             "imds-reopened": {"dir": str(project), "stack": STACK,
-                              "patch": "policy.agent_instance_ignore_changes = lambda: []"}}
+                              "patch": "policy.agent_instance_ignore_changes = lambda *a: []"}}
     for key in BROKEN:
         inv, i = key.split("/")
         jobs[key] = {"dir": str(project), "stack": STACK, "patch": BREAKS[inv][int(i)]}
@@ -517,7 +520,7 @@ def test_refresh_never_reopens_the_agents_imds(plans):
     def ignored(plan):
         return {i["name"]: i["options"]["ignoreChanges"] for i in of_type(plan.resources, INSTANCE)}
 
-    assert ignored(plans["baseline"]) == {f"{N}-agent-scout": ["ami", "metadataOptions.httpEndpoint"],
+    assert ignored(plans["baseline"]) == {f"{N}-agent-scout": ["ami", "metadataOptions.httpEndpoint", "userDataBase64"],
                                           f"{N}-proxy": ["ami"]}
     assert ignored(plans["imds-reopened"])[f"{N}-agent-scout"] == ["ami"]
 

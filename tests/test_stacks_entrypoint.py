@@ -11,13 +11,14 @@ RUN = r'''
 import runpy, sys, yaml
 import pulumi
 from agentctl.plan import runtime_config, _mocks
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
+import json, os
 config, secret_keys = runtime_config(yaml.safe_load(open("Pulumi.example-hcloud.yaml"))["config"])
+# what the language host passes a program (public names only: agentctl/pulumi_private.py)
+os.environ.update(PULUMI_CONFIG=json.dumps(config), PULUMI_CONFIG_SECRET_KEYS=json.dumps(secret_keys))
 pulumi.runtime.set_all_config(config, secret_keys)
 records = []
 pulumi.runtime.set_mocks(_mocks(records, "fsn1"), project="agentctl", stack="example-hcloud", preview=False)
-_sync_await(run_pulumi_func(lambda: runpy.run_path(sys.argv[1], run_name="__main__")))
+pulumi.runtime.test(lambda: runpy.run_path(sys.argv[1], run_name="__main__"))()
 print(len(records))
 '''
 

@@ -35,7 +35,8 @@ def test_metadata_options():
     # Agents launch with IMDSv2 only (cloud-init needs it once); AgentImds then closes it.
     assert policy.agent_metadata_options() == {"http_endpoint": "enabled", "http_tokens": "required",
                                                "http_put_response_hop_limit": 1, "instance_metadata_tags": "disabled"}
-    assert policy.agent_instance_ignore_changes() == ["metadataOptions.httpEndpoint"]
+    assert policy.agent_instance_ignore_changes("scout") == ["metadataOptions.httpEndpoint", "userDataBase64"]
+    assert policy.agent_instance_ignore_changes("scout", frozenset({"scout"})) == ["metadataOptions.httpEndpoint"]
     proxy = policy.proxy_metadata_options()
     assert proxy["http_tokens"] == "required" and proxy["http_put_response_hop_limit"] == 1
 
@@ -111,13 +112,19 @@ def test_pulumi_refuses_the_lab_stack_and_accepts_examples(aws):
 
 
 def test_config_mapping_from_runtime_restores_the_file_shape():
+    import json
+    import os
+
     import pulumi
 
-    pulumi.runtime.set_all_config({"agentctl:network": '{"cidr": "10.0.0.0/16"}', "agentctl:region": "fsn1",
-                                   "agentctl:githubPat": "ghp_plain"}, ["agentctl:githubPat"])
+    # as the language host hands config to a program: PULUMI_CONFIG, PULUMI_CONFIG_SECRET_KEYS
+    config = {"agentctl:network": '{"cidr": "10.0.0.0/16"}', "agentctl:region": "fsn1",
+              "agentctl:githubPat": "ghp_plain"}
+    os.environ.update(PULUMI_CONFIG=json.dumps(config), PULUMI_CONFIG_SECRET_KEYS='["agentctl:githubPat"]')
     try:
         mapping = program.config_mapping_from_runtime()
     finally:
+        del os.environ["PULUMI_CONFIG"], os.environ["PULUMI_CONFIG_SECRET_KEYS"]
         pulumi.runtime.set_all_config({}, [])
     assert mapping["agentctl:network"] == {"cidr": "10.0.0.0/16"}
     assert mapping["agentctl:githubPat"] == {"secure": "<runtime secret>"}, "the value never reaches the model"

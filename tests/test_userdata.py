@@ -1,11 +1,13 @@
 """User-data limits per cloud: what each stack hands over, and the render-time refusal."""
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from agentctl.errors import ConfigError
 from agentctl.stackfile import load
-from agentctl.userdata import (EC2_USER_DATA_LIMIT, _agents_that_fit, check_user_data_limits, ec2_encode,
+from agentctl.userdata import (EC2_USER_DATA_LIMIT, _agents_that_fit, check_user_data_limits, ec2_encode, ec2_size,
                                hcloud_encode)
 
 from .conftest import ROOT
@@ -30,7 +32,7 @@ class _Host:
 def test_an_agent_host_too_big_for_ec2_names_its_agent():
     d = load(ROOT, "example-aws")
     noise = "".join(f"# {i:08x} {i * 7919 % 104729:06d}\n" for i in range(6000))  # compresses poorly enough
-    assert len(ec2_encode(noise)) > EC2_USER_DATA_LIMIT
+    assert ec2_size(ec2_encode(noise)) > EC2_USER_DATA_LIMIT
     hosts = [_Host("proxy", "proxy", "#cloud-config\n"), _Host("scout", "agent", noise)]
     with pytest.raises(ConfigError) as err:
         check_user_data_limits(d, hosts, "Pulumi.example-aws.yaml", lambda n: "")
@@ -45,3 +47,12 @@ def test_the_lab_has_no_limit():
 
 def test_hetzner_plain_stays_plain():
     assert hcloud_encode("#cloud-config\n") == "#cloud-config\n"
+
+
+def test_ec2_limit_counts_raw_bytes_not_base64():
+    """EC2: "User data is limited to 16 KB, in raw form, before it is base64-encoded"
+    (EC2 User Guide, instancedata-add-user-data). 15 000 plain bytes fit as they are."""
+    text = "#cloud-config\n" + "".join(f"# {i:08x} {i * 7919 % 104729:06d}\n" for i in range(833))
+    assert 12288 < len(text.encode()) <= EC2_USER_DATA_LIMIT
+    encoded = ec2_encode(text)
+    assert base64.b64decode(encoded) == text.encode() and ec2_size(encoded) == len(text.encode())
