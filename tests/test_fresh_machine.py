@@ -150,7 +150,7 @@ def wheels(distro: str) -> Path:
         _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(tmp), *wanted], timeout=1800)
         _run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(tmp), "--find-links", str(tmp),
               "--only-binary=:all:", "--python-version", python, *_manylinux_platforms(),
-              "setuptools>=68", "wheel", "agentctl-proxy", "agentctl[test]"], timeout=1800)  # ours: step 1's wheels
+              "setuptools>=68", "wheel", "agentctl-proxy[server]", "agentctl[test]"], timeout=1800)  # ours: step 1's wheels
     for local in list(tmp.glob("agentctl*")):  # the clone brings its own source
         local.unlink()
     shutil.rmtree(folder, ignore_errors=True)
