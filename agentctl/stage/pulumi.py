@@ -24,7 +24,7 @@ import yaml
 from agentctl import sshtrust
 from agentctl.errors import AgentctlError, ConfigError
 from agentctl.model import Deployment
-from agentctl.stage.names import StackInfo
+from agentctl.stage.names import STAGING_TAG, StackInfo
 from agentctl.stage.results import Check, HostRow, StageResult, Suite
 
 Progress = Callable[[str], None]
@@ -63,6 +63,11 @@ def credentials_problem(d: Deployment, stack_file: Path, env: dict[str, str]) ->
 
 def list_stacks(ws) -> list[StackInfo]:
     return [StackInfo(s.name, s.last_update, bool(s.update_in_progress)) for s in ws.list_stacks()]
+
+
+def with_tags(ws, names_: list[str]) -> list[StackInfo]:
+    """The stacks' tags (one `pulumi stack tag ls` each: only for the stacks old enough)."""
+    return [StackInfo(n, None, False, dict(ws.list_tags(n))) for n in names_]
 
 
 def workspace(project_dir: Path):
@@ -135,6 +140,8 @@ class CloudStage:
                 progress(f"{getattr(m.op, 'value', m.op)} {m.type} {m.urn.rsplit('::', 1)[-1]}")
 
         stack = self._stack()
+        # Before anything is made: what `stage reap` selects by, should this run die.
+        stack.workspace.set_tag(self.stack, STAGING_TAG, "true")
         suite = Suite("converge")
         t0 = time.monotonic()
         stack.up(on_event=on_event, on_output=lambda _line: None)
