@@ -93,6 +93,16 @@ def test_aws_assumes_a_role_through_oidc(wf):
     assert wf["permissions"] == {"contents": "read"}   # the default token: read only
 
 
+@pytest.mark.parametrize("job", ["aws", "hcloud"])
+def test_the_admin_key_comes_from_the_secret_store_before_stage_runs(wf, job):
+    """stage verify logs in over the admin path with the key AGENTCTL_SSH_KEY names."""
+    steps = wf["jobs"][job]["steps"]
+    key = next(i for i, s in enumerate(steps) if "AGENTCTL_SSH_KEY=" in s.get("run", ""))
+    run = next(i for i, s in enumerate(steps) if "stage run" in s.get("run", ""))
+    assert key < run and steps[key]["env"]["KEY"] == "${{ secrets.STAGING_ADMIN_SSH_KEY }}"
+    assert "umask 077" in steps[key]["run"]
+
+
 def test_hetzner_token_comes_from_the_secret_store(wf):
     assert wf["jobs"]["hcloud"]["env"]["HCLOUD_TOKEN"] == "${{ secrets.HCLOUD_TOKEN }}"
 
@@ -106,3 +116,6 @@ def test_the_documented_policies_are_json():
     trust, perms = (json.loads(b) for b in blocks)
     assert trust["Statement"][0]["Action"] == "sts:AssumeRoleWithWebIdentity"
     assert {s["Sid"] for s in perms["Statement"]} == {"Network", "ProxyRole", "PassToEc2", "State"}
+    network = next(s for s in perms["Statement"] if s["Sid"] == "Network")["Action"]
+    # stage verify: the admin path (EC2 Instance Connect Endpoint), host keys from the console, flow-log rejects.
+    assert {"ec2-instance-connect:OpenTunnel", "ec2:GetConsoleOutput", "logs:*"} <= set(network)
