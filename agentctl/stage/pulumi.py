@@ -141,7 +141,13 @@ class CloudStage:
 
         stack = self._stack()
         # Before anything is made: what `stage reap` selects by, should this run die.
-        stack.workspace.set_tag(self.stack, STAGING_TAG, "true")
+        from pulumi import automation as auto
+        try:
+            stack.workspace.set_tag(self.stack, STAGING_TAG, "true")
+        except auto.errors.CommandError as exc:
+            raise CloudStageError(f"stage: cannot tag stack {self.stack} {STAGING_TAG}=true, which `stage reap` "
+                                  "selects by (stack tags need Pulumi Cloud or, on a self-managed backend, Pulumi "
+                                  f"CLI 3.211.0 or later): {str(exc).strip().splitlines()[-1][:200]}") from None
         suite = Suite("converge")
         t0 = time.monotonic()
         stack.up(on_event=on_event, on_output=lambda _line: None)
