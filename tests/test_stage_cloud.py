@@ -274,3 +274,17 @@ def test_verify_writes_a_report_naming_the_vectors(world, monkeypatch, tmp_path)
     assert root.find("testsuite[@name='escape: scout']/testcase[@name='denied: request outside the allowlist']"
                      "/failure") is not None
     assert "not implemented" not in res.output
+
+
+def test_cloud_attempts_aim_at_names_the_rules_match():
+    """A wildcard rule (*.wikipedia.org) gives a real name to try, and the allowlisted
+    request uses a path the rule grants."""
+    d = load(ROOT, "example-hcloud")
+    scribe = next(a for a in d.agents if a.name == "scribe")
+    plan = {a.id: a for a in cloud.attempts(d, scribe, {}, "n1", cloud.Outside())}
+    assert plan["denied"].probe["url"] == "https://www.wikipedia.org/escape/n1/denied"
+    assert plan["allowed"].probe["url"] == "https://www.wikipedia.org/wiki/escape-n1"
+    scout = next(a for a in d.agents if a.name == "scout")
+    allowed = {a.id: a for a in cloud.attempts(d, scout, {}, "n2", cloud.Outside())}["allowed"]
+    assert allowed.probe["url"] == "https://api.github.com/repos/acme/app/escape-n2"
+    assert allowed.secret and allowed.marker == "/repos/acme/app/escape-n2"

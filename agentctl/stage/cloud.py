@@ -114,8 +114,10 @@ def attempts(d: Deployment, agent: Agent, outputs: dict, nonce: str, outside: Ou
     me = str((outputs.get("agentPrivateIps") or {}).get(agent.name) or d.agent_ip(agent))
     others = sorted({str(ip) for ip in (outputs.get("agentPrivateIps") or {}).values()} - {me})
     mark = lambda tag: f"/escape/{nonce}/{tag}"  # noqa: E731
-    api = next((r.host for r in agent.egress.rules), outside.name)
-    grant = next((h for h in (r.host for r in agent.egress.rules) if lab_escape._granted_path(agent, h)), None)
+    api = next((_concrete(r.host) for r in agent.egress.rules), outside.name)
+    # A GET the allowlist grants: a rule path ending in /* (lab escape's own choice).
+    grant = next(((_concrete(r.host), p[:-1]) for r in agent.egress.rules if "GET" in r.methods
+                  for p in r.paths if p.endswith("/*")), None)
     out = [
         A("port scan", "scan", f"TCP connect to {2 + len(others)} addresses x {len(lab_escape.SCAN_PORTS)} ports",
           "no-answer", {"kind": "scan", "targets": [px, *others, outside.ip], "ports": lab_escape.SCAN_PORTS,
@@ -152,13 +154,18 @@ def attempts(d: Deployment, agent: Agent, outputs: dict, nonce: str, outside: Ou
         out.append(A("IPv6", "v6-outside", f"TCP [{outside.ip6}]:443", "no-answer",
                      {"kind": "tcp", "host": outside.ip6, "port": 443}))
     if grant:
-        path = lab_escape._granted_path(agent, grant)
-        url = f"https://{grant}{path}escape-{nonce}"
+        host, path = grant
+        url = f"https://{host}{path}escape-{nonce}"
         secret = next(iter(agent.egress.secrets), None)
         out.append(A("allowlisted request", "allowed", f"GET {url} via the proxy", "allowed",
                      {"kind": "http", "url": url, "via_proxy": True}, f"{path}escape-{nonce}",
                      lab_escape.secret_path(agent, secret) if secret else None))
     return out
+
+
+def _concrete(host: str) -> str:
+    """A name a rule's host pattern matches: *.example.org -> www.example.org."""
+    return "www." + host[2:] if host.startswith("*.") else host
 
 
 def judge(a: lab_escape.Attempt, r: dict, audit: list[dict], rejects: list[dict]) -> lab_escape.Verdict:
