@@ -9,9 +9,7 @@ moto's CloudWatch Logs."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -26,7 +24,6 @@ from agentctl import sshtrust
 from agentctl.stackfile import load
 from agentctl.stage import adminpath, cloud
 from agentctl.stage import pulumi as stage_pulumi
-from agentctl.stage.results import Check
 from tests.labrun import ROOT
 from tests.loopback import start_sshd
 
@@ -85,6 +82,7 @@ def world(tmp_path, monkeypatch):
     shutil.copy(ROOT / "Pulumi.yaml", project)
     (project / f"Pulumi.{STACK}.yaml").write_text(STACK_FILE.format(key=pub))
     marker, audit = tmp_path / "converged", tmp_path / "audit.jsonl"
+    audit.write_text("")   # the proxy's audit file, there since the proxy started
     monkeypatch.setattr(cloud, "CONVERGED_MARKER", str(marker))
     monkeypatch.setattr(cloud, "AUDIT", str(audit))
     monkeypatch.setenv("AGENTCTL_SSH_KEY", str(tmp_path / "admin"))
@@ -226,6 +224,16 @@ def test_the_probe_runs_unprivileged(world, monkeypatch):
     result = st.verify(world["tmp"] / "work", lambda _s: None)
     broke = next(s for s in result.suites if s.name == "escape: scout").checks
     assert [c.name for c in broke] == ["escape probe ran"] and "ran as root" in broke[0].message
+
+
+def test_an_unreadable_proxy_audit_is_an_error_not_an_empty_log(world, monkeypatch):
+    world["audit"].unlink()
+    st = _stage(world, monkeypatch)
+    st.suite_args = ["-k", "test_legal_banner"]
+    result = st.verify(world["tmp"] / "work", lambda _s: None)
+    broke = next(s for s in result.suites if s.name == "escape: scout").checks
+    assert [c.name for c in broke] == ["escape probe ran"] and broke[0].error
+    assert broke[0].message.startswith(f"cannot read the proxy audit {world['audit']} on proxy (exit 1)")
 
 
 def test_proxy_audit_is_read_over_ssh_from_an_offset(world, monkeypatch):

@@ -213,6 +213,8 @@ def proxy_audit_since(access: Access, proxy: str, offset: int) -> list[dict]:
         rc, out, err = adminpath.run(client, f"sudo -n tail -c +{offset + 1} {shlex.quote(AUDIT)}", timeout=60)
     finally:
         client.close()
+    if rc != 0:  # no evidence is not "nothing happened": the escape run errs
+        raise RuntimeError(f"cannot read the proxy audit {AUDIT} on {proxy} (exit {rc}): {err.strip()[-200:]}")
     lines = []
     for line in out.splitlines():
         try:
