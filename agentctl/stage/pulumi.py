@@ -7,7 +7,8 @@ are plain functions the tests run here.
 
 Relied on (pulumi 3.x, pulumi/automation/): _cmd.py PulumiCommand runs `pulumi version`
 (FileNotFoundError without the CLI); _local_workspace.py create_or_select_stack,
-list_stacks (StackSummary.last_update, update_in_progress), remove_stack;
+list_stacks (StackSummary.last_update, update_in_progress), remove_stack, set_tag and
+list_tags (`pulumi stack tag set/ls --json`); Stack.outputs() (OutputValue.value);
 _stack.py up/preview/destroy with on_output/on_event, PreviewResult.change_summary;
 events.py EngineEvent.res_outputs_event.metadata (op, type, urn)."""
 from __future__ import annotations
