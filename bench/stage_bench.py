@@ -53,6 +53,9 @@ def main() -> int:
         f"Pipeline overhead, idempotence left out: **{overhead:+.1%}** of the baseline "
         f"(target: under +10%); with it: {s / base - 1:+.1%}.", "",
     ]
+    failed = [ln.strip() for ln in text.splitlines() if "FAILED" in ln or "left behind" in ln]
+    if rc != 0:   # a failed run is no measurement of the pipeline: say what failed
+        lines += ["`stage run` did not pass:", "", *[f"    {ln}" for ln in failed[:20]], ""]
     OUT.write_text("\n".join(lines))
     print("\n".join(lines))
     return 0 if rc == 0 and all(c == 0 for _, _, c in rows) else 1
