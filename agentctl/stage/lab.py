@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable
@@ -117,13 +118,19 @@ class LabStage:
         for n in names:
             ns = topology.host_netns(n)
             t0 = time.monotonic()
-            index, note = lab_verify.lynis_index(ns)
+            try:
+                index, note = lab_verify.lynis_index(ns)
+            except subprocess.TimeoutExpired as exc:
+                index, note = None, f"lynis did not finish within {exc.timeout:.0f} s"
             suite.checks.append(Check(f"{n}: lynis hardening index", index is not None, "scores",
                                       time.monotonic() - t0, "" if index is not None else note,
                                       details=f"hardening index {index}, {note}" if index is not None else note))
             t0 = time.monotonic()
-            with lab_verify.fail2ban_ignoring(ns, admin_ip):
-                rc, audit = lab_verify.ssh_audit(lab.host_ip(self.d, n))
+            try:
+                with lab_verify.fail2ban_ignoring(ns, admin_ip):
+                    rc, audit = lab_verify.ssh_audit(lab.host_ip(self.d, n))
+            except subprocess.TimeoutExpired as exc:
+                rc, audit = -1, f"ssh-audit did not finish within {exc.timeout:.0f} s"
             ok = audit.startswith("0 fail")
             suite.checks.append(Check(f"{n}: ssh-audit finds nothing to fail", ok, "scores", time.monotonic() - t0,
                                       "" if ok else f"exit {rc}: {audit}", details=f"exit {rc}: {audit}"))
