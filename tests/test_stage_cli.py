@@ -83,7 +83,6 @@ def test_lab_stack_without_the_lab_tools(tmp_path):
 @pytest.mark.parametrize("flag, value, says", [
     ("--older-than", "6x", "--older-than: 6x: '6x' is not a duration"),
     ("--older-than", "0h", "is not a duration"),
-    ("--prefix", "-", "--prefix: -: would match stacks that are not staging stacks"),
 ])
 def test_reap_bad_flags(flag, value, says):
     assert says in one_line(stage("reap", flag, value))
@@ -123,3 +122,92 @@ def test_concurrent_stage_command_is_refused(tmp_path):
     assert line == (f"agentctl: stage: stack lab is in use by another stage run (pid 4242, lock "
                     f"{state_dir / 'stage.lock'}); wait for it, or let its CI job finish")
     assert sorted(p.name for p in state_dir.iterdir()) == ["stage.lock"]
+
+
+class StandIn:
+    """A stage driver that records what `stage run` asks of it (the lab's and the
+    clouds' drivers have the same five methods)."""
+
+    cloud = "stand-in"
+
+    def __init__(self, tmp_path, verify_fails=False, verify_raises=False, up_fails=False):
+        self.stack, self.lock_path, self.calls = "staging-x", tmp_path / "stage.lock", []
+        self.verify_fails, self.verify_raises, self.up_fails = verify_fails, verify_raises, up_fails
+
+    def up(self, progress):
+        from agentctl.stage.results import Check, Suite
+        self.calls.append("up")
+        return Suite("converge", [Check("host: converged", not self.up_fails, "converge")])
+
+    def hosts(self):
+        return []
+
+    def verify(self, work_dir, progress):
+        from agentctl.stage.results import Check, StageResult, Suite
+        self.calls.append("verify")
+        if self.verify_raises:
+            raise RuntimeError("the probe broke")
+        return StageResult(self.stack, self.cloud, suites=[Suite("escape: scout", [
+            Check("ip-evil: https by IP, no proxy", not self.verify_fails, "escape.scout", message="ESCAPED")])])
+
+    def down(self, progress):
+        self.calls.append("down")
+        return []
+
+
+@pytest.mark.parametrize("case, flags, calls, code", [
+    ({}, [], ["up", "verify", "down"], 0),
+    ({"verify_fails": True}, [], ["up", "verify", "down"], 1),
+    ({"verify_raises": True}, [], ["up", "verify", "down"], None),
+    ({"up_fails": True}, [], ["up", "down"], 1),
+    ({"verify_fails": True}, ["--keep-on-failure"], ["up", "verify"], 1),
+    ({"up_fails": True}, ["--keep-on-failure"], ["up"], 1),
+])
+def test_run_tears_down_unless_kept(monkeypatch, tmp_path, case, flags, calls, code):
+    """`stage run`'s control flow, the same for every driver: down runs after a failed
+    check, an error, or a failed up; --keep-on-failure keeps a failed stack only."""
+    from typer.testing import CliRunner
+
+    from agentctl.stage import cli as stage_cli
+    drv = StandIn(tmp_path, **case)
+    monkeypatch.setattr(stage_cli, "driver", lambda *a: drv)
+    res = CliRunner().invoke(stage_cli.app, ["run", "--stack", "staging-x", *flags])
+    assert drv.calls == calls, res.output
+    if code is None:
+        assert isinstance(res.exception, RuntimeError)
+    else:
+        assert res.exit_code == code, res.output
+    assert ("kept up" in res.output) == ("--keep-on-failure" in flags)
+
+
+def test_reap_selects_by_the_staging_tag_only(monkeypatch):
+    """`stage reap` against a workspace standing in for the Automation API's: an old
+    stack named like a staging stack but untagged is left alone; an old tagged one is
+    destroyed whatever its name; a young tagged one waits."""
+    from datetime import datetime, timedelta, timezone
+
+    from pulumi import automation as auto
+    from typer.testing import CliRunner
+
+    from agentctl.stage import cli as stage_cli
+    from agentctl.stage import pulumi as stage_pulumi
+    now = datetime.now(timezone.utc)
+
+    class Workspace:
+        work_dir = str(ROOT)
+
+        def list_stacks(self):
+            return [auto.StackSummary("staging-pr-1", False, False, now - timedelta(days=2)),
+                    auto.StackSummary("feature-x", False, False, now - timedelta(days=2)),
+                    auto.StackSummary("staging-pr-2", False, False, now - timedelta(hours=1))]
+
+        def list_tags(self, name):
+            return {"pulumi:project": "agentctl", **({"agentctl-staging": "true"} if name != "staging-pr-1" else {})}
+
+    destroyed = []
+    monkeypatch.setattr(stage_pulumi, "require_cli", lambda: None)
+    monkeypatch.setattr(stage_pulumi, "workspace", lambda _d: Workspace())
+    monkeypatch.setattr(stage_pulumi, "destroy", lambda ws, name, out: destroyed.append(name) or True)
+    res = CliRunner().invoke(stage_cli.app, ["reap", "--older-than", "6h"])
+    assert res.exit_code == 0, res.output
+    assert destroyed == ["feature-x"]

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from agentctl.errors import ConfigError
-from agentctl.stage.names import StackInfo, parse_age, stack_name, stale
+from agentctl.stage.names import STAGING_TAG, StackInfo, made_by_stage, parse_age, stack_name, stale
 
 
 @pytest.mark.parametrize("given, env, expected", [
@@ -40,23 +40,29 @@ def test_parse_age_refuses(text):
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
 
 
-@pytest.mark.parametrize("info, reaped", [
+@pytest.mark.parametrize("info, old", [
     (StackInfo("staging-pr-1", NOW - timedelta(hours=7)), True),
     (StackInfo("acme/staging-pr-2", NOW - timedelta(hours=7)), True),         # org-qualified name
     (StackInfo("staging-pr-3", NOW - timedelta(hours=5)), False),             # young
     (StackInfo("staging-pr-4", NOW - timedelta(hours=6)), False),             # exactly the age: not older
-    (StackInfo("prod", NOW - timedelta(days=90)), False),                     # not a staging stack
-    (StackInfo("prod-staging-pr-5", NOW - timedelta(days=9)), False),         # prefix, not substring
-    (StackInfo("acme/staging/prod", NOW - timedelta(days=9)), False),
     (StackInfo("staging-pr-6", NOW - timedelta(days=1), update_in_progress=True), False),  # a run is on it
     (StackInfo("staging-pr-7", None), False),                                 # never deployed
 ])
-def test_stale(info, reaped):
-    assert stale([info], NOW, timedelta(hours=6)) == ([info.name] if reaped else [])
+def test_stale(info, old):
+    assert stale([info], NOW, timedelta(hours=6)) == ([info.name] if old else [])
 
 
-def test_stale_is_sorted_and_uses_the_prefix():
+def test_stale_is_sorted():
     old = NOW - timedelta(days=1)
-    stacks = [StackInfo("staging-b", old), StackInfo("staging-a", old), StackInfo("pr-c", old)]
+    stacks = [StackInfo("staging-b", old), StackInfo("staging-a", old), StackInfo("prod", NOW)]
     assert stale(stacks, NOW, timedelta(hours=6)) == ["staging-a", "staging-b"]
-    assert stale(stacks, NOW, timedelta(hours=6), prefix="pr-") == ["pr-c"]
+
+
+@pytest.mark.parametrize("tags, made", [
+    ({STAGING_TAG: "true", "pulumi:project": "agentctl"}, True),
+    ({STAGING_TAG: "false"}, False),
+    ({"pulumi:project": "agentctl"}, False),    # a stack stage did not make, whatever its name
+    (None, False),
+])
+def test_selected_by_the_tag_only(tags, made):
+    assert made_by_stage(StackInfo("prod", NOW, tags=tags)) is made

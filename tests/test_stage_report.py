@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agentctl.stage import report
-from agentctl.stage.results import Check, EscapeRow, HostRow, StageResult, Suite, suite_from_pytest_junit
+from agentctl.stage.results import Check, EscapeRow, HostRow, StageResult, Suite, suite_from_pytest_junit, ScoreRow
 
 xmlschema = pytest.importorskip("xmlschema", reason="xmlschema is in the test extra")
 SCHEMA = Path(__file__).parent / "data" / "junit.xsd"
@@ -118,3 +118,13 @@ def test_passing_result(tmp_path):
     assert ok.ok
     assert "passed" in report.summary(ok).splitlines()[0]
     assert not StageResult("lab", "lab").ok   # nothing checked is not a pass
+
+
+def test_summary_shows_the_scores(tmp_path):
+    r = StageResult("lab", "lab", suites=[Suite("scores", [Check("proxy: lynis hardening index", True, "scores")])],
+                    scores=[ScoreRow("proxy", 80, "2 warnings", "exit 3: 0 fail, 2 warn (kex: sntrup761x25519)"),
+                            ScoreRow("scout", None, "no hardening index (exit 1): x|y", "exit 0: 0 fail, 0 warn")])
+    text = report.summary(r)
+    assert "### Scores" in text
+    assert "| proxy | 80 | 2 warnings | exit 3: 0 fail, 2 warn (kex: sntrup761x25519) |" in text
+    assert "| scout | ? | no hardening index (exit 1): x\\|y | exit 0: 0 fail, 0 warn |" in text

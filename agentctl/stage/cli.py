@@ -154,21 +154,20 @@ def run(stack: Optional[str] = StackOpt, project_dir: Path = ProjectDirOpt, stat
 
 @app.command()
 def reap(older_than: str = typer.Option("6h", "--older-than", help="Age of the last update, e.g. 6h, 2d"),
-         prefix: str = typer.Option(names.PREFIX, "--prefix", help="Only stacks whose name starts with this"),
          project_dir: Path = ProjectDirOpt,
          dry_run: bool = typer.Option(False, "--dry-run", help="List what would be destroyed, destroy nothing")) -> None:
-    """Destroy this project's staging stacks left behind (last update older than --older-than)."""
+    """Destroy the staging stacks `stage up` made (its stack tag, agentctl-staging=true) and
+    left behind: last update older than --older-than. Selected by the tag only."""
     try:
         age = names.parse_age(older_than)
     except ValueError as exc:
         raise ConfigError("--older-than", older_than, str(exc), "a number and s, m, h or d, e.g. 6h") from None
-    if not prefix.strip() or prefix.strip() in ("-", "staging"):
-        raise ConfigError("--prefix", prefix, "would match stacks that are not staging stacks", "e.g. staging-")
     from agentctl.stage import pulumi as stage_pulumi
     stage_pulumi.require_cli()
     ws = stage_pulumi.workspace(project_dir)
-    doomed = names.stale(stage_pulumi.list_stacks(ws), datetime.now(timezone.utc), age, prefix)
-    out.print(f"{len(doomed)} staging stack(s) last updated more than {older_than} ago"
+    old = names.stale(stage_pulumi.list_stacks(ws), datetime.now(timezone.utc), age)
+    doomed = [s.name for s in stage_pulumi.with_tags(ws, old) if names.made_by_stage(s)]
+    out.print(f"{len(doomed)} staging stack(s) (tag {names.STAGING_TAG}=true) last updated more than {older_than} ago"
               + (": " + ", ".join(doomed) if doomed else ""))
     failed = 0
     for name in doomed if not dry_run else []:

@@ -1,20 +1,21 @@
 """`agentctl stage` on a `cloud: lab` stack, through the lab's own library: up is
 `lab up`, verify is the role suites (`lab verify`) + `lab escape` + converge again,
-down is `lab down`. Nothing here re-implements a lab step; it collects their results."""
+down is `lab down`. verify also reports `lab verify --score`'s lynis and ssh-audit figures. Nothing here re-implements a lab step; it collects their results."""
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable
 
 from agentctl.errors import ConfigError
 from agentctl.lab import escape as lab_escape
-from agentctl.lab import lab
+from agentctl.lab import lab, topology
 from agentctl.lab import verify as lab_verify
 from agentctl.model import Deployment
-from agentctl.stage.results import Check, EscapeRow, HostRow, StageResult, Suite, suite_from_pytest_junit
+from agentctl.stage.results import Check, EscapeRow, HostRow, ScoreRow, StageResult, Suite, suite_from_pytest_junit
 
 # What `lab up` runs on this machine (./dev installs them: systemd-container,
 # mmdebstrap, nftables, iproute2).
@@ -95,6 +96,9 @@ class LabStage:
                 result.escapes.append(EscapeRow(agent, a.vector, a.id, a.what, a.expect, seen, verdict))
             result.suites.append(suite)
 
+        progress("scores (lynis inside each host, ssh-audit from the admin namespace)")
+        result.suites.append(self._scores(names, result))
+
         progress("converge again (idempotence)")
         lab_verify.run_suites(self.project_dir, self.stack, self.state_dir, junit_dir=work_dir / "idempotence",
                               select=IDEMPOTENCE_TEST)
@@ -105,6 +109,33 @@ class LabStage:
                 idem.checks.append(c)
         result.suites.append(idem)
         return result
+
+    def _scores(self, names: list[str], result: StageResult) -> Suite:
+        """`lab verify --score`'s figures as checks: lynis must give its hardening index,
+        ssh-audit must find nothing to fail (its warnings are shown, not judged)."""
+        suite = Suite("scores")
+        admin_ip = next(n.ip for n in topology.nodes(self.d) if n.kind == "admin")
+        for n in names:
+            ns = topology.host_netns(n)
+            t0 = time.monotonic()
+            try:
+                index, note = lab_verify.lynis_index(ns)
+            except subprocess.TimeoutExpired as exc:
+                index, note = None, f"lynis did not finish within {exc.timeout:.0f} s"
+            suite.checks.append(Check(f"{n}: lynis hardening index", index is not None, "scores",
+                                      time.monotonic() - t0, "" if index is not None else note,
+                                      details=f"hardening index {index}, {note}" if index is not None else note))
+            t0 = time.monotonic()
+            try:
+                with lab_verify.fail2ban_ignoring(ns, admin_ip):
+                    rc, audit = lab_verify.ssh_audit(lab.host_ip(self.d, n))
+            except subprocess.TimeoutExpired as exc:
+                rc, audit = -1, f"ssh-audit did not finish within {exc.timeout:.0f} s"
+            ok = audit.startswith("0 fail")
+            suite.checks.append(Check(f"{n}: ssh-audit finds nothing to fail", ok, "scores", time.monotonic() - t0,
+                                      "" if ok else f"exit {rc}: {audit}", details=f"exit {rc}: {audit}"))
+            result.scores.append(ScoreRow(n, index, note, f"exit {rc}: {audit}"))
+        return suite
 
     def down(self, progress: Progress) -> list[str]:
         """What was left behind (empty: nothing)."""

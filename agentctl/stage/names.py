@@ -9,6 +9,10 @@ from datetime import datetime, timedelta
 from agentctl.errors import ConfigError
 
 PREFIX = "staging-"
+# The Pulumi stack tag `stage up` sets on every stack it provisions; `stage reap` selects
+# by it alone (a stack's name says nothing about who made it). Stack tags are kept by
+# Pulumi Cloud and, since Pulumi CLI 3.211.0, by the DIY backends (file, S3, ...).
+STAGING_TAG = "agentctl-staging"
 # Pulumi stack names: letters, digits, '-', '_', '.' (Pulumi's own rule); we keep to
 # lower case and '-' so the name is also a valid cloud tag value and host label part.
 _NOT_NAME = re.compile(r"[^a-z0-9-]+")
@@ -51,14 +55,18 @@ class StackInfo:
     name: str
     last_update: datetime | None  # None: never updated (created, never deployed)
     update_in_progress: bool = False
+    tags: dict[str, str] | None = None  # None: not read (yet)
 
 
-def stale(stacks: list[StackInfo], now: datetime, older_than: timedelta, prefix: str = PREFIX) -> list[str]:
-    """The staging stacks to reap: named with the staging prefix (a backend may
-    qualify names as org/stack: the prefix is matched on the stack part), not being updated
-    right now, and last updated before now - older_than. A stack never updated has
-    nothing to destroy in the cloud and is left to whoever created it."""
+def stale(stacks: list[StackInfo], now: datetime, older_than: timedelta) -> list[str]:
+    """Old enough to reap: not being updated right now, last updated before
+    now - older_than. A stack never updated has nothing to destroy in the cloud and is
+    left to whoever created it."""
     cutoff = now - older_than
     return sorted(s.name for s in stacks
-                  if s.name.rsplit("/", 1)[-1].startswith(prefix) and not s.update_in_progress
-                  and s.last_update is not None and s.last_update < cutoff)
+                  if not s.update_in_progress and s.last_update is not None and s.last_update < cutoff)
+
+
+def made_by_stage(s: StackInfo) -> bool:
+    """Selected by its tag only: `stage up` tagged it (names.STAGING_TAG = "true")."""
+    return (s.tags or {}).get(STAGING_TAG) == "true"

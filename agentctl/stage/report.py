@@ -1,6 +1,6 @@
 """`--report DIR`: DIR/junit.xml (the Ant/Jenkins JUnit format every CI reads; one
 <testsuite> per host's role suite, per agent's escape run, and for idempotence) and
-DIR/summary.md (hosts, counts, the escape table), appended to $GITHUB_STEP_SUMMARY
+DIR/summary.md (hosts, counts, the escape table, the lynis and ssh-audit scores), appended to $GITHUB_STEP_SUMMARY
 when GitHub Actions sets it. Written from a StageResult only."""
 from __future__ import annotations
 
@@ -77,6 +77,11 @@ def summary(result: StageResult) -> str:
         lines += [f"| {e.agent} | {e.vector} | {_cell(e.what)} | {e.expect} | {_cell(e.observed)} | "
                   f"{'**' + e.result + '**' if e.result in ('ESCAPED', 'FAILED') else e.result} |"
                   for e in result.escapes]
+        lines.append("")
+    if result.scores:
+        lines += ["### Scores", "", "| host | lynis hardening index | lynis | ssh-audit |", "|---|---|---|---|"]
+        lines += [f"| {r.host} | {r.lynis_index if r.lynis_index is not None else '?'} | {_cell(r.lynis)} | "
+                  f"{_cell(r.ssh_audit)} |" for r in result.scores]
         lines.append("")
     return "\n".join(lines)
 

@@ -58,12 +58,21 @@ class EscapeRow:
 
 
 @dataclass
+class ScoreRow:
+    host: str
+    lynis_index: int | None   # lynis's hardening index (None: lynis gave none)
+    lynis: str                # its warnings count, or why there is no index
+    ssh_audit: str            # exit code and fail/warn counts
+
+
+@dataclass
 class StageResult:
     stack: str
     cloud: str
     hosts: list[HostRow] = field(default_factory=list)
     suites: list[Suite] = field(default_factory=list)
     escapes: list[EscapeRow] = field(default_factory=list)
+    scores: list[ScoreRow] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
