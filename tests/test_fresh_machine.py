@@ -155,7 +155,8 @@ def offline_apt_repo(distro: str, rootfs: Path, packages: list[str], scratch: Pa
 def wheels(distro: str) -> Path:
     """Every wheel `pip install -e './proxy[server]' -e .[test]` needs (and the build backend)."""
     deps = (ROOT / "pyproject.toml").read_text() + (ROOT / "proxy" / "pyproject.toml").read_text()
-    folder = CACHE / _key(distro, "wheels", deps) / "wheels"
+    ours = ["setuptools>=68", "wheel", "agentctl-proxy[server]", "agentctl[test]"]  # what pip installs
+    folder = CACHE / _key(distro, "wheels", deps, *ours) / "wheels"  # a new recipe, a new folder
     if folder.is_dir() and any(folder.iterdir()):
         return folder
     tmp = folder.parent / ".wheels.tmp"
@@ -171,7 +172,7 @@ def wheels(distro: str) -> Path:
         _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(tmp), *wanted], timeout=1800)
         _run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(tmp), "--find-links", str(tmp),
               "--only-binary=:all:", "--python-version", python, *_manylinux_platforms(),
-              "setuptools>=68", "wheel", "agentctl-proxy[server]", "agentctl[test]"], timeout=1800)  # ours: step 1's wheels
+              *ours], timeout=1800)  # ours: step 1's wheels
     for local in list(tmp.glob("agentctl*")):  # the clone brings its own source
         local.unlink()
     shutil.rmtree(folder, ignore_errors=True)
