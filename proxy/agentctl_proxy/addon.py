@@ -20,7 +20,7 @@ import logging
 from mitmproxy import connection, http
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from agentctl_proxy import bounds, limits
+from agentctl_proxy import bounds, internals
 from agentctl_proxy.hosts import is_canonical_ip, is_valid_name, normalize_host, parse_ip_literal, split_host_port
 from agentctl_proxy.inbound import (authority_problem, drop_header, frame_for_upstream, header_get, header_problem,
                                     is_absolute_form)
@@ -54,9 +54,8 @@ def _host_refusal(host: str, ip: object, what: str) -> tuple[int, str, str] | No
 
 
 class EgressAddon(LayerChoice):
-    # the only layer-choosing addon; the name keeps mitmproxy's proxyserver from
-    # warning that no "nextlayer" addon is loaded
-    name = "nextlayer"
+    # the only layer-choosing addon, in place of mitmproxy's NextLayer (internals.py, 5)
+    name = internals.NEXT_LAYER
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -150,8 +149,8 @@ class EgressAddon(LayerChoice):
         target = normalize_host(req.host)
         v.host, v.port = target, req.port
 
-        if limits.oversized(flow):  # mitmproxy answers 413 whatever we say: record that
-            return self._deny(flow, v, 413, limits.REJECTED_BY, limits.MESSAGE)
+        if internals.oversized(flow):  # mitmproxy answers 413 whatever we say: record that
+            return self._deny(flow, v, 413, internals.REJECTED_BY, internals.MESSAGE)
         if (too_big := bounds.head_problem(req)) is not None:
             return self._deny(flow, v, *too_big)
         if mode == "tunnel" and not tls and target == CONTROL_HOST:
@@ -313,8 +312,8 @@ class EgressAddon(LayerChoice):
             return
         msg = flow.error.msg if flow.error else "error"
         if not v.recorded:  # refused before a decision was final (body cap, client gone)
-            if msg == limits.MESSAGE:
-                v.action, v.rejected_by, v.status_code = "deny", limits.REJECTED_BY, 413
+            if msg == internals.MESSAGE:
+                v.action, v.rejected_by, v.status_code = "deny", internals.REJECTED_BY, 413
             else:
                 v.action, v.rejected_by = "deny", f"request not completed: {msg}"[:200]
             self._record(v, flow.client_conn.peername[0])
@@ -369,13 +368,10 @@ class EgressAddon(LayerChoice):
 
     @staticmethod
     def _restore(server: connection.Server) -> None:
-        # Connection reuse compares addresses by name: give the name back (the IP
-        # stays in server.peername). Server forbids changing address once open to
-        # stop addons from redirecting live connections; this only undoes our own
-        # substitution from server_connect, so we step around that guard.
+        # connection reuse compares addresses by name: give the name back (internals.py, 4)
         original = _ORIGINAL.pop(server.id, None)
         if original is not None:
-            object.__setattr__(server, "address", original)
+            internals.restore_address(server, original)
 
 
 _ORIGINAL: dict[str, tuple[str, int]] = {}

@@ -17,7 +17,7 @@ from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from agentctl_proxy.hosts import normalize_host, parse_ip_literal
 from agentctl_proxy.policy import UNKNOWN_AGENT
-from agentctl_proxy.protocol_errors import ClientProtocolError, RequestRefused
+from agentctl_proxy.internals import ClientProtocolError, RequestRefused
 from agentctl_proxy.verdict import AuditTrail, Verdict, mode_name
 
 log = logging.getLogger("agentctl_proxy")
