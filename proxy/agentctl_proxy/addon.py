@@ -82,7 +82,7 @@ class EgressAddon(LayerChoice):
         host = normalize_host(flow.request.host)
         port = flow.request.port
         v = Verdict(ident.name if ident else UNKNOWN_AGENT, "tunnel", host=host,
-                    method="CONNECT", path=f"{host}:{port}", identity=ident)
+                    method="CONNECT", path=f"{host}:{port}", identity=ident, **self.ids(flow))
         flow.metadata[_META] = v
         ip = parse_ip_literal(host)
         closed = self.rt.policy.closed_set()
@@ -101,6 +101,8 @@ class EgressAddon(LayerChoice):
             else:
                 self._deny(flow, v, 403, "no rule names this host", f"{host} is not allowed")
         self._allow_or_refuse(flow, v)  # one line for the tunnel decision, before the 200
+        if v.action == "allow":  # what goes through the tunnel names this CONNECT
+            self.tunnels[flow.client_conn.id] = flow.id
 
     # --------------------------------------------------------------- requests
 
@@ -109,7 +111,7 @@ class EgressAddon(LayerChoice):
             self._requestheaders(flow)
         except Exception:
             log.exception("policy error; denying the request")
-            v = flow.metadata.get(_META) or Verdict(UNKNOWN_AGENT, "tunnel")
+            v = flow.metadata.get(_META) or Verdict(UNKNOWN_AGENT, "tunnel", **self.ids(flow))
             flow.metadata[_META] = v
             self._deny(flow, v, 500, "internal error", "the proxy failed to decide; denied")
         v = flow.metadata[_META]
@@ -125,7 +127,7 @@ class EgressAddon(LayerChoice):
         sni = normalize_host(client.sni) if client.sni else None
         path, _query = split_target(req.path)
         v = Verdict(ident.name if ident else UNKNOWN_AGENT, mode, sni=sni,
-                    method=req.method, path=path, identity=ident)
+                    method=req.method, path=path, identity=ident, **self.ids(flow))
         flow.metadata[_META] = v
         # never forwarded, whatever happens next
         drop_header(req.headers, b"proxy-authorization")
@@ -225,7 +227,7 @@ class EgressAddon(LayerChoice):
         if flow.response is not None:
             return  # already answered (denied, or the control endpoint)
         if v is None or v.action != "allow":  # no decision was made: fail closed
-            v = v or Verdict(UNKNOWN_AGENT, mode_name(flow.client_conn.proxy_mode))
+            v = v or Verdict(UNKNOWN_AGENT, mode_name(flow.client_conn.proxy_mode), **self.ids(flow))
             flow.metadata[_META] = v
             self._deny(flow, v, 500, "internal error", "no policy decision; denied")
         else:
@@ -345,6 +347,7 @@ class EgressAddon(LayerChoice):
         self._counted[client.id] = agent
 
     def client_disconnected(self, client: connection.Client) -> None:
+        self.tunnels.pop(client.id, None)
         agent = self._counted.pop(client.id, None)
         if agent is not None:
             self._open[agent] -= 1

@@ -151,7 +151,7 @@ class LayerChoice(AuditTrail):
         v = Verdict(ident.name if ident else UNKNOWN_AGENT, mode_name(client.proxy_mode),
                     host=normalize_host(f.request.host) if f.request.host else "", sni=sni,
                     method=f.request.method, path=f.request.path, action="deny",
-                    rejected_by=f"mitmproxy: {data.message}", status_code=data.status)
+                    rejected_by=f"mitmproxy: {data.message}", status_code=data.status, **self.ids(f))
         self._record(v, client.peername[0])
 
     def _agent(self, ctx) -> str:
