@@ -98,6 +98,12 @@ class LayerChoice(AuditTrail):
         if sni is not None and sni != target:
             self._deny_conn(ctx.client, "tunnel", target, sni, "SNI differs from CONNECT target", self._agent(ctx))
             return Refuse(ctx)
+        # The upstream is asked for, and verified as, the name without its trailing dot.
+        # Left unset, mitmproxy's TlsConfig.tls_start_server takes `client.sni or
+        # server.address[0]` as sent, and `api.example.test.` matches no certificate: 502.
+        # An IP target keeps mitmproxy's default (no SNI, the address verified).
+        if parse_ip_literal(target) is None:
+            ctx.server.sni = target  # normalized; equal to the SNI when there is one
         server_tls = ServerTLSLayer(ctx)
         server_tls.child_layer = ClientTLSLayer(ctx)
         return server_tls
