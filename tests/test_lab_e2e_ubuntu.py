@@ -51,6 +51,17 @@ def test_host_rebooted_once_for_sshd(ubuntu_lab, host):
     assert converged and converged[-1] > rebooted, "the host did not converge again after its reboot"
 
 
+def test_proxy_runs_mitmproxy_12_as_on_a_real_ubuntu_host(ubuntu_lab):
+    """Ubuntu 24.04's Python 3.12 gets what `pip install agentctl-proxy` gives a real host:
+    mitmproxy 12.x (lab/image.py pins nothing there); the proxy imports with it."""
+    proc = ubuntu_lab["cli"]("ssh", "proxy", "/opt/agentctl-proxy/venv/bin/python", "-c",
+                             "import mitmproxy.version as v, agentctl_proxy.internals, sys; "
+                             "print(v.VERSION, '%d.%d' % sys.version_info[:2])")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    mitm, python = proc.stdout.split()
+    assert mitm.startswith("12.") and python == "3.12", proc.stdout
+
+
 def test_verify_passes(ubuntu_lab):
     proc = ubuntu_lab["cli"]("verify")
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
