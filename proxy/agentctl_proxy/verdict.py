@@ -20,6 +20,7 @@ from agentctl_proxy.policy import Identity
 from agentctl_proxy.runtime import Runtime
 
 log = logging.getLogger("agentctl_proxy")
+META = "agentctl"  # the flow.metadata key of a flow's Verdict
 
 
 @dataclass

@@ -71,3 +71,23 @@ def test_an_error_while_starting_the_listeners_still_stops_the_proxy(pki, tmp_pa
                            capture_output=True, text=True, timeout=60)
     assert p.returncode == 1, p.stderr
     assert "Error logged during startup" in p.stderr
+
+
+def test_each_hook_lives_in_exactly_one_concern():
+    """EgressAddon composes single-concern classes (addon.py); none may shadow another's
+    hook, or that hook would silently never run."""
+    import inspect as _inspect
+
+    from mitmproxy import hooks
+
+    from agentctl_proxy.addon import EgressAddon
+    from agentctl_proxy.internals import ClientProtocolErrorHook, RequestRefusedHook
+
+    names = set(hooks.all_hooks) | {ClientProtocolErrorHook.name, RequestRefusedHook.name}
+    owners: dict[str, list[str]] = {}
+    for cls in EgressAddon.__mro__[1:]:
+        for name, member in vars(cls).items():
+            if name in names and _inspect.isfunction(member):
+                owners.setdefault(name, []).append(cls.__name__)
+    assert all(len(v) == 1 for v in owners.values()), owners
+    assert {"requestheaders", "responseheaders", "client_connected", "server_connect", "next_layer"} <= set(owners)
