@@ -117,3 +117,29 @@ def test_concurrent_requests_pair_by_request_id_and_name_their_connect(pki, upst
         assert connects[decision["conn_id"]]["request_id"] == decision["connect_id"]
     per_conn = [sum(1 for r in gets if r["conn_id"] == c and r["event"] == "decision") for c in connects]
     assert per_conn == [per_tunnel] * tunnels
+
+
+def test_a_refusal_inside_a_tunnel_names_its_connect(pki, upstreams, start_proxy, tmp_path_factory):
+    """A connection-level refusal after the CONNECT (here an SNI that is not the CONNECT
+    target) has an id of its own and names the CONNECT's request_id and connection."""
+    import ssl
+    import time
+
+    work = tmp_path_factory.mktemp("ids-refusal")
+    p = start_proxy(_config(pki, work), workdir=work)
+    try:
+        sock = connect_tunnel(p, SCOUT, "api.example.test:443", pki["ca_cert"], sni="other.example.test")
+        sock.close()
+    except (ssl.SSLError, OSError):
+        pass  # refused at the ClientHello: the connection is closed
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in p.audit_path.read_text().splitlines()]
+        if len(lines) >= 2:
+            break
+        time.sleep(0.05)
+    connect, refusal = lines[0], lines[1]
+    assert connect["method"] == "CONNECT" and connect["action"] == "allow"
+    assert refusal["rejected_by"] == "SNI differs from CONNECT target"
+    assert refusal["connect_id"] == connect["request_id"] and refusal["conn_id"] == connect["conn_id"]
+    assert refusal["request_id"] not in (None, connect["request_id"])
