@@ -26,6 +26,7 @@ import asyncio
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import ssl
@@ -286,6 +287,7 @@ def start_squid(work: Path, ca: tuple[Path, Path], bundle: str) -> tuple[subproc
     conf.write_text(SQUID_CONF.format(port=port, cert=d / "ca.pem", key=d / "ca.key", certgen=CERTGEN, work=d,
                                       bundle=d / "upstream.pem",
                                       up_ip=UP_IP, up_name=UP_NAME, up_port=UP_PORT))
+    os.chmod(d / "ca.key", 0o600)
     subprocess.run(["chown", "-R", "proxy:", str(d)], check=True)  # Squid runs as `proxy`
     os.chmod(work, 0o755)  # (mkdtemp made it 0700) so `proxy` reaches its own folder
     p = subprocess.Popen([SQUID, "-N", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -521,6 +523,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         upstream.close()
+        shutil.rmtree(work, ignore_errors=True)  # the throwaway CAs' keys with it
     loads.append(("end", loadavg()))
     write_report(Path(args.out), names, runs, mem, micro, args, loads, calib)
 
