@@ -3,6 +3,7 @@ so the first boot ends in the one reboot converge asks for, and the host must co
 back hardened. Runs when Ubuntu's archive answers (the image is built from it)."""
 import json
 import re
+import shlex
 import urllib.request
 
 import pytest
@@ -49,6 +50,17 @@ def test_host_rebooted_once_for_sshd(ubuntu_lab, host):
     converged = [m.start() for m in re.finditer(r"agentctl: \w+ host \w+ converged after", console)]
     assert len(asked) == 1 and rebooted > asked[0], "converge did not ask for exactly one reboot"
     assert converged and converged[-1] > rebooted, "the host did not converge again after its reboot"
+
+
+def test_proxy_runs_mitmproxy_12_as_on_a_real_ubuntu_host(ubuntu_lab):
+    """Ubuntu 24.04's Python 3.12 gets what `pip install agentctl-proxy` gives a real host:
+    mitmproxy 12.x (lab/image.py pins nothing there); the proxy imports with it."""
+    probe = "import mitmproxy.version as v, agentctl_proxy.internals, sys; print(v.VERSION, sys.version[:4])"
+    # ssh hands the remote shell one command line: quote it as one
+    proc = ubuntu_lab["cli"]("ssh", "proxy", shlex.join(["/opt/agentctl-proxy/venv/bin/python", "-c", probe]))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    mitm, python = proc.stdout.split()
+    assert mitm.startswith("12.") and python == "3.12", proc.stdout
 
 
 def test_verify_passes(ubuntu_lab):

@@ -25,7 +25,16 @@ def test_read_package_file_skips_comments(tmp_path):
 def test_proxy_requirements_keep_the_pins():
     reqs = image.proxy_requirements(ROOT)
     assert "mitmproxy==11.0.2" in reqs and "bcrypt<5" in reqs
-    assert not any(r.startswith("mitmproxy>") for r in reqs)
+    assert [r for r in reqs if r.startswith("mitmproxy")] == ["mitmproxy==11.0.2"]
+
+
+def test_ubuntu_image_gets_what_pip_gives_an_ubuntu_host():
+    """Python 3.12: proxy/pyproject.toml's own requirement, mitmproxy 12 (no pin of ours,
+    no bcrypt<5: mitmproxy >= 12.2 needs bcrypt 5), markers resolved for 3.12."""
+    reqs = image.proxy_requirements(ROOT, "ubuntu-24.04")
+    mitm = [r for r in reqs if r.startswith("mitmproxy")]
+    assert len(mitm) == 1 and ">=12.2" in mitm[0] and "<13" in mitm[0]
+    assert not any(r.startswith("bcrypt") for r in reqs) and not any(";" in r for r in reqs)
 
 
 def test_cache_key_changes_with_packages_distro_and_week_only():

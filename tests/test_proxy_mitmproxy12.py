@@ -1,10 +1,9 @@
 """The proxy's own suite (proxy/tests) again on Python >= 3.12 with mitmproxy 12.x.
 
-proxy/pyproject.toml allows mitmproxy 11.0.x (the newest there is for Python 3.11, which
-runs every other test) and 12.x (Python >= 3.12: what `pip install agentctl-proxy` gets on
-Ubuntu 24.04). The proxy replaces or wraps a few mitmproxy internals (limits.py,
-protocol_errors.py, dispatch.py) and uses its DNS types, so both halves of that range
-must pass the same real-process tests.
+proxy/pyproject.toml allows mitmproxy 11.0.x on Python 3.11 (which runs every other test)
+and 12.x from 12.2 on Python >= 3.12 (what `pip install agentctl-proxy` gets on Ubuntu
+24.04). The proxy wraps a few mitmproxy internals (all in internals.py, with canary tests)
+and uses its DNS types, so both halves of that range must pass the same real-process tests.
 
 The venv holds only third-party packages and is cached by its requirement list; the
 code under test comes from this checkout through PYTHONPATH.
@@ -52,7 +51,7 @@ def requirements() -> list[str]:
     project = tomllib.loads((ROOT / "proxy" / "pyproject.toml").read_text())["project"]
     deps = [d for d in project["dependencies"] + project["optional-dependencies"]["server"]
             if not d.replace(" ", "").startswith("mitmproxy")]
-    return ["mitmproxy>=12,<13", *deps, *project["optional-dependencies"]["test"]]
+    return ["mitmproxy>=12.2,<13", *deps, *project["optional-dependencies"]["test"]]
 
 
 def _venv(python: str, version: str, reqs: list[str]) -> Path:

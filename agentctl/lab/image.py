@@ -12,7 +12,6 @@ import datetime
 import hashlib
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import tomllib
 import urllib.request
 from pathlib import Path
 from typing import Callable
+
+from packaging.requirements import Requirement
 
 from agentctl.errors import AgentctlError
 from agentctl.render import read_package_file
@@ -34,7 +35,11 @@ PROXY_VENV = "/opt/agentctl-proxy/venv"
 # lab's checks call (lynis for `lab verify --score`, iproute2/procps for escape).
 LAB_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "iproute2", "procps", "cloud-init",
                 "locales", "lynis", "netbase", "python3", "ca-certificates"]
-PROXY_VENV_PINS = ["mitmproxy==11.0.2", "bcrypt<5"]
+# Pins on top of proxy/pyproject.toml, by the image's Python. Debian 12 (3.11): mitmproxy
+# 11.0.2, with bcrypt<5 for its passlib (docs/design.md). Ubuntu 24.04 (3.12): none, so the
+# venv gets what `pip install agentctl-proxy` gives a real Ubuntu host: the newest mitmproxy
+# 12.x that proxy/pyproject.toml allows.
+PROXY_VENV_PINS = {"3.11": ["mitmproxy==11.0.2", "bcrypt<5"], "3.12": []}
 
 DISTROS = {
     "debian-12": {"suite": "bookworm", "python": "3.11", "mirrors": [
@@ -73,17 +78,26 @@ def package_list(project_dir: Path) -> list[str]:
     return sorted(names)
 
 
-def proxy_requirements(project_dir: Path) -> list[str]:
-    """The proxy venv's third-party requirements: the proxy's own dependencies plus the
-    pins known to be needed (docs/design.md). The proxy itself is installed at `lab up`."""
-    reqs = list(PROXY_VENV_PINS)
+def proxy_requirements(project_dir: Path, distro: str = "debian-12") -> list[str]:
+    """The proxy venv's third-party requirements for a distro's Python: the proxy's own
+    dependencies whose environment markers hold there (written without the marker: the
+    wheels are fetched by another Python), plus that Python's pins. The proxy itself is
+    installed at `lab up`."""
+    python = DISTROS[distro]["python"]
+    pins = PROXY_VENV_PINS[python]
+    reqs = list(pins)
     pyproject = Path(project_dir) / "proxy" / "pyproject.toml"
     if pyproject.is_file():
         project = tomllib.loads(pyproject.read_text()).get("project", {})
         # the proxy host runs agentctl-proxy[server]: its base install is only the schema
         deps = project.get("dependencies", []) + project.get("optional-dependencies", {}).get("server", [])
-        pinned = {re.split(r"[<>=!~ \[]", p, maxsplit=1)[0].lower() for p in PROXY_VENV_PINS}
-        reqs += [d for d in deps if re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower() not in pinned]
+        pinned = {Requirement(p).name.lower() for p in pins}
+        env = {"python_version": python, "python_full_version": python + ".0"}
+        for dep in map(Requirement, deps):
+            if dep.name.lower() in pinned or (dep.marker is not None and not dep.marker.evaluate(env)):
+                continue
+            dep.marker = None
+            reqs.append(str(dep))
     return reqs
 
 
@@ -101,7 +115,7 @@ def image_path(cache_dir: Path, key: str) -> Path:
 def ensure_image(project_dir: Path, distro: str = "debian-12", cache_dir: Path = DEFAULT_CACHE_DIR,
                  progress: Progress = lambda _msg: None, today: datetime.date | None = None) -> Path:
     """Return the cached rootfs for this package list and week, building it if missing."""
-    packages, reqs = package_list(project_dir), proxy_requirements(project_dir)
+    packages, reqs = package_list(project_dir), proxy_requirements(project_dir, distro)
     key = cache_key(distro, packages, reqs, today or datetime.date.today())
     target = image_path(cache_dir, key)
     if (target / "etc" / "os-release").exists():
@@ -127,8 +141,12 @@ def build_image(target: Path, distro: str, packages: list[str], reqs: list[str],
         # `pip wheel`, not `pip download`: a few dependencies are sdists only
         # (pyperclip), and the image's pip has no index to build them from.
         progress("fetching the proxy venv's wheels from PyPI")
-        _run(["python3", "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), *reqs], "pip wheel")
-        if spec["python"] != "%d.%d" % sys.version_info[:2]:
+        same_python = spec["python"] == "%d.%d" % sys.version_info[:2]
+        # Another Python may not install these at all (mitmproxy 12 needs >= 3.12): then
+        # the binary wheels below are all there is, and must be enough.
+        _run(["python3", "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), *reqs], "pip wheel",
+             required=same_python)
+        if not same_python:
             # The image's Python differs from ours: add its binary wheels. The pure
             # wheels just built (those sdists among them) satisfy the rest.
             _run(["python3", "-m", "pip", "download", "--quiet", "--dest", str(wheels), "--find-links", str(wheels),
@@ -226,8 +244,8 @@ apt-get -o Dir="$root" clean 2>/dev/null || rm -rf "$root"/var/cache/apt/archive
 """
 
 
-def _run(cmd: list[str], what: str) -> None:
+def _run(cmd: list[str], what: str, required: bool = True) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and required:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
         raise ImageBuildError(f"lab image: {what} failed (exit {proc.returncode}): " + " | ".join(tail))

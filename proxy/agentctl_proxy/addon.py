@@ -1,14 +1,24 @@
-"""The mitmproxy addon: policy, credentials, limits and audit on each request.
+"""agentctl-proxy's addon: one concern per class, each in its own module, as
+mitmproxy's own addons/ are written; EgressAddon composes them into one addon.
 
 Decision points, in the order a request meets them:
-  next_layer     which protocol runs on a connection (layer_choice.py)
-  http_connect   CONNECT target named by a grant, on an allowed port (before TLS)
-  requestheaders identity, request-target and Host = target, canonical path, grant,
-                 rate, body size
-  request        upstream address vs upstream_deny_cidrs, secret injection; the
-                 decision line of an allowed request is written here, before upstream
-  server_connect the connection goes to the address that was checked
-How decisions reach the audit file: verdict.py.
+  client_connected  at most N open connections per agent (connections.py)
+  next_layer        which protocol runs on a connection (layer_choice.py)
+  http_connect      CONNECT target named by a grant, on an allowed port (before TLS)
+  requestheaders    identity, request-target and Host = target, canonical path, grant,
+                    rate, body size
+  request           upstream address vs upstream_deny_cidrs, secret injection; the
+                    decision line of an allowed request is written here, before upstream
+  server_connect    the connection goes to the address that was checked (pinning.py)
+  responseheaders.. streamed, capped, completed (responses.py)
+The last three hooks are RequestPolicy's, below. How decisions reach the audit file:
+verdict.py.
+
+Why one addon in the chain and not five: mitmproxy's AddonManager visits every addon for
+every event, and again for the `update` that follows each flow event, whether or not it
+has a handler (~5 us per addon per event here; bench/results/proxy.md): five entries
+would add about 0.15 ms of dispatch to each keep-alive request. Composed, each hook still
+lives in exactly one class, and mitmproxy's dispatch is untouched.
 """
 
 from __future__ import annotations
@@ -17,24 +27,25 @@ import asyncio
 import json
 import logging
 
-from mitmproxy import connection, http
-from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+from mitmproxy import http
 
-from agentctl_proxy import bounds, limits
+from agentctl_proxy import bounds, internals
+from agentctl_proxy.connections import Connections
 from agentctl_proxy.hosts import is_canonical_ip, is_valid_name, normalize_host, parse_ip_literal, split_host_port
 from agentctl_proxy.inbound import (authority_problem, drop_header, frame_for_upstream, header_get, header_problem,
                                     is_absolute_form)
 from agentctl_proxy.layer_choice import LayerChoice
 from agentctl_proxy.netguard import UpstreamDenied
 from agentctl_proxy.paths import check_path, check_query, split_target
+from agentctl_proxy.pinning import UpstreamPin
 from agentctl_proxy.policy import UNKNOWN_AGENT
+from agentctl_proxy.responses import Responses
 from agentctl_proxy.secrets import SecretUnavailable, render
-from agentctl_proxy.verdict import Verdict, mode_name
+from agentctl_proxy.verdict import META, AuditTrail, Verdict, mode_name
 
 log = logging.getLogger("agentctl_proxy")
 
 CONTROL_HOST = "agentctl-proxy.internal"
-_META = "agentctl"
 AUDIT_DOWN = "audit unavailable"
 
 
@@ -53,15 +64,8 @@ def _host_refusal(host: str, ip: object, what: str) -> tuple[int, str, str] | No
     return None
 
 
-class EgressAddon(LayerChoice):
-    # the only layer-choosing addon; the name keeps mitmproxy's proxyserver from
-    # warning that no "nextlayer" addon is loaded
-    name = "nextlayer"
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._open: dict[str, int] = {}  # open client connections per agent
-        self._counted: dict[str, str] = {}  # client id -> the agent it is counted for
+class RequestPolicy(AuditTrail):
+    """The decision on each CONNECT and request: policy, credentials, the decision line."""
 
     # ---------------------------------------------------------------- helpers
 
@@ -83,8 +87,8 @@ class EgressAddon(LayerChoice):
         host = normalize_host(flow.request.host)
         port = flow.request.port
         v = Verdict(ident.name if ident else UNKNOWN_AGENT, "tunnel", host=host,
-                    method="CONNECT", path=f"{host}:{port}", identity=ident)
-        flow.metadata[_META] = v
+                    method="CONNECT", path=f"{host}:{port}", identity=ident, **self.ids(flow))
+        flow.metadata[META] = v
         ip = parse_ip_literal(host)
         closed = self.rt.policy.closed_set()
         if ident is None:
@@ -102,6 +106,8 @@ class EgressAddon(LayerChoice):
             else:
                 self._deny(flow, v, 403, "no rule names this host", f"{host} is not allowed")
         self._allow_or_refuse(flow, v)  # one line for the tunnel decision, before the 200
+        if v.action == "allow":  # what goes through the tunnel names this CONNECT
+            self.tunnels[flow.client_conn.id] = flow.id
 
     # --------------------------------------------------------------- requests
 
@@ -110,10 +116,10 @@ class EgressAddon(LayerChoice):
             self._requestheaders(flow)
         except Exception:
             log.exception("policy error; denying the request")
-            v = flow.metadata.get(_META) or Verdict(UNKNOWN_AGENT, "tunnel")
-            flow.metadata[_META] = v
+            v = flow.metadata.get(META) or Verdict(UNKNOWN_AGENT, "tunnel", **self.ids(flow))
+            flow.metadata[META] = v
             self._deny(flow, v, 500, "internal error", "the proxy failed to decide; denied")
-        v = flow.metadata[_META]
+        v = flow.metadata[META]
         if flow.response is not None:  # refused (or answered by the proxy) here: final
             self._record(v, flow.client_conn.peername[0])
         # an allow is final only in `request`, after the upstream and secret checks
@@ -126,8 +132,8 @@ class EgressAddon(LayerChoice):
         sni = normalize_host(client.sni) if client.sni else None
         path, _query = split_target(req.path)
         v = Verdict(ident.name if ident else UNKNOWN_AGENT, mode, sni=sni,
-                    method=req.method, path=path, identity=ident)
-        flow.metadata[_META] = v
+                    method=req.method, path=path, identity=ident, **self.ids(flow))
+        flow.metadata[META] = v
         # never forwarded, whatever happens next
         drop_header(req.headers, b"proxy-authorization")
         tls = client.tls
@@ -150,8 +156,8 @@ class EgressAddon(LayerChoice):
         target = normalize_host(req.host)
         v.host, v.port = target, req.port
 
-        if limits.oversized(flow):  # mitmproxy answers 413 whatever we say: record that
-            return self._deny(flow, v, 413, limits.REJECTED_BY, limits.MESSAGE)
+        if internals.oversized(flow):  # mitmproxy answers 413 whatever we say: record that
+            return self._deny(flow, v, 413, internals.REJECTED_BY, internals.MESSAGE)
         if (too_big := bounds.head_problem(req)) is not None:
             return self._deny(flow, v, *too_big)
         if mode == "tunnel" and not tls and target == CONTROL_HOST:
@@ -222,12 +228,12 @@ class EgressAddon(LayerChoice):
         if req.method == "PRI" and req.path == "*" and req.http_version == "HTTP/2.0":
             flow.kill()
             return
-        v: Verdict | None = flow.metadata.get(_META)
+        v: Verdict | None = flow.metadata.get(META)
         if flow.response is not None:
             return  # already answered (denied, or the control endpoint)
         if v is None or v.action != "allow":  # no decision was made: fail closed
-            v = v or Verdict(UNKNOWN_AGENT, mode_name(flow.client_conn.proxy_mode))
-            flow.metadata[_META] = v
+            v = v or Verdict(UNKNOWN_AGENT, mode_name(flow.client_conn.proxy_mode), **self.ids(flow))
+            flow.metadata[META] = v
             self._deny(flow, v, 500, "internal error", "no policy decision; denied")
         else:
             try:
@@ -281,118 +287,9 @@ class EgressAddon(LayerChoice):
         v.transforms.append("secrets")
         return None
 
-    # -------------------------------------------------------------- responses
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        resp = flow.response
-        assert resp is not None
-        cap = self.rt.config.proxy.max_response_body_bytes
-        v: Verdict | None = flow.metadata.get(_META)
-        if cap is not None and v is not None and v.action == "allow":
-            length = resp.headers.get("content-length", "")
-            if length.isdigit() and int(length) > cap:
-                v.action, v.rejected_by, v.status_code = "deny", "max_response_body_bytes", 502
-                flow.kill()
-                return
-            resp.stream = _Capped(cap, flow)
-        else:
-            resp.stream = True  # streamed, never buffered: SSE and long downloads
+class EgressAddon(RequestPolicy, Responses, Connections, UpstreamPin, LayerChoice):
+    """The one addon agentctl-proxy adds to mitmproxy's chain (see the module docstring)."""
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        v: Verdict | None = flow.metadata.get(_META)
-        if v is None or flow.request.method == "CONNECT":
-            return
-        if v.action == "allow" and flow.response is not None:
-            v.status_code = flow.response.status_code
-        if flow.websocket is None:  # a WebSocket completes at websocket_end
-            self._complete(flow, v)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        v: Verdict | None = flow.metadata.get(_META)
-        if v is None or flow.request.method == "CONNECT":
-            return
-        msg = flow.error.msg if flow.error else "error"
-        if not v.recorded:  # refused before a decision was final (body cap, client gone)
-            if msg == limits.MESSAGE:
-                v.action, v.rejected_by, v.status_code = "deny", limits.REJECTED_BY, 413
-            else:
-                v.action, v.rejected_by = "deny", f"request not completed: {msg}"[:200]
-            self._record(v, flow.client_conn.peername[0])
-            return
-        if v.action == "allow":
-            v.status_code = flow.response.status_code if flow.response else 502
-            v.rejected_by = f"upstream error: {msg}"[:200]
-        self._complete(flow, v)
-
-    def websocket_end(self, flow: http.HTTPFlow) -> None:
-        v: Verdict | None = flow.metadata.get(_META)
-        if v is not None:
-            self._complete(flow, v)
-
-    # ---------------------------------------------------------- connections
-
-    def client_connected(self, client: connection.Client) -> None:
-        """At most bounds.MAX_CLIENT_CONNECTIONS open connections per agent (every client
-        that is no agent shares one count): each connection may hold a request head and
-        body in memory. mitmproxy closes a client whose `error` is set here."""
-        ident = self._identify(client)
-        agent = ident.name if ident else UNKNOWN_AGENT
-        if self._open.get(agent, 0) >= bounds.MAX_CLIENT_CONNECTIONS:
-            client.error = "too many connections"
-            self._deny_conn(client, mode_name(client.proxy_mode), "", None,
-                            f"over {bounds.MAX_CLIENT_CONNECTIONS} open connections", agent)
-            return
-        self._open[agent] = self._open.get(agent, 0) + 1
-        self._counted[client.id] = agent
-
-    def client_disconnected(self, client: connection.Client) -> None:
-        agent = self._counted.pop(client.id, None)
-        if agent is not None:
-            self._open[agent] -= 1
-
-    async def server_connect(self, data: ServerConnectionHookData) -> None:
-        """Connect to the address that passed upstream_deny_cidrs, never re-resolve."""
-        host, port = data.server.address
-        try:
-            ip = await self.rt.resolver.resolve(normalize_host(host), port)
-        except UpstreamDenied as e:
-            data.server.error = str(e)
-            return
-        _ORIGINAL[data.server.id] = data.server.address
-        data.server.address = (str(ip), port)
-
-    def server_connected(self, data: ServerConnectionHookData) -> None:
-        self._restore(data.server)
-
-    def server_connect_error(self, data: ServerConnectionHookData) -> None:
-        self._restore(data.server)
-
-    @staticmethod
-    def _restore(server: connection.Server) -> None:
-        # Connection reuse compares addresses by name: give the name back (the IP
-        # stays in server.peername). Server forbids changing address once open to
-        # stop addons from redirecting live connections; this only undoes our own
-        # substitution from server_connect, so we step around that guard.
-        original = _ORIGINAL.pop(server.id, None)
-        if original is not None:
-            object.__setattr__(server, "address", original)
-
-
-_ORIGINAL: dict[str, tuple[str, int]] = {}
-
-
-class _Capped:
-    """Streams a response body, cutting the connection once it passes the cap."""
-
-    def __init__(self, cap: int, flow: http.HTTPFlow) -> None:
-        self.left = cap
-        self.flow = flow
-
-    def __call__(self, chunk: bytes) -> bytes:
-        self.left -= len(chunk)
-        if self.left < 0:
-            v = self.flow.metadata.get(_META)
-            if v is not None:
-                v.action, v.rejected_by = "deny", "max_response_body_bytes"
-            raise ConnectionAbortedError("response exceeds max_response_body_bytes")
-        return chunk
+    # the only layer-choosing addon, in place of mitmproxy's NextLayer (internals.py, 5)
+    name = internals.NEXT_LAYER

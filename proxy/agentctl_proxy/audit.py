@@ -31,14 +31,18 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps uses
 
 # docs/design.md's keys plus `event`: "decision" (written before the proxy acts on it) or
-# "complete" (an allowed exchange ended; carries the final status and duration).
+# "complete" (an allowed exchange ended; carries the final status and duration), and the
+# ids that tie lines together (docs/audit.md): `request_id` (the same on a request's
+# decision and complete lines), `conn_id` (the client connection) and `connect_id` (the
+# request_id of the CONNECT whose tunnel carried the request).
 KEYS = (
-    "time", "event", "remote_addr", "agent", "mode", "host", "sni", "method", "path", "action",
+    "time", "event", "request_id", "conn_id", "connect_id", "remote_addr", "agent", "mode", "host", "sni", "method", "path", "action",
     "rule", "rejected_by", "status_code", "duration_ms", "request_transforms",
 )
 # the line with a %s for each value's JSON text, keys in KEYS order
@@ -49,8 +53,8 @@ _TEMPLATE = "{" + ",".join(f'"{k}":%s' for k in KEYS) + "}\n"
 # longer than MAX_LINE_BYTES (tests/test_audit.py builds the worst case), so one line
 # costs the disk a known amount whatever an agent sends.
 _VALUE_BYTES = {
-    "time": 40, "event": 16, "remote_addr": 64, "agent": 80, "mode": 16, "host": 300, "sni": 300,
-    "method": 64, "path": 2048, "action": 16, "rule": 256, "rejected_by": 512, "status_code": 24,
+    "time": 40, "event": 16, "request_id": 40, "conn_id": 40, "connect_id": 40, "remote_addr": 64, "agent": 80, "mode": 16, "host": 300, "sni": 300,
+    "method": 64, "path": 1900, "action": 16, "rule": 256, "rejected_by": 512, "status_code": 24,
     "duration_ms": 32, "request_transforms": 128,
 }
 _LIMITS = tuple(_VALUE_BYTES[k] for k in KEYS)
@@ -165,9 +169,12 @@ class AuditLog:
             return True
 
     def write(self, **fields: object) -> dict:
-        """Write one line of these fields (by KEYS name; others are dropped)."""
+        """Write one line of these fields (by KEYS name; others are dropped); a line
+        without a request_id gets one of its own."""
         record = {k: fields.get(k) for k in KEYS}
         record["time"] = self._clock.now()
+        if record["request_id"] is None:
+            record["request_id"] = new_id()
         self._emit(encode_line(tuple(record.values())))
         return record
 
@@ -195,6 +202,12 @@ class AuditLog:
 
 
 SUMMARY_SECONDS = 10.0
+
+
+def new_id() -> str:
+    """An id for a line that no mitmproxy flow names (connection refusals, DNS answers,
+    summaries): the same form as mitmproxy's flow and connection ids (uuid4)."""
+    return str(uuid.uuid4())
 
 
 @dataclass

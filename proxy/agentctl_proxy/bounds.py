@@ -6,11 +6,11 @@ policy work. The numbers are listed in the README's "Security bounds" section.
 
 Where they are enforced:
 - HTTP/1: a head that is still unterminated past MAX_HEAD_BYTES is refused with 431 by
-  the connection layer (protocol_errors.py), so a head that never ends costs at most
+  the connection layer (internals.py), so a head that never ends costs at most
   that much memory (plus one socket read); a complete head is checked here.
 - HTTP/2: h2 refuses a header block whose decoded size passes its
   DEFAULT_MAX_HEADER_LIST_SIZE (64 KiB; h2/connection.py, checked by
-  tests/test_protocol_errors.py) with a connection error, audited as an HTTP/2
+  tests/test_internals_protocol_errors.py) with a connection error, audited as an HTTP/2
   protocol error; a block under that is checked here.
 """
 

@@ -104,7 +104,7 @@ def frame_for_upstream(req: http.Request) -> str | None:
     mitmproxy converts an HTTP/2 request for an HTTP/1.1 upstream without adding any
     framing (proxy/layers/http/_http1.py, Http1Client.send): a body without
     Content-Length would follow the head unframed and be read as a second request. The
-    body is fully buffered by now (we never stream requests: limits.py), so its length is
+    body is fully buffered by now (we never stream requests: internals.py), so its length is
     known: Content-Length is set from it, and chunked framing is dropped (mitmproxy would
     re-chunk it). Trailers cannot be carried by that framing, and Http1Client.send fails
     on them: refused. The method is forwarded as the decision read it (upper case).

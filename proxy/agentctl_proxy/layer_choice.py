@@ -17,7 +17,7 @@ from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from agentctl_proxy.hosts import normalize_host, parse_ip_literal
 from agentctl_proxy.policy import UNKNOWN_AGENT
-from agentctl_proxy.protocol_errors import ClientProtocolError, RequestRefused
+from agentctl_proxy.internals import ClientProtocolError, RequestRefused
 from agentctl_proxy.verdict import AuditTrail, Verdict, mode_name
 
 log = logging.getLogger("agentctl_proxy")
@@ -98,6 +98,12 @@ class LayerChoice(AuditTrail):
         if sni is not None and sni != target:
             self._deny_conn(ctx.client, "tunnel", target, sni, "SNI differs from CONNECT target", self._agent(ctx))
             return Refuse(ctx)
+        # The upstream is asked for, and verified as, the name without its trailing dot.
+        # Left unset, mitmproxy's TlsConfig.tls_start_server takes `client.sni or
+        # server.address[0]` as sent, and `api.example.test.` matches no certificate: 502.
+        # An IP target keeps mitmproxy's default (no SNI, the address verified).
+        if parse_ip_literal(target) is None:
+            ctx.server.sni = target  # normalized; equal to the SNI when there is one
         server_tls = ServerTLSLayer(ctx)
         server_tls.child_layer = ClientTLSLayer(ctx)
         return server_tls
@@ -151,7 +157,7 @@ class LayerChoice(AuditTrail):
         v = Verdict(ident.name if ident else UNKNOWN_AGENT, mode_name(client.proxy_mode),
                     host=normalize_host(f.request.host) if f.request.host else "", sni=sni,
                     method=f.request.method, path=f.request.path, action="deny",
-                    rejected_by=f"mitmproxy: {data.message}", status_code=data.status)
+                    rejected_by=f"mitmproxy: {data.message}", status_code=data.status, **self.ids(f))
         self._record(v, client.peername[0])
 
     def _agent(self, ctx) -> str:

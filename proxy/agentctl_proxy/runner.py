@@ -21,7 +21,7 @@ from mitmproxy import options as mopts
 from mitmproxy.addons import core, errorcheck, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from agentctl_proxy import dispatch, dns_server, health, limits, pki, protocol_errors
+from agentctl_proxy import dns_server, health, internals, pki
 from agentctl_proxy.addon import EgressAddon
 from agentctl_proxy.audit import AuditLog
 from agentctl_proxy.config import Config, ConfigError, load_config, parse_listen
@@ -178,7 +178,7 @@ class ProxyApp:
             old.close()
         else:
             self.audit.reopen()  # SIGHUP is also logrotate's postrotate signal
-        limits.install(cfg.proxy.max_request_body_bytes)
+        internals.set_request_limit(cfg.proxy.max_request_body_bytes)
         self.addon.refusals.budget.configure(cfg.log.refusal_burst, cfg.log.refusal_rate)
         self.addon.rt = rt
         self.cfg = cfg
@@ -189,10 +189,8 @@ class ProxyApp:
     async def run(self) -> None:
         confdir = prepare_confdir(self.cfg, self.config_path)
         try:
-            limits.install(self.cfg.proxy.max_request_body_bytes)
-            protocol_errors.install()
+            internals.install(self.cfg.proxy.max_request_body_bytes)
             master = self.master = Master(mopts.Options(), with_termlog=False)
-            dispatch.install(master)  # each event goes only to the addons that handle it
             # The chain holds only what serves requests. Not mitmproxy's DisableH2C: the
             # addon refuses every request that it acts on (see EgressAddon.request).
             master.addons.add(

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from mitmproxy import connection, http
 from mitmproxy.proxy import mode_specs
 
-from agentctl_proxy.audit import AuditLog, BudgetedAudit, RefusalBudget
+from agentctl_proxy.audit import AuditLog, BudgetedAudit, RefusalBudget, new_id
 from agentctl_proxy.policy import Identity
 from agentctl_proxy.runtime import Runtime
 
 log = logging.getLogger("agentctl_proxy")
+META = "agentctl"  # the flow.metadata key of a flow's Verdict
 
 
 @dataclass
@@ -47,6 +48,10 @@ class Verdict:
     recorded: bool = False  # its decision line is in the audit file
     forwarded: bool = False  # recorded as allowed: the upstream exchange may start
     completed: bool = False  # its "complete" line is written
+    # docs/audit.md: how lines are tied together
+    request_id: str | None = None  # mitmproxy's flow id; a fresh one for a connection-level refusal
+    conn_id: str | None = None  # mitmproxy's client connection id
+    connect_id: str | None = None  # the request_id of the CONNECT whose tunnel carried this
 
 
 def mode_name(proxy_mode: mode_specs.ProxyMode) -> str:
@@ -65,6 +70,14 @@ class AuditTrail:
         if runtime is not None:
             budget.configure(runtime.config.log.refusal_burst, runtime.config.log.refusal_rate)
         self.refusals = BudgetedAudit(lambda: self.audit, budget)
+        # client connection id -> request_id of the CONNECT that made it a tunnel (one per
+        # connection: after CONNECT the connection is the tunnel); dropped on disconnect
+        self.tunnels: dict[str, str] = {}
+
+    def ids(self, flow: http.HTTPFlow) -> dict[str, str | None]:
+        """The audit ids of a request (Verdict keyword arguments)."""
+        client = flow.client_conn
+        return {"request_id": flow.id, "conn_id": client.id, "connect_id": self.tunnels.get(client.id)}
 
     def _identify(self, client: connection.Client) -> Identity | None:
         return self.rt.policy.identify(client.peername[0])
@@ -73,7 +86,7 @@ class AuditTrail:
         """One audit line; False if it could not be written (the caller then refuses)."""
         try:
             self.audit.write_values(  # audit.KEYS order
-                event, remote, v.agent, v.mode, v.host, v.sni, v.method, v.path, v.action, v.rule,
+                event, v.request_id, v.conn_id, v.connect_id, remote, v.agent, v.mode, v.host, v.sni, v.method, v.path, v.action, v.rule,
                 v.rejected_by, v.status_code, round((time.monotonic() - v.start) * 1000, 3),
                 v.transforms,
             )
@@ -102,5 +115,6 @@ class AuditTrail:
 
     def _deny_conn(self, client: connection.Client, mode: str, host: str, sni: str | None,
                    reason: str, agent: str) -> None:
-        v = Verdict(agent, mode, host=host, sni=sni, action="deny", rejected_by=reason)
+        v = Verdict(agent, mode, host=host, sni=sni, action="deny", rejected_by=reason,
+                    request_id=new_id(), conn_id=client.id, connect_id=self.tunnels.get(client.id))
         self._record(v, client.peername[0])

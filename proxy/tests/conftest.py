@@ -255,3 +255,20 @@ def h2_exchange(sock, headers: list[tuple[str, str]], timeout: float = 5, body: 
                 sock.sendall(out)
     except (socket.timeout, ssl.SSLError, ConnectionError):
         return status, "error"
+
+
+@pytest.fixture
+def mitm_patched():
+    """internals.install() for one test, then mitmproxy exactly as it was."""
+    from agentctl_proxy import internals
+
+    saved = [(cls, name, cls.__dict__.get(name)) for cls, name, _ in internals.PATCHES]
+    limit = internals.LIMITS.request
+    yield internals.install
+    internals.LIMITS.request = limit
+    for cls, name, original in saved:
+        if original is None:
+            if name in cls.__dict__:
+                delattr(cls, name)
+        else:
+            setattr(cls, name, original)

@@ -155,10 +155,10 @@ def test_over_budget_lines_become_one_summary_line(tmp_path):
 
 def test_write_and_write_values_write_the_same_line(tmp_path):
     a = AuditLog(str(tmp_path / "a"))
-    a.write(event="decision", remote_addr="127.0.0.11", agent="scout", mode="tunnel", host="h", sni=None,
+    a.write(event="decision", request_id="r1", conn_id="c1", connect_id=None, remote_addr="127.0.0.11", agent="scout", mode="tunnel", host="h", sni=None,
             method="GET", path="/x", action="allow", rule="r", rejected_by=None, status_code=200,
             duration_ms=1.5, request_transforms=["allowlist"])
-    a.write_values("decision", "127.0.0.11", "scout", "tunnel", "h", None, "GET", "/x", "allow", "r", None, 200,
+    a.write_values("decision", "r1", "c1", None, "127.0.0.11", "scout", "tunnel", "h", None, "GET", "/x", "allow", "r", None, 200,
                    1.5, ["allowlist"])
     first, second = (json.loads(x) for x in (tmp_path / "a").read_text().splitlines())
     del first["time"], second["time"]
@@ -180,3 +180,11 @@ def test_line_time_is_now():
     before = datetime.now(timezone.utc)
     t = datetime.fromisoformat(_Clock().now())
     assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= t <= datetime.now(timezone.utc)
+
+
+def test_a_line_written_without_a_request_id_gets_one_of_its_own(tmp_path):
+    a = AuditLog(str(tmp_path / "a"))
+    for _ in range(2):
+        a.write(event="decision", mode="dns", action="deny")
+    first, second = (json.loads(x) for x in (tmp_path / "a").read_text().splitlines())
+    assert first["request_id"] and second["request_id"] and first["request_id"] != second["request_id"]

@@ -1,7 +1,7 @@
 """runner.py: the addon chain a request passes, and startup errors still stopping the proxy.
 
 Once the proxy runs, the chain holds only the addons that serve requests, as many as a
-minimal mitmproxy, and events are dispatched by dispatch.HandlerTable (test_dispatch.py).
+minimal mitmproxy, under mitmproxy's own AddonManager.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import yaml
 from conftest import base_config, free_port
 
 from agentctl_proxy.config import load_config
-from agentctl_proxy.dispatch import HandlerTable
+from mitmproxy.addonmanager import AddonManager
 from agentctl_proxy.runner import ProxyApp
 
 
@@ -49,7 +49,7 @@ def test_only_request_serving_addons_stay_in_the_chain(pki, tmp_path):
         try:
             chain = [type(a).__name__ for a in app.master.addons.chain]
             assert chain == ["Core", "Proxyserver", "EgressAddon", "TlsConfig"]
-            assert isinstance(app.master.addons, HandlerTable)
+            assert type(app.master.addons) is AddonManager  # mitmproxy's own dispatch
             assert len(app.extra_servers) == 3  # DNS over UDP and TCP, and health: started
             assert b"200 OK" in await _healthz(int(cfg["proxy"]["health_listen"].rsplit(":", 1)[1]))
         finally:
@@ -71,3 +71,23 @@ def test_an_error_while_starting_the_listeners_still_stops_the_proxy(pki, tmp_pa
                            capture_output=True, text=True, timeout=60)
     assert p.returncode == 1, p.stderr
     assert "Error logged during startup" in p.stderr
+
+
+def test_each_hook_lives_in_exactly_one_concern():
+    """EgressAddon composes single-concern classes (addon.py); none may shadow another's
+    hook, or that hook would silently never run."""
+    import inspect as _inspect
+
+    from mitmproxy import hooks
+
+    from agentctl_proxy.addon import EgressAddon
+    from agentctl_proxy.internals import ClientProtocolErrorHook, RequestRefusedHook
+
+    names = set(hooks.all_hooks) | {ClientProtocolErrorHook.name, RequestRefusedHook.name}
+    owners: dict[str, list[str]] = {}
+    for cls in EgressAddon.__mro__[1:]:
+        for name, member in vars(cls).items():
+            if name in names and _inspect.isfunction(member):
+                owners.setdefault(name, []).append(cls.__name__)
+    assert all(len(v) == 1 for v in owners.values()), owners
+    assert {"requestheaders", "responseheaders", "client_connected", "server_connect", "next_layer"} <= set(owners)

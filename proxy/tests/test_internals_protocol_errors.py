@@ -1,4 +1,4 @@
-"""protocol_errors.py wraps two mitmproxy internals so client protocol errors reach the
+"""internals.py (2, 3) wraps mitmproxy internals so client protocol errors reach the
 addon (and the audit file). These tests fail loudly if a mitmproxy upgrade changes
 either code path, and drive the wrapped layers to show the hook really comes out."""
 
@@ -19,27 +19,12 @@ from mitmproxy.proxy.layers.http._http2 import Http2Connection, Http2Server
 from mitmproxy.test import tflow
 
 from agentctl_proxy import bounds
-from agentctl_proxy import protocol_errors as pe
+from agentctl_proxy import internals as pe
 
 
 @pytest.fixture
-def installed():
-    h1, h2 = Http1Server.read_headers, Http2Server.__dict__.get("protocol_error")
-    wait, headers = Http1Server.__dict__.get("wait"), HttpStream.state_wait_for_request_headers
-    h2_init = Http2Server.__init__
-    pe.install()
-    yield
-    Http2Server.__init__ = h2_init
-    Http1Server.read_headers = h1
-    HttpStream.state_wait_for_request_headers = headers
-    if wait is not None:
-        Http1Server.wait = wait
-    elif "wait" in Http1Server.__dict__:
-        del Http1Server.wait
-    if h2 is not None:
-        Http2Server.protocol_error = h2
-    elif "protocol_error" in Http2Server.__dict__:
-        del Http2Server.protocol_error
+def installed(mitm_patched):
+    mitm_patched(None)
 
 
 def _ctx() -> Context:

@@ -1,4 +1,4 @@
-"""limits.py replaces mitmproxy's HttpStream.check_body_size: these tests fail loudly
+"""internals.py (1) replaces mitmproxy's HttpStream.check_body_size: these tests fail loudly
 if a mitmproxy upgrade moves, renames or reshapes that code path, instead of the
 request cap silently turning into mitmproxy's own (or none)."""
 
@@ -13,13 +13,14 @@ from mitmproxy.proxy.layers.http import HttpErrorHook, HttpRequestHeadersHook, H
 from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 from mitmproxy.test import tflow
 
-from agentctl_proxy import limits, protocol_errors
+from agentctl_proxy import internals
+from agentctl_proxy import internals as limits  # the body-cap half
 
 
 def _source(state: str) -> str:
-    """mitmproxy's own method (protocol_errors.py wraps the first one when installed)."""
+    """mitmproxy's own method (internals.py wraps the first one when installed)."""
     if state == "state_wait_for_request_headers":
-        return inspect.getsource(protocol_errors._WAIT_FOR_HEADERS)
+        return inspect.getsource(internals._WAIT_FOR_HEADERS)
     return inspect.getsource(getattr(HttpStream, state))
 
 ORIGINAL = limits.MITMPROXY_CHECK_BODY_SIZE
@@ -80,16 +81,13 @@ def _drive(gen):
         return out, stop.value
 
 
-def test_installed_cap_refuses_oversized_requests_with_413_only():
-    limits.install(4096)
-    try:
-        assert HttpStream.check_body_size is limits._check_body_size
-        cmds, stop = _drive(_stream(5000).check_body_size(True))
-        assert stop is True
-        assert [type(c) for c in cmds] == [HttpRequestHeadersHook, HttpErrorHook, SendHttp]
-        assert _http_status(cmds[2].event.code) == 413 and cmds[0].flow.error.msg == limits.MESSAGE
-        assert limits.oversized(cmds[0].flow)
-        assert _drive(_stream(4096).check_body_size(True)) == ([], False)
-        assert _drive(_stream(10**9).check_body_size(False)) == ([], False)  # responses: never
-    finally:
-        HttpStream.check_body_size = ORIGINAL
+def test_installed_cap_refuses_oversized_requests_with_413_only(mitm_patched):
+    mitm_patched(4096)
+    assert HttpStream.check_body_size is limits._check_body_size
+    cmds, stop = _drive(_stream(5000).check_body_size(True))
+    assert stop is True
+    assert [type(c) for c in cmds] == [HttpRequestHeadersHook, HttpErrorHook, SendHttp]
+    assert _http_status(cmds[2].event.code) == 413 and cmds[0].flow.error.msg == limits.MESSAGE
+    assert limits.oversized(cmds[0].flow)
+    assert _drive(_stream(4096).check_body_size(True)) == ([], False)
+    assert _drive(_stream(10**9).check_body_size(False)) == ([], False)  # responses: never
