@@ -12,6 +12,7 @@ import itertools
 import re
 from functools import lru_cache
 from typing import Annotated, Iterator, Literal, Union
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -172,21 +173,59 @@ class Bootstrap(Strict):
 
 # --- runtime -------------------------------------------------------------------------
 
-class Hermes(Strict):
-    repo: Annotated[str, AfterValidator(lambda v: values.https_url(v, query=False))] = \
-        "https://github.com/NousResearch/hermes-agent"
-    version: Annotated[str, AfterValidator(values.git_ref)] | None = None
-    commit: Annotated[str, Field(pattern=r"^[0-9a-f]{7,40}$")] | None = None
+# Hermes 0.19.0 honours model.base_url for the anthropic provider only on these hosts, or
+# when the URL's path ends /anthropic; any other URL is silently replaced by
+# https://api.anthropic.com (hermes_cli/runtime_provider.py _anthropic_base_url_override_ok).
+_ANTHROPIC_HOSTS = re.compile(r"^(api\.anthropic\.com|[a-z0-9.-]+\.(anthropic\.com|claude\.com|azure\.com))$")
+# A release as PyPI publishes it (PEP 440, public versions without epochs or local parts).
+PEP440_RELEASE = r"^[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?$"
+HERMES_PACKAGE = "hermes-agent"
 
-    @model_validator(mode="after")
-    def _pinned(self) -> "Hermes":
-        if (self.version is None) == (self.commit is None):
-            raise ValueError("pin Hermes with exactly one of 'version' or 'commit'")
-        return self
+
+class HermesModel(Strict):
+    """The model Hermes calls (config.yaml `model:`). Its key stays on the proxy: Hermes
+    holds a placeholder, the agent's egress secret injects the real `x-api-key`."""
+
+    provider: Literal["anthropic"] = "anthropic"
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")]
+    base_url: Annotated[HttpsUrl, Field(alias="baseUrl")] = "https://api.anthropic.com"
+
+    @field_validator("base_url")
+    @classmethod
+    def _honoured(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if not (_ANTHROPIC_HOSTS.match(parts.hostname or "") or parts.path.rstrip("/").endswith("/anthropic")):
+            raise ValueError("is a URL Hermes would silently replace by https://api.anthropic.com; expected a host "
+                             "api.anthropic.com, *.anthropic.com, *.claude.com, *.azure.com, or a path ending /anthropic")
+        return v
+
+
+class Telegram(Strict):
+    """Telegram, through the Bot API. Its bot token stays on the proxy (an egress secret
+    injected into the URL path); only these Telegram user ids may talk to the agent."""
+
+    allowed_users: Annotated[list[Annotated[int, Field(ge=1)]], Field(alias="allowedUsers", min_length=1)]
+
+
+class Hermes(Strict):
+    """The Hermes agent as published on the package index: `hermes-agent[EXTRAS]==VERSION`."""
+
+    version: Annotated[str, Field(pattern=PEP440_RELEASE)]
+    # A PEP 503 simple index (a mirror); unset: PyPI.
+    index: HttpsUrl | None = None
+    model: HermesModel
+    telegram: Telegram
 
     @property
-    def ref(self) -> str:
-        return self.commit or self.version or ""
+    def extras(self) -> tuple[str, ...]:
+        """The provider's SDK and the chat platform's: the base install has neither, and
+        Hermes would otherwise try to install them at run time (tools/lazy_deps.py).
+        Extras per the 0.19.0 wheel's METADATA; Telegram comes only with `messaging`."""
+        return (self.model.provider, "messaging")
+
+    @property
+    def requirement(self) -> str:
+        return f"{HERMES_PACKAGE}[{','.join(self.extras)}]=={self.version}"
 
 
 class Command(Strict):

@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from agentctl import escape, firewall, hardening
+from agentctl import escape, firewall, hardening, hermes
 from agentctl.ca import pending_ca
 from agentctl.errors import ConfigError
 from agentctl.model import Agent, Deployment
@@ -31,13 +31,15 @@ from agentctl.userdata import check_user_data_limits
 PROXY_BIN = "/opt/agentctl-proxy/venv/bin/agentctl-proxy"
 AGENT_SERVICE = "agentctl-agent.service"
 PROXY_SERVICE = "agentctl-proxy.service"
-# Hermes' home (its config, sessions, memories): outside /home/agentuser, in a folder
-# whose parent the agent cannot write, so it can neither edit nor replace the
-# root-owned config that holds its guardrails. Its code is root-owned too.
-HERMES_HOME = "/var/lib/agentctl-hermes"
-HERMES_CONFIG = f"{HERMES_HOME}/config.yaml"
-HERMES_INSTALL = "/opt/agentctl-hermes"
+# Hermes' home, config and code: where and why in agentctl/hermes.py.
+HERMES_HOME = hermes.HOME
+HERMES_CONFIG = hermes.USER_CONFIG
+HERMES_INSTALL = hermes.INSTALL
 BACKUP_DIR = "/var/backups/agentctl"
+# Snapshots of the agent's working folder (roles/agent/templates/snapshot.sh.j2).
+SNAPSHOT_REPO = "/var/lib/agentctl/snapshots.git"
+SNAPSHOT_WORKTREE = "/home/agentuser"
+SNAPSHOT_INTERVAL = "5min"
 BACKUP_MARKER = "/var/lib/agentctl/last-backup"
 
 
@@ -144,7 +146,8 @@ def _proxy_env(d: Deployment) -> dict[str, str]:
 
 def _agent_exec(agent: Agent) -> str:
     if agent.runtime.hermes:
-        return f"{HERMES_INSTALL}/venv/bin/hermes gateway"
+        # as Hermes' own unit runs it (hermes_cli/gateway.py generate_systemd_unit)
+        return f"{hermes.VENV}/bin/hermes gateway run"
     assert agent.runtime.command is not None
     return agent.runtime.command.exec
 
@@ -154,10 +157,23 @@ def _agent_context(d: Deployment, agent: Agent) -> dict[str, Any]:
     agent_env = {**env, "HERMES_HOME": HERMES_HOME}
     if agent.runtime.command:
         agent_env.update(agent.runtime.command.environment)
+    h = agent.runtime.hermes
+    if h:
+        agent_env.update(hermes.unit_environment())
     return {"agent": agent, "proxy_env": env, "agent_exec": escape.systemd_specifiers(_agent_exec(agent)),
             "agent_environment": [escape.systemd_env(k, v) for k, v in agent_env.items()],
             "shell_proxy_env": " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()),
             "hermes_home": HERMES_HOME, "hermes_config": HERMES_CONFIG, "hermes_install": HERMES_INSTALL,
+            "hermes": h is not None,
+            "snapshot_repo": SNAPSHOT_REPO, "snapshot_worktree": SNAPSHOT_WORKTREE,
+            "snapshot_interval": SNAPSHOT_INTERVAL,
+            "hermes_config_yaml": dump_yaml(hermes.config(h)) if h else "",
+            "hermes_managed_env": hermes.env_text(hermes.managed_env(h)) if h else "",
+            "hermes_managed_dir": hermes.MANAGED_DIR, "hermes_venv": hermes.VENV,
+            "hermes_root_files": hermes.ROOT_FILES, "hermes_root_dirs": hermes.ROOT_DIRS,
+            "hermes_readonly_paths": " ".join(f"{HERMES_HOME}/{n}" for n in (*hermes.ROOT_FILES, *hermes.ROOT_DIRS)),
+            "hermes_requirement": h.requirement if h else "", "hermes_version": h.version if h else "",
+            "hermes_index": h.index if h else None,
             "backups_enabled": agent.backups.enabled, "backups": agent.backups, "backup_dir": BACKUP_DIR}
 
 

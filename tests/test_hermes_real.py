@@ -33,6 +33,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agentctl import hermes as rendered_hermes
+from agentctl.model import Hermes
+
 from .conftest import ROOT
 from .loopback import free_port
 
@@ -242,26 +245,21 @@ def world(hermes_venv):
 
 # Hermes' configuration -----------------------------------------------------------------
 
+# What a stack names: the operator's Telegram id may talk to the agent; the model is Claude.
+STACK_HERMES = Hermes(version=HERMES_VERSION, model={"name": "claude-sonnet-4-5"},
+                      telegram={"allowedUsers": [OPERATOR_ID]})
+
+
 def hermes_config() -> dict:
-    """The config.yaml keys we set; docs/hermes.md names the Hermes source reading each."""
-    return {
-        "model": {"provider": "anthropic", "default": "claude-sonnet-4-5", "base_url": f"https://{MODEL_HOST}"},
-        "approvals": {"mode": "manual", "cron_mode": "deny"},
-        "command_allowlist": [],
-        "terminal": {"backend": "local"},
-        "security": {"allow_lazy_installs": False},
-        "plugins": {"enabled": []},
-        "hooks_auto_accept": False,
-        "unauthorized_dm_behavior": "ignore",
-        # fallback_ips set: no DNS-over-HTTPS discovery of Telegram addresses at connect
-        "platforms": {"telegram": {"enabled": True, "extra": {"fallback_ips": ["149.154.167.220"]}}},
-    }
+    """config.yaml as agentctl renders it (agentctl/hermes.py; docs/hermes.md names the
+    Hermes source reading each key)."""
+    return rendered_hermes.config(STACK_HERMES)
 
 
 def hermes_env() -> dict:
-    """What the agent host's .env (default layout) or managed .env (guardrails) holds."""
-    return {"ANTHROPIC_API_KEY": PLACEHOLDER_KEY, "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
-            "TELEGRAM_ALLOWED_USERS": str(OPERATOR_ID), "HERMES_TELEGRAM_DISABLE_FALLBACK_IPS": "1"}
+    """The managed .env as agentctl renders it. The bot token is the fake's own: the
+    proxy's path injection of it is proven separately."""
+    return {**rendered_hermes.managed_env(STACK_HERMES), "TELEGRAM_BOT_TOKEN": BOT_TOKEN}
 
 
 def env_text(values: dict) -> str:
@@ -298,25 +296,25 @@ class Agent:
         if layout in ("managed", "guarded"):
             self.managed.mkdir(mode=0o755)
             self._root_file(self.managed / "config.yaml", yaml.safe_dump(hermes_config()))
-            self._root_file(self.managed / ".env", env_text({**hermes_env(), "HERMES_YOLO_MODE": "0"}))
+            self._root_file(self.managed / ".env", env_text(hermes_env()))
         if layout == "guarded":
             # writable for Hermes' own state, but sticky and root-owned: the agent user can
             # neither write nor replace nor delete the root-owned files in it
             os.chmod(self.hermes_home, 0o1775)
             os.chown(self.hermes_home, 0, AGENT_GID)
             self._root_file(self.hermes_home / "config.yaml", yaml.safe_dump(hermes_config()))
-            self._root_file(self.hermes_home / ".env", "")
-            self._root_file(self.hermes_home / ".op.env", "")
-            self._root_file(self.hermes_home / "shell-hooks-allowlist.json", "{}")
-            (self.hermes_home / "hooks").mkdir(mode=0o755)  # gateway hooks: Python run inside Hermes
-            # who may talk to the agent: the pairing store (and its legacy name) is root's
-            # (gateway/pairing.py; a route per the source, not yet proven by a test here)
-            for d in ("pairing", "platforms", "platforms/pairing"):
+            # what the agent host's converge makes (roles/agent/templates/role-converge.sh.j2)
+            for name, text in rendered_hermes.ROOT_FILES.items():
+                self._root_file(self.hermes_home / name, text)
+            for d in rendered_hermes.ROOT_DIRS:  # hooks/ and plugins/: Python run inside Hermes
                 (self.hermes_home / d).mkdir(mode=0o755)
         else:
             os.chmod(self.hermes_home, 0o700)
             (self.hermes_home / "config.yaml").write_text(yaml.safe_dump(hermes_config()))
-            (self.hermes_home / ".env").write_text(env_text(hermes_env()))
+            # Hermes as a user would set it up: the credentials and the chat, no pins
+            (self.hermes_home / ".env").write_text(env_text({k: v for k, v in hermes_env().items() if k in (
+                "ANTHROPIC_API_KEY", "TELEGRAM_BOT_TOKEN", "TELEGRAM_ALLOWED_USERS",
+                "HERMES_TELEGRAM_DISABLE_FALLBACK_IPS")}))
             for p in (self.hermes_home, self.hermes_home / "config.yaml", self.hermes_home / ".env"):
                 os.chown(p, AGENT_UID, AGENT_GID)
         self.gateway: Proc | None = None
@@ -397,6 +395,63 @@ def guarded(world):
     agent.start()
     yield agent
     agent.stop()
+
+
+# Hermes' own readers of every setting agentctl renders, run in the agent's process
+# environment as the agent user: what Hermes 0.19.0 makes of the rendered files.
+PROBE = r"""
+import json, os
+from hermes_cli.env_loader import load_hermes_dotenv
+load_hermes_dotenv(hermes_home=os.environ["HERMES_HOME"])
+from hermes_cli.config import load_config
+from hermes_cli.runtime_provider import resolve_runtime_provider
+from hermes_cli.plugins import _get_enabled_plugins
+from hermes_cli.model_catalog import _load_catalog_config
+from gateway.config import load_gateway_config, Platform
+from tools import approval, lazy_deps, url_safety, tirith_security
+from agent.anthropic_adapter import resolve_anthropic_token
+cfg = load_config()
+rt = resolve_runtime_provider()
+gw = load_gateway_config()
+tg = gw.platforms.get(Platform.TELEGRAM)
+print(json.dumps({
+    "approval_mode": approval._get_approval_mode(),
+    "cron_mode": approval._get_cron_approval_mode(),
+    "yolo": approval._YOLO_MODE_FROZEN,
+    "allowlist": sorted(approval.load_permanent_allowlist()),
+    "backend": cfg["terminal"]["backend"],
+    "lazy_installs": lazy_deps._allow_lazy_installs(),
+    "private_urls": url_safety._global_allow_private_urls(),
+    "tirith": tirith_security._load_security_config()["tirith_enabled"],
+    "plugins": sorted(_get_enabled_plugins() or []),
+    "catalog": _load_catalog_config()["enabled"],
+    "provider": rt.get("provider"), "base_url": rt.get("base_url"), "model": cfg["model"]["default"],
+    "key_is_placeholder": resolve_anthropic_token() == os.environ["EXPECT_KEY"],
+    "telegram": bool(tg and tg.enabled), "fallback_ips": (tg.extra or {}).get("fallback_ips") if tg else None,
+    "allowed_users": os.environ.get("TELEGRAM_ALLOWED_USERS"),
+    "dm": cfg.get("unauthorized_dm_behavior"),
+    "hooks_auto_accept": cfg.get("hooks_auto_accept"),
+}))
+"""
+
+
+def test_hermes_reads_every_rendered_setting_as_meant(world):
+    """Each key agentctl renders is one Hermes reads, with the value meant, through the
+    layout the agent host gets; the agent's own attempts (below) cannot change them."""
+    agent = Agent(world, "probe", "guarded")
+    env = {**agent.unit_env(), "EXPECT_KEY": rendered_hermes.PLACEHOLDER_MODEL_KEY}
+    out = subprocess.run(["setpriv", f"--reuid={AGENT_UID}", f"--regid={AGENT_GID}", "--clear-groups", "--",
+                          str(world.venv / "bin" / "python"), "-c", PROBE], capture_output=True, text=True,
+                         env=env, cwd=agent.home, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {
+        "approval_mode": "manual", "cron_mode": "deny", "yolo": False, "allowlist": [], "backend": "local",
+        "lazy_installs": False, "private_urls": True, "tirith": False, "plugins": [], "catalog": False,
+        "provider": "anthropic", "base_url": "https://api.anthropic.com", "model": "claude-sonnet-4-5",
+        "key_is_placeholder": True, "telegram": True, "fallback_ips": rendered_hermes.TELEGRAM_FALLBACK_IPS,
+        "allowed_users": str(OPERATOR_ID), "dm": "ignore", "hooks_auto_accept": False,
+    }
 
 
 def test_operator_message_reaches_the_model_through_the_proxy_and_the_answer_comes_back(world, guarded):

@@ -121,7 +121,7 @@ def test_runtime_config_is_what_the_engine_passes():
     config, secret_keys = runtime_config(doc)
     assert all(isinstance(v, str) for v in config.values())
     assert json.loads(config["agentctl:network"]) == doc["agentctl:network"]
-    assert set(secret_keys) == {"agentctl:githubPat", "agentctl:tailscaleAuthKey"}
+    assert set(secret_keys) == {"agentctl:anthropicKey", "agentctl:githubPat", "agentctl:tailscaleAuthKey"}
     assert config["agentctl:githubPat"] == SECRET_PLACEHOLDER
 
 
