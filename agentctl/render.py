@@ -37,6 +37,10 @@ PROXY_SERVICE = "agentctl-proxy.service"
 HERMES_HOME = "/var/lib/agentctl-hermes"
 HERMES_CONFIG = f"{HERMES_HOME}/config.yaml"
 HERMES_INSTALL = "/opt/agentctl-hermes"
+# A package runtime (model.PackagePin): its venvs, the link to the running one, and the
+# one script that installs a version (first boot and snapshot-upgrade alike).
+RUNTIME_BASE = "/opt/agentctl-runtime"
+RUNTIME_INSTALL = "/usr/local/sbin/agentctl-runtime-install"
 BACKUP_DIR = "/var/backups/agentctl"
 BACKUP_MARKER = "/var/lib/agentctl/last-backup"
 
@@ -157,6 +161,9 @@ def _agent_context(d: Deployment, agent: Agent) -> dict[str, Any]:
     return {"agent": agent, "proxy_env": env, "agent_exec": escape.systemd_specifiers(_agent_exec(agent)),
             "agent_environment": [escape.systemd_env(k, v) for k, v in agent_env.items()],
             "shell_proxy_env": " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()),
+            "pip_proxy_env": " ".join(f"{k}={shlex.quote(env[k])}" for k in ("https_proxy", "no_proxy")),
+            "pin": agent.runtime.package_pin, "runtime_package": agent.runtime.package_pin is not None,
+            "runtime_base": RUNTIME_BASE, "runtime_install": RUNTIME_INSTALL,
             "hermes_home": HERMES_HOME, "hermes_config": HERMES_CONFIG, "hermes_install": HERMES_INSTALL,
             "backups_enabled": agent.backups.enabled, "backups": agent.backups, "backup_dir": BACKUP_DIR}
 
