@@ -205,7 +205,7 @@ PYPI_FILES = "https://files.pythonhosted.org/packages/"
 PACKAGE_NAME = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"  # PEP 508 names (and extras)
 
 
-def _exact_version(value: str) -> str:
+def exact_version(value: str) -> str:
     """One exact public release (PEP 440), in its normalised spelling: what `==` pins."""
     try:
         v = Version(value)
@@ -216,7 +216,7 @@ def _exact_version(value: str) -> str:
     return value
 
 
-PackageVersion = Annotated[str, AfterValidator(_exact_version)]
+PackageVersion = Annotated[str, AfterValidator(exact_version)]
 
 
 def _index_url(value: str) -> str:
