@@ -23,8 +23,9 @@ USER_CONFIG = f"{HOME}/config.yaml"
 # Hermes' managed layer: hermes_cli/managed_scope.py get_managed_dir (its default
 # location, also named in the unit's environment so no .env can point elsewhere).
 MANAGED_DIR = "/etc/hermes"
-INSTALL = "/opt/agentctl-hermes"
-VENV = f"{INSTALL}/venv"
+# Installed as a package runtime (agentctl-runtime-install, render.RUNTIME_BASE): the
+# link to the running venv.
+VENV = "/opt/agentctl-runtime/venv"
 
 # Placeholders the agent host holds instead of credentials. The model key must start
 # `sk-ant-api`: other `sk-ant-` keys are taken for OAuth tokens and sent as a Bearer

@@ -107,23 +107,6 @@ def test_legitimate_environment_values_arrive_intact():
     assert unit_environment(unit)["MODE"] == value
 
 
-def test_hermes_requirement_and_index_stay_arguments(tmp_path):
-    """Even past the model's checks (model_construct), the requirement and the index
-    reach pip as one word each and run nothing."""
-    from agentctl.model import Hermes, HermesModel, Runtime, Telegram
-    version, index = "1.0" + EVIL.format(tmp=tmp_path), "https://x.example/a" + EVIL.format(tmp=tmp_path)
-    d = load(ROOT, "lab")
-    hermes = Hermes.model_construct(version=version, index=index, model=HermesModel(name="m"),
-                                    telegram=Telegram(allowedUsers=[1]))
-    agent = d.agents[0].model_copy(update={"runtime": Runtime.model_construct(hermes=hermes, command=None)})
-    converge = _files(d.model_copy(update={"agents": [agent]}), "scout")["/usr/local/sbin/agentctl-converge"]
-    (pip,) = _commands(converge, "/opt/agentctl-hermes/venv/bin/pip")
-    assert pip[-3:] == ["--index-url", index, f"hermes-agent[anthropic,messaging]=={version}"]
-    check = next(l for l in converge.splitlines() if "importlib.metadata" in l)
-    subprocess.run(["bash", "-c", check + " :; fi"], cwd=tmp_path, capture_output=True)
-    assert not list(tmp_path.glob("pwned*"))
-
-
 def test_proxy_pip_spec_stays_one_argument(tmp_path):
     d = load(ROOT, "example-aws")
     spec = "agentctl-proxy==0.1.0" + EVIL.format(tmp=tmp_path)
@@ -132,11 +115,3 @@ def test_proxy_pip_spec_stays_one_argument(tmp_path):
     converge = _files(d, "proxy")["/usr/local/sbin/agentctl-converge"]
     (pip,) = _commands(converge, "/opt/agentctl-proxy/venv/bin/pip")
     assert pip == ["/opt/agentctl-proxy/venv/bin/pip", "install", "--quiet", spec]
-
-
-def test_hermes_installs_through_the_proxy():
-    d = load(ROOT, "example-aws")
-    converge = _files(d, "scout")["/usr/local/sbin/agentctl-converge"]
-    (pip,) = _commands(converge, "/opt/agentctl-hermes/venv/bin/pip")
-    assert pip[pip.index("--proxy") + 1] == f"http://{d.proxy_ip}:{d.proxy.listen.tunnel}"
-    assert "--only-binary=:all:" in pip  # no package's build code runs as root

@@ -164,8 +164,8 @@ def _ssm_source(name, region=None):
 @pytest.mark.parametrize("stack,edit,key_path,words", [
     ("example-aws", _same_secret_twice, "agentctl:agents[0].egress.secrets[2].name",
      "is the name of agentctl:agents[0].egress.secrets[1] too"),
-    ("example-hcloud", _same_secret_twice, "agentctl:agents[0].egress.secrets[1].name",
-     "is the name of agentctl:agents[0].egress.secrets[0] too"),
+    ("example-hcloud", _same_secret_twice, "agentctl:agents[0].egress.secrets[2].name",
+     "is the name of agentctl:agents[0].egress.secrets[1] too"),
     ("example-aws", _ssm_source("/other-team/prod/github-pat"), "agentctl:agents[0].egress.secrets[2].source.name",
      "instance role cannot read it"),
     ("example-aws", _ssm_source("/agentctl/example-aws-2/x"), "agentctl:agents[0].egress.secrets[2].source.name",

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from agentctl import hermes
+from agentctl.render import RUNTIME_BASE, RUNTIME_INSTALL
 from agentctl.stackfile import load
 from agentctl_proxy.config import parse_config
 from agentctl_proxy.policy import Policy
@@ -37,9 +38,15 @@ def scout(hosts):
 @pytest.mark.parametrize("stack", STACKS)
 def test_hermes_installs_as_published(scout, stack):
     h = load(ROOT, stack).agents[0].runtime.hermes
-    (pip,) = _commands(scout[stack].file("/usr/local/sbin/agentctl-converge"), f"{hermes.VENV}/bin/pip")
-    assert pip[-1] == f"hermes-agent[anthropic,messaging]=={h.version}" == h.requirement
-    assert "--index-url" not in pip  # PyPI, as the stack names no index
+    script = scout[stack].file(RUNTIME_INSTALL)
+    # agentctl-runtime-install installs NAME$EXTRAS==VERSION from INDEX
+    assert "NAME=hermes-agent\n" in script and "EXTRAS='[anthropic,messaging]'\n" in script
+    assert "INDEX=https://pypi.org/simple/\n" in script
+    assert h.pin.requirement == f"hermes-agent[anthropic,messaging]=={h.version}"
+    converge = scout[stack].file("/usr/local/sbin/agentctl-converge")
+    assert [RUNTIME_INSTALL, h.version] in _commands(converge, RUNTIME_INSTALL)
+    # its venv is the one the unit runs
+    assert hermes.VENV == f"{RUNTIME_BASE}/venv"
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -33,11 +33,12 @@ def test_a_version_the_model_refuses_is_not_written(tmp_path):
     assert (tmp_path / src.name).read_text() == src.read_text()
 
 
-def test_a_runtime_without_a_version_is_bad_input(tmp_path):
+def test_a_package_runtime_moves_its_version_and_nothing_else(tmp_path):
     src = ROOT / "Pulumi.lab.yaml"
     shutil.copy(src, tmp_path / src.name)
-    with pytest.raises(ConfigError, match="runtime.hermes.version: is not set"):
-        set_runtime_version(tmp_path, "lab", "scout", "1.1.0")
-    with pytest.raises(ConfigError, match="has no versioned runtime"):
-        runtime_version(tmp_path, "lab", "scout")
-    assert (tmp_path / src.name).read_text() == src.read_text()
+    assert runtime_version(tmp_path, "lab", "scout") == "1.0.0"
+    set_runtime_version(tmp_path, "lab", "scout", "1.1.0")
+    before, after = src.read_text(), (tmp_path / src.name).read_text()
+    assert before.count("version: 1.0.0") == 1
+    assert after == before.replace("version: 1.0.0", "version: 1.1.0")
+    assert runtime_version(tmp_path, "lab", "scout") == "1.1.0"
