@@ -134,12 +134,15 @@ class Rule(Strict):
 class Inject(Strict):
     header: str | None = None
     query_param: str | None = None
+    # The path segment after this prefix: Telegram's Bot API puts its token there
+    # (/bot<token>/<method>); the agent sends a stand-in, the proxy swaps it.
+    path_prefix: Annotated[str | None, Field(pattern=r"^/[A-Za-z0-9._~/-]*$")] = None
     formatter: str = "{{ .Value }}"
 
     @model_validator(mode="after")
     def _one_target(self) -> "Inject":
-        if (self.header is None) == (self.query_param is None):
-            raise ValueError("set exactly one of 'header' or 'query_param'")
+        if sum(t is not None for t in (self.header, self.query_param, self.path_prefix)) != 1:
+            raise ValueError("set exactly one of 'header', 'query_param' or 'path_prefix'")
         return self
 
 

@@ -7,9 +7,8 @@ Everything is a real process on loopback:
   agentctl-proxy     Hermes' only way out (HTTPS_PROXY): allowlist, x-api-key injection,
                      audit; it resolves the two names to the fakes from its dns records
   hermes gateway run as uid 65534 (the agent user), its own tools run as that user too
-Hermes holds a placeholder model key; the proxy injects the real one. The bot token is
-the one the fake accepts, held by Hermes: agentctl-proxy cannot yet put a credential into
-a URL path (Telegram's /bot<token>/ form), which issue 12 still needs.
+Hermes holds stand-ins for the model key and the bot token, as agentctl renders them;
+the proxy injects the real ones (x-api-key; the segment after /bot in the Bot API's path).
 
 The Hermes venv is built once per version into /var/cache/agentctl/hermes-venv and
 reused offline; without a package index (and no cached venv) the tests skip, saying so.
@@ -49,7 +48,7 @@ ASSETS = ROOT / "agentctl" / "lab" / "assets"
 
 MODEL_IP, TELEGRAM_IP = "127.0.0.61", "127.0.0.62"
 MODEL_HOST, TELEGRAM_HOST = "api.anthropic.com", "api.telegram.org"
-PLACEHOLDER_KEY = "sk-ant-api03-agentctl-placeholder"  # "sk-ant-api": Hermes sends x-api-key, not OAuth
+PLACEHOLDER_KEY = rendered_hermes.PLACEHOLDER_MODEL_KEY  # "sk-ant-api": Hermes sends x-api-key, not OAuth
 REAL_KEY = "sk-ant-api03-the-real-key-only-the-proxy-holds"
 BOT_TOKEN = "123456:lab-bot-token"
 OPERATOR_ID = 424242
@@ -153,11 +152,13 @@ class World:
                                        "--placeholder", PLACEHOLDER_KEY, *tls], (MODEL_IP, 443))
         self._start("fake-telegram", [sys.executable, str(ASSETS / "fake_telegram.py"), "--listen",
                                       f"{TELEGRAM_IP}:443", "--log", str(self.telegram_log), "--token", BOT_TOKEN,
+                                      "--placeholder", rendered_hermes.PLACEHOLDER_BOT_TOKEN,
                                       "--operator-id", str(OPERATOR_ID), *tls], (TELEGRAM_IP, 443))
 
         self.tunnel, health = free_port(), free_port()
         self.audit_path = work / "audit.jsonl"
         model_rule = {"host": MODEL_HOST, "methods": ["POST"], "paths": ["/v1/messages"]}
+        bot_rule = {"host": TELEGRAM_HOST, "methods": ["GET", "POST"], "paths": ["/bot*/*"]}
         cfg = {
             "proxy": {"tunnel_listen": f"127.0.0.1:{self.tunnel}", "health_listen": f"127.0.0.1:{health}",
                       "upstream_deny_cidrs": DENY},
@@ -168,16 +169,20 @@ class World:
                     "upstream_ca_bundle": str(pki / "upstream-ca.pem")},
             "transforms": [
                 {"name": "allowlist", "config": {"rules": [
-                    model_rule, {"host": TELEGRAM_HOST, "methods": ["GET", "POST"], "paths": ["/*"]}]}},
+                    model_rule, bot_rule]}},
                 {"name": "secrets", "config": {"secrets": [
                     {"source": {"type": "env", "var": "AGENTCTL_TEST_MODEL_KEY"},
-                     "inject": {"header": "x-api-key"}, "rules": [model_rule]}]}},
+                     "inject": {"header": "x-api-key"}, "rules": [model_rule]},
+                    # Telegram's token is in the path: Hermes holds the rendered stand-in
+                    {"source": {"type": "env", "var": "AGENTCTL_TEST_BOT_TOKEN"},
+                     "inject": {"path_prefix": "/bot"}, "rules": [bot_rule]}]}},
             ],
             "log": {"audit_path": str(self.audit_path)},
         }
         (work / "proxy.yaml").write_text(yaml.safe_dump(cfg))
         self._start("proxy", [sys.executable, "-m", "agentctl_proxy", "run", "--config", str(work / "proxy.yaml")],
-                    ("127.0.0.1", health), env={**os.environ, "AGENTCTL_TEST_MODEL_KEY": REAL_KEY})
+                    ("127.0.0.1", health), env={**os.environ, "AGENTCTL_TEST_MODEL_KEY": REAL_KEY,
+                                                "AGENTCTL_TEST_BOT_TOKEN": BOT_TOKEN})
 
     def _start(self, name: str, argv: list[str], listen: tuple[str, int], env: dict | None = None) -> None:
         p = Proc(name, argv, self.work, env=env)
@@ -257,9 +262,9 @@ def hermes_config() -> dict:
 
 
 def hermes_env() -> dict:
-    """The managed .env as agentctl renders it. The bot token is the fake's own: the
-    proxy's path injection of it is proven separately."""
-    return {**rendered_hermes.managed_env(STACK_HERMES), "TELEGRAM_BOT_TOKEN": BOT_TOKEN}
+    """The managed .env as agentctl renders it: stand-ins for the model key and the bot
+    token, which the proxy replaces (a header; the Bot API's URL path)."""
+    return rendered_hermes.managed_env(STACK_HERMES)
 
 
 def env_text(values: dict) -> str:
@@ -467,6 +472,46 @@ def test_operator_message_reaches_the_model_through_the_proxy_and_the_answer_com
     allowed = [a for a in world.audit() if a["action"] == "allow" and a["host"] == MODEL_HOST
                and a["method"] != "CONNECT"]
     assert allowed and {(a["method"], a["path"]) for a in allowed} == {("POST", "/v1/messages")}
+
+
+def test_the_bot_api_saw_the_real_token_in_the_path_never_the_stand_in(world, guarded):
+    calls = world.calls()
+    assert calls, "Hermes never called the Bot API"
+    assert {c["token_sha256"] for c in calls} == {sha(BOT_TOKEN)}
+    assert not any(c["token_is_placeholder"] for c in calls)
+    # the audit names the path the agent sent: the stand-in, never the token
+    bot = [a for a in world.audit() if a["host"] == TELEGRAM_HOST and a["method"] != "CONNECT"]
+    assert bot and all(a["path"].startswith(f"/bot{rendered_hermes.PLACEHOLDER_BOT_TOKEN}/") for a in bot)
+    assert BOT_TOKEN not in world.audit_path.read_text()
+
+
+def test_an_upstream_that_echoes_the_path_never_shows_the_agent_the_token(world):
+    """A server that reflects the URL (a redirect, an error body) would hand the agent the
+    token the proxy put there: the proxy turns it back into the agent's stand-in."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    ctx = ssl.create_default_context(cafile=str(world.proxy_ca))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"https": f"http://127.0.0.1:{world.tunnel}"}),
+        urllib.request.HTTPSHandler(context=ctx), NoRedirect())
+    stand_in = rendered_hermes.PLACEHOLDER_BOT_TOKEN
+    with pytest.raises(urllib.error.HTTPError) as reply:
+        opener.open(f"https://{TELEGRAM_HOST}/bot{stand_in}/agentctlReflect?x=1", timeout=20)
+    body = reply.value.read().decode()
+    location = reply.value.headers["Location"]
+    assert reply.value.code == 302
+    assert f"/bot{stand_in}/agentctlReflect" in body and f"/bot{stand_in}/agentctlReflect" in location
+    assert BOT_TOKEN not in body and BOT_TOKEN not in location
+    # and upstream it was the real token
+    assert world.calls() is not None and any(
+        r.get("method") == "agentctlReflect" and r.get("token_sha256") == sha(BOT_TOKEN)
+        for r in map(json.loads, world.telegram_log.read_text().splitlines()))
 
 
 # What Hermes 0.19.0 contacts on its own (docs/hermes.md, "Hosts Hermes contacts on its

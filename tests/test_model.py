@@ -39,6 +39,7 @@ def test_secret_refs_lists_every_pulumi_secret():
     d = load(ROOT, "example-hcloud")
     assert [(p, r.config) for p, r in d.secret_refs()] == [
         ("agents[0].egress.secrets[0].from", "anthropicKey"), ("agents[0].egress.secrets[1].from", "githubPat"),
+        ("agents[0].egress.secrets[2].from", "telegramBotToken"),
         ("tailscale.authKey", "tailscaleAuthKey")]
 
 

@@ -554,11 +554,12 @@ def test_secret_sources_by_cloud(rendered):
 
     aws, aws_tls = sources("example-aws")
     assert {s["type"] for s in aws} == {"aws_ssm"}
-    assert {s["name"] for s in aws} == {"/agentctl/example-aws/scout/anthropic-key", "/agentctl/example-aws/scout/github-pat"}
+    assert {s["name"] for s in aws} == {"/agentctl/example-aws/scout/anthropic-key", "/agentctl/example-aws/scout/github-pat",
+                                         "/agentctl/example-aws/scout/bot-token"}
     assert "ca_key" not in aws_tls and aws_tls["ca_key_source"]["name"] == "/agentctl/example-aws/_proxy/ca-key"
     hc, hc_tls = sources("example-hcloud")
     assert hc == [{"type": "file", "path": f"/etc/agentctl-proxy/secrets/scout/{name}", "ttl": "15m",
-                   "failure_ttl": "30s"} for name in ("anthropic-key", "github-pat")]
+                   "failure_ttl": "30s"} for name in ("anthropic-key", "github-pat", "bot-token")]
     assert hc_tls["ca_key"] == "/etc/agentctl-proxy/ca.key"
 
 

@@ -104,3 +104,17 @@ def test_a_command_agent_keeps_its_own_restart_policy(hosts):
     unit = _unit(hosts["example-hcloud", "scribe"].file("/etc/systemd/system/agentctl-agent.service"))
     assert unit["Service"]["Restart"] == "on-failure" and "KillSignal" not in unit["Service"]
     assert "/etc/hermes/.env" not in hosts["example-hcloud", "scribe"].files
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_examples_let_hermes_reach_the_bot_api_with_the_token_injected(rendered, stack):
+    """What PTB sends (POST {base_url}{token}/{method}, telegram/_bot.py) with Hermes' stand-in
+    is allowed, and the bot-token secret goes into its path; the model call gets its key."""
+    proxy = next(h for h in rendered[stack] if h.role == "proxy")
+    scout = Policy(parse_config(yaml.safe_load(proxy.proxy_config))).identities["scout"]
+    path = f"/bot{hermes.PLACEHOLDER_BOT_TOKEN}/getUpdates"
+    assert scout.allow.decide("api.telegram.org", None, 443, True, "POST", path).grant is not None
+    secret = scout.secrets.decide("api.telegram.org", None, 443, True, "POST", path).grant
+    assert secret is not None and secret.payload.inject.path_prefix == "/bot"
+    model = scout.secrets.decide("api.anthropic.com", None, 443, True, "POST", "/v1/messages").grant
+    assert model is not None and model.payload.inject.header == "x-api-key"

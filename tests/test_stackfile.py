@@ -65,6 +65,12 @@ CASES = [
     ("hermes provider not supported",
      lambda c: _agent(c).update(runtime={"hermes": {**_HERMES_OK, "model": {"name": "m", "provider": "openai"}}}),
      "agentctl:agents[0].runtime.hermes.model.provider", "'anthropic'"),
+    ("secret path prefix not a path",
+     lambda c: _agent(c)["egress"]["secrets"][0].update(inject={"path_prefix": "bot"}),
+     "agentctl:agents[0].egress.secrets[0].inject.path_prefix", "pattern"),
+    ("secret in the path and a header",
+     lambda c: _agent(c)["egress"]["secrets"][0].update(inject={"path_prefix": "/bot", "header": "x"}),
+     "agentctl:agents[0].egress.secrets[0].inject", "exactly one of 'header', 'query_param' or 'path_prefix'"),
     ("hermes nobody may talk to it",
      lambda c: _agent(c).update(runtime={"hermes": {**_HERMES_OK, "telegram": {"allowedUsers": []}}}),
      "agentctl:agents[0].runtime.hermes.telegram.allowedUsers", "at least 1"),
@@ -236,7 +242,7 @@ def test_secret_reference_must_exist():
 
 def test_secure_values_are_tracked_not_read():
     d = from_config(AWS, "Pulumi.t.yaml")
-    assert d.secure_keys == {"githubPat", "anthropicKey"}
+    assert d.secure_keys == {"githubPat", "anthropicKey", "telegramBotToken"}
     assert "placeholder" not in d.model_dump_json()
 
 

@@ -190,6 +190,7 @@ def check_kms_rotation(p, ctx):
 def check_secrets_in_ssm(p, ctx):
     params = {x["inputs"]["name"]: x["inputs"] for x in of_type(p.resources, "aws:ssm/parameter:Parameter")}
     assert set(params) == {f"/agentctl/{STACK}/scout/anthropic-key", f"/agentctl/{STACK}/scout/github-pat",
+                           f"/agentctl/{STACK}/scout/bot-token",
                            ca_key_parameter_name("agentctl", STACK)}
     for x in params.values():
         assert x["type"] == "SecureString" and x["keyId"] == f"{ARN}:{N}-key" and x["value"] == SECRET_PLACEHOLDER

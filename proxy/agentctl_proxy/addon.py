@@ -28,13 +28,14 @@ from agentctl_proxy.layer_choice import LayerChoice
 from agentctl_proxy.netguard import UpstreamDenied
 from agentctl_proxy.paths import check_path, check_query, split_target
 from agentctl_proxy.policy import UNKNOWN_AGENT
-from agentctl_proxy.secrets import SecretUnavailable, render
+from agentctl_proxy.secrets import SecretUnavailable, Unreflected, inject_path, render
 from agentctl_proxy.verdict import Verdict, mode_name
 
 log = logging.getLogger("agentctl_proxy")
 
 CONTROL_HOST = "agentctl-proxy.internal"
 _META = "agentctl"
+_UNREFLECTED = "agentctl.unreflected"  # a secret injected into the path (secrets.Unreflected)
 AUDIT_DOWN = "audit unavailable"
 
 
@@ -262,7 +263,7 @@ class EgressAddon(LayerChoice):
                               f"secret {spec.label!r} is never injected into cleartext HTTP")
         if inject.header:
             flow.request.headers.pop(inject.header, None)
-        else:
+        elif inject.query_param:
             flow.request.query.pop(inject.query_param, None)
         try:
             value = self.rt.secrets.get_cached(spec.source, spec.label)
@@ -271,7 +272,17 @@ class EgressAddon(LayerChoice):
         except SecretUnavailable as e:
             return self._deny(flow, v, 503, "secret unavailable", str(e))
         rendered = render(inject.formatter, value)
-        if inject.header:
+        if inject.path_prefix:
+            try:
+                injected = inject_path(flow.request.path, inject.path_prefix, rendered, spec.label)
+            except SecretUnavailable as e:
+                return self._deny(flow, v, 503, "secret unavailable", str(e))
+            if injected is None:
+                return self._deny(flow, v, 403, "secret path",
+                                  f"secret {spec.label!r} goes after {inject.path_prefix}; the path has no place for it")
+            flow.request.path, stand_in = injected
+            flow.metadata[_UNREFLECTED] = Unreflected(rendered, stand_in)  # see responseheaders
+        elif inject.header:
             if any(ch in rendered for ch in "\r\n\x00"):
                 return self._deny(flow, v, 503, "secret unavailable",
                                   f"secret {spec.label!r} is not a valid header value")
@@ -297,6 +308,18 @@ class EgressAddon(LayerChoice):
             resp.stream = _Capped(cap, flow)
         else:
             resp.stream = True  # streamed, never buffered: SSE and long downloads
+        unreflected: Unreflected | None = flow.metadata.get(_UNREFLECTED)
+        if unreflected is not None:  # a secret in the path: never echoed back to the agent
+            for name, value in resp.headers.items(multi=True):
+                if unreflected.secret.decode() in value:
+                    resp.headers.set_all(name, [unreflected.header(x) for x in resp.headers.get_all(name)])
+        if unreflected is not None and flow.request.method != "HEAD" and resp.status_code not in (204, 304):
+            unreflected.then = resp.stream if callable(resp.stream) else None
+            resp.stream = unreflected
+            if "content-length" in resp.headers:  # the stand-in's length is not the secret's
+                del resp.headers["content-length"]
+                if flow.request.http_version.startswith("HTTP/1"):
+                    resp.headers["transfer-encoding"] = "chunked"
 
     def response(self, flow: http.HTTPFlow) -> None:
         v: Verdict | None = flow.metadata.get(_META)

@@ -194,12 +194,16 @@ Source = Annotated[Union[EnvSource, FileSource, SsmSource], Field(discriminator=
 class Inject(Strict):
     header: str | None = None
     query_param: str | None = None
+    # The path segment after this prefix (Telegram's Bot API: "/bot" in /bot<token>/<method>).
+    path_prefix: str | None = None
     formatter: str = "{{ .Value }}"
 
     @model_validator(mode="after")
     def _one_target(self) -> Inject:
-        if (self.header is None) == (self.query_param is None):
-            raise ValueError("expected exactly one of header or query_param")
+        if sum(t is not None for t in (self.header, self.query_param, self.path_prefix)) != 1:
+            raise ValueError("expected exactly one of header, query_param or path_prefix")
+        if self.path_prefix is not None and not re.fullmatch(r"/[A-Za-z0-9._~/-]*", self.path_prefix):
+            raise ValueError(f"path_prefix {self.path_prefix!r} is not a plain path starting with /")
         if self.header is not None and not _HEADER.match(self.header):
             raise ValueError(f"header {self.header!r} is not a header name")
         if len(_FORMATTER.findall(self.formatter)) != 1:
