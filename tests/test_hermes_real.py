@@ -657,8 +657,13 @@ def _drop_hook(agent: Agent) -> subprocess.CompletedProcess:
 def test_the_agent_user_cannot_add_a_gateway_hook_with_the_guardrail_layout(world, guarded):
     dropped = _drop_hook(guarded)
     assert dropped.returncode != 0 and "Permission denied" in dropped.stderr
-    moved = guarded.as_agent(f"mv {guarded.hermes_home / 'hooks'} {guarded.hermes_home / 'hooks.old'}")
-    assert moved.returncode != 0  # sticky folder: root's hooks/ stays where it is
+    # nor a plugin, nor itself to the pairing store; nor move any of these folders away
+    for d in rendered_hermes.ROOT_DIRS:
+        folder = guarded.hermes_home / d
+        made = guarded.as_agent(f"mkdir {folder / 'agentctl-test'} || touch {folder / 'telegram-approved.json'}")
+        assert made.returncode != 0 and "Permission denied" in made.stderr, d
+        moved = guarded.as_agent(f"mv {folder} {folder}.old")
+        assert moved.returncode != 0, d  # sticky folder: root's folders stay where they are
 
 
 def test_a_gateway_hook_bypasses_approvals_in_the_default_layout(world, guarded):
