@@ -103,6 +103,30 @@ def hostkeys(stack: str = StackOpt, host: str = typer.Option(..., "--host", help
         typer.echo(f"{host}: pinned {fp} in {path}")
 
 
+@app.command("snapshot-upgrade")
+def snapshot_upgrade(
+        stack: str = StackOpt, host: str = typer.Option(..., "--host", help="The agent host to upgrade"),
+        to: Optional[str] = typer.Option(None, "--to", help="The runtime version to install (exact, e.g. 1.1.0)"),
+        check: List[str] = typer.Option([], "--check", help="A command run on the host as admin; must exit 0 "
+                                         "(repeatable)"),
+        keep: int = typer.Option(3, "--keep", help="Snapshots of this host to keep (this project's only)"),
+        resume: bool = typer.Option(False, "--resume", help="Finish this host's interrupted run"),
+        rollback: bool = typer.Option(False, "--rollback", help="Roll back the unfinished run, or the last upgrade"),
+        yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation"),
+        json_out: bool = typer.Option(False, "--json", help="Last stdout line: one JSON object with the outcome"),
+        project_dir: Path = ProjectDirOpt,
+        address: Optional[str] = typer.Option(None, "--address", help="Cloud: the agent's admin SSH address"),
+        proxy_address: Optional[str] = typer.Option(None, "--proxy-address", help="Cloud: the proxy host's"),
+        ssh_key: Optional[Path] = typer.Option(None, "--ssh-key", help="Private key for SSH as admin"),
+        state_dir: Optional[Path] = typer.Option(None, "--state-dir", envvar="AGENTCTL_LAB_STATE",
+                                                 help="Lab: its state folder")) -> None:
+    """Snapshot an agent host, upgrade its runtime, accept the new version or roll back to the snapshot."""
+    from agentctl.upgrade.command import snapshot_upgrade as run
+    raise typer.Exit(run(project_dir=project_dir, stack=stack, host=host, to=to, checks=check, keep=keep,
+                         resume=resume, rollback=rollback, yes=yes, json_out=json_out, state_dir=state_dir,
+                         address=address, proxy_address=proxy_address, ssh_key=ssh_key))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def lab(ctx: typer.Context) -> None:
     """The local lab: up | verify | escape | down | status | ssh HOST (see: agentctl lab --help)."""

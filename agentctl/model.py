@@ -10,8 +10,12 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Iterator, Literal
+from urllib.parse import urlsplit
+
+from packaging.version import InvalidVersion, Version
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -99,38 +103,162 @@ class Bootstrap(Strict):
 
 # --- runtime -------------------------------------------------------------------------
 
-class Hermes(Strict):
-    repo: Annotated[str, AfterValidator(lambda v: values.https_url(v, query=False))] = \
-        "https://github.com/NousResearch/hermes-agent"
-    version: Annotated[str, AfterValidator(values.git_ref)] | None = None
-    commit: Annotated[str, Field(pattern=r"^[0-9a-f]{7,40}$")] | None = None
-
-    @model_validator(mode="after")
-    def _pinned(self) -> "Hermes":
-        if (self.version is None) == (self.commit is None):
-            raise ValueError("pin Hermes with exactly one of 'version' or 'commit'")
-        return self
-
-    @property
-    def ref(self) -> str:
-        return self.commit or self.version or ""
-
-
 class Command(Strict):
     # A systemd command line, verbatim (its quoting, its $VAR), except that % is literal.
     exec: Annotated[OneLine, Field(min_length=2, pattern=r"^/")]
     environment: dict[EnvName, OneLine] = {}
 
 
+DEFAULT_INDEX = "https://pypi.org/simple/"
+# Where pypi.org's simple pages link their files (PEP 503 lets an index link anywhere).
+PYPI_FILES = "https://files.pythonhosted.org/packages/"
+PACKAGE_NAME = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"  # PEP 508 names (and extras)
+
+
+def exact_version(value: str) -> str:
+    """One exact public release (PEP 440), in its normalised spelling: what `==` pins."""
+    try:
+        v = Version(value)
+    except InvalidVersion:
+        raise ValueError(f"{value!r} is not a version; expected an exact release such as 1.2.0") from None
+    if str(v) != value or v.local is not None:
+        raise ValueError(f"{value!r} is not an exact version in normal form; expected {v.public!r}")
+    return value
+
+
+PackageVersion = Annotated[str, AfterValidator(exact_version)]
+
+
+def _index_url(value: str) -> str:
+    values.https_url(value, query=False)
+    if not value.endswith("/"):
+        raise ValueError("must end with '/'; expected the index's simple root, such as https://pypi.org/simple/")
+    return value
+
+
+@dataclass(frozen=True)
+class PackagePin:
+    """The one package a runtime is installed from, pinned: what first boot and
+    snapshot-upgrade install (agentctl-runtime-install), and what the proxy grants
+    while they do (grant_rules)."""
+
+    name: str
+    version: str
+    extras: tuple[str, ...] = ()
+    index: str = DEFAULT_INDEX
+    files: tuple[str, ...] = ()  # URL prefixes the index links its files under, beyond its own path
+
+    @property
+    def requirement(self) -> str:
+        extras = f"[{','.join(self.extras)}]" if self.extras else ""
+        return f"{self.name}{extras}=={self.version}"
+
+    def file_prefixes(self) -> tuple[str, ...]:
+        if self.files:
+            return self.files
+        return (PYPI_FILES,) if urlsplit(self.index).hostname == "pypi.org" else ()
+
+    def grant_rules(self) -> list["Rule"]:
+        """GET on the index's simple pages (the package's and its dependencies') and on the
+        files they link: pip asks for nothing else (pip/_internal/index/collector.py)."""
+        by_host: dict[tuple[str, int | None], list[str]] = {}
+        for url in (self.index, *self.file_prefixes()):
+            parts = urlsplit(url)
+            paths = by_host.setdefault((parts.hostname or "", parts.port), [])
+            if parts.path.rstrip("/") + "/*" not in paths:
+                paths.append(parts.path.rstrip("/") + "/*")
+        return [Rule(host=h, methods=["GET"], paths=p, ports=[port] if port else None, name="runtime-package")
+                for (h, port), p in by_host.items()]
+
+
+class Package(Strict):
+    """A runtime installed with pip from a package index, pinned to one version."""
+
+    name: Annotated[str, Field(pattern=PACKAGE_NAME)]
+    version: PackageVersion
+    index: Annotated[str, AfterValidator(_index_url)] = DEFAULT_INDEX
+    extras: list[Annotated[str, Field(pattern=PACKAGE_NAME)]] = []
+    files: list[Annotated[str, AfterValidator(lambda v: values.https_url(v, query=False))]] = []
+
+
+# Hermes 0.19.0 honours model.base_url for the anthropic provider only on these hosts, or
+# when the URL's path ends /anthropic; any other URL is silently replaced by
+# https://api.anthropic.com (hermes_cli/runtime_provider.py _anthropic_base_url_override_ok).
+_ANTHROPIC_HOSTS = re.compile(r"^(api\.anthropic\.com|[a-z0-9.-]+\.(anthropic\.com|claude\.com|azure\.com))$")
+HERMES_PACKAGE = "hermes-agent"
+
+
+class HermesModel(Strict):
+    """The model Hermes calls (config.yaml `model:`). Its key stays on the proxy: Hermes
+    holds a placeholder, the agent's egress secret injects the real `x-api-key`."""
+
+    provider: Literal["anthropic"] = "anthropic"
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")]
+    base_url: Annotated[HttpsUrl, Field(alias="baseUrl")] = "https://api.anthropic.com"
+
+    @field_validator("base_url")
+    @classmethod
+    def _honoured(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if not (_ANTHROPIC_HOSTS.match(parts.hostname or "") or parts.path.rstrip("/").endswith("/anthropic")):
+            raise ValueError("is a URL Hermes would silently replace by https://api.anthropic.com; expected a host "
+                             "api.anthropic.com, *.anthropic.com, *.claude.com, *.azure.com, or a path ending /anthropic")
+        return v
+
+
+class Telegram(Strict):
+    """Telegram, through the Bot API. Its bot token stays on the proxy (an egress secret
+    injected into the URL path); only these Telegram user ids may talk to the agent."""
+
+    allowed_users: Annotated[list[Annotated[int, Field(ge=1)]], Field(alias="allowedUsers", min_length=1)]
+
+
+class Hermes(Strict):
+    """The Hermes agent as published on the package index: `hermes-agent[EXTRAS]==VERSION`."""
+
+    version: PackageVersion
+    # A PEP 503 simple index (a mirror); PyPI unless the stack names one.
+    index: Annotated[str, AfterValidator(_index_url)] = DEFAULT_INDEX
+    model: HermesModel
+    telegram: Telegram
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """The provider's SDK and the chat platform's: the base install has neither, and
+        Hermes would otherwise try to install them at run time (tools/lazy_deps.py).
+        Extras per the 0.19.0 wheel's METADATA; Telegram comes only with `messaging`."""
+        return (self.model.provider, "messaging")
+
+    @property
+    def pin(self) -> PackagePin:
+        return PackagePin(HERMES_PACKAGE, self.version, self.extras, self.index)
+
+
 class Runtime(Strict):
     hermes: Hermes | None = None
+    package: Package | None = None
     command: Command | None = None
+    # A command admin runs on the host to ask the runtime whether it is healthy (exit 0):
+    # part of snapshot-upgrade's acceptance.
+    health: Annotated[OneLine, Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _one(self) -> "Runtime":
+        if self.package is not None and self.command is None:
+            raise ValueError("a 'package' runtime needs 'command' (what runs the installed package)")
         if (self.hermes is None) == (self.command is None):
             raise ValueError("set exactly one of 'hermes' or 'command'")
         return self
+
+    @property
+    def package_pin(self) -> PackagePin | None:
+        """The pinned package this runtime is installed from; None for a bare command."""
+        if self.package is not None:
+            p = self.package
+            return PackagePin(p.name, p.version, tuple(p.extras), p.index, tuple(p.files))
+        if self.hermes is not None:
+            return self.hermes.pin
+        return None
 
 
 # --- hosts ---------------------------------------------------------------------------
@@ -155,6 +283,12 @@ class Agent(Strict):
     # first agent .11, the next .12, ...), so removing an agent renumbers the ones after
     # it, and a cloud replaces those hosts: pin it on a deployment that will change.
     host_number: Annotated[int | None, Field(alias="hostNumber", ge=FIRST_AGENT_HOST, le=254)] = None
+
+    @property
+    def bootstrap_rules(self) -> list[Rule]:
+        """First boot's grants: the stack's own, then the runtime package's source."""
+        pin = self.runtime.package_pin
+        return [*self.bootstrap.rules, *(pin.grant_rules() if pin else [])]
 
 
 class Listen(Strict):

@@ -70,9 +70,9 @@ def _agent(d: Deployment, agent: Agent, *, project: str, stack: str) -> dict[str
              "inject": s.inject.model_dump(exclude_none=True), "rules": [_rule(r) for r in s.rules]}
             for s in agent.egress.secrets]}})
     entry: dict[str, Any] = {"name": agent.name, "sources": [f"{d.agent_ip(agent)}/32"], "transforms": transforms}
-    if agent.bootstrap.rules:
+    if agent.bootstrap_rules:
         entry["bootstrap"] = {"max_duration": agent.bootstrap.max_duration,
-                              "rules": [_rule(r) for r in agent.bootstrap.rules]}
+                              "rules": [_rule(r) for r in agent.bootstrap_rules]}
     return entry
 
 

@@ -7,6 +7,7 @@ as data and dumped as YAML, so no template can break its syntax.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,7 +17,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from agentctl import escape, firewall, hardening
+from agentctl import escape, firewall, hardening, hermes
 from agentctl.ca import pending_ca
 from agentctl.errors import ConfigError
 from agentctl.model import Agent, Deployment
@@ -31,13 +32,19 @@ from agentctl.userdata import check_user_data_limits
 PROXY_BIN = "/opt/agentctl-proxy/venv/bin/agentctl-proxy"
 AGENT_SERVICE = "agentctl-agent.service"
 PROXY_SERVICE = "agentctl-proxy.service"
-# Hermes' home (its config, sessions, memories): outside /home/agentuser, in a folder
-# whose parent the agent cannot write, so it can neither edit nor replace the
-# root-owned config that holds its guardrails. Its code is root-owned too.
-HERMES_HOME = "/var/lib/agentctl-hermes"
-HERMES_CONFIG = f"{HERMES_HOME}/config.yaml"
-HERMES_INSTALL = "/opt/agentctl-hermes"
+# Hermes' home, config and code: where and why in agentctl/hermes.py.
+HERMES_HOME = hermes.HOME
+HERMES_CONFIG = hermes.USER_CONFIG
+# A package runtime (model.PackagePin): its venvs, the link to the running one, and the
+# one script that installs a version (first boot and snapshot-upgrade alike).
+RUNTIME_BASE = "/opt/agentctl-runtime"
+HERMES_INSTALL = RUNTIME_BASE  # Hermes is a package runtime; hermes.VENV is its venv link
+RUNTIME_INSTALL = "/usr/local/sbin/agentctl-runtime-install"
 BACKUP_DIR = "/var/backups/agentctl"
+# Snapshots of the agent's working folder (roles/agent/templates/snapshot.sh.j2).
+SNAPSHOT_REPO = "/var/lib/agentctl/snapshots.git"
+SNAPSHOT_WORKTREE = "/home/agentuser"
+SNAPSHOT_INTERVAL = "5min"
 BACKUP_MARKER = "/var/lib/agentctl/last-backup"
 
 
@@ -144,7 +151,8 @@ def _proxy_env(d: Deployment) -> dict[str, str]:
 
 def _agent_exec(agent: Agent) -> str:
     if agent.runtime.hermes:
-        return f"{HERMES_INSTALL}/venv/bin/hermes gateway"
+        # as Hermes' own unit runs it (hermes_cli/gateway.py generate_systemd_unit)
+        return f"{hermes.VENV}/bin/hermes gateway run"
     assert agent.runtime.command is not None
     return agent.runtime.command.exec
 
@@ -154,10 +162,24 @@ def _agent_context(d: Deployment, agent: Agent) -> dict[str, Any]:
     agent_env = {**env, "HERMES_HOME": HERMES_HOME}
     if agent.runtime.command:
         agent_env.update(agent.runtime.command.environment)
+    h = agent.runtime.hermes
+    if h:
+        agent_env.update(hermes.unit_environment())
     return {"agent": agent, "proxy_env": env, "agent_exec": escape.systemd_specifiers(_agent_exec(agent)),
             "agent_environment": [escape.systemd_env(k, v) for k, v in agent_env.items()],
             "shell_proxy_env": " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()),
+            "pip_proxy_env": " ".join(f"{k}={shlex.quote(env[k])}" for k in ("https_proxy", "no_proxy")),
+            "pin": agent.runtime.package_pin, "runtime_package": agent.runtime.package_pin is not None,
+            "runtime_base": RUNTIME_BASE, "runtime_install": RUNTIME_INSTALL,
             "hermes_home": HERMES_HOME, "hermes_config": HERMES_CONFIG, "hermes_install": HERMES_INSTALL,
+            "hermes": h is not None,
+            "snapshot_repo": SNAPSHOT_REPO, "snapshot_worktree": SNAPSHOT_WORKTREE,
+            "snapshot_interval": SNAPSHOT_INTERVAL,
+            "hermes_config_yaml": dump_yaml(hermes.config(h)) if h else "",
+            "hermes_managed_env": hermes.env_text(hermes.managed_env(h)) if h else "",
+            "hermes_managed_dir": hermes.MANAGED_DIR,
+            "hermes_root_files": hermes.ROOT_FILES, "hermes_root_dirs": hermes.ROOT_DIRS,
+            "hermes_readonly_paths": " ".join(f"{HERMES_HOME}/{n}" for n in (*hermes.ROOT_FILES, *hermes.ROOT_DIRS)),
             "backups_enabled": agent.backups.enabled, "backups": agent.backups, "backup_dir": BACKUP_DIR}
 
 
@@ -180,6 +202,20 @@ def _users(d: Deployment, role: str) -> list[Any]:
     return users
 
 
+_COMMENT = re.compile(r"[ \t]*#(?!!)")
+_KEPT_COMMENT = re.compile(r"Managed by agentctl|# (BEGIN|END) ")  # the header; section markers
+
+
+def compact(text: str) -> str:
+    """A shell script or unit without its comment and blank lines (the "Managed by"
+    line and BEGIN/END section markers stay): EC2 takes 16 KiB of user-data. Only for files marked `compact` in a
+    files.yaml; tests/test_render_hermes.py proves with bash's own parser that a
+    compacted script is the same program (no comment-looking line inside a string)."""
+    keep = [line for line in text.splitlines()
+            if line.strip() and (not _COMMENT.match(line) or _KEPT_COMMENT.search(line))]
+    return "\n".join(keep) + "\n"
+
+
 def _write_files(role: str, ctx: dict[str, Any]) -> list[dict[str, Any]]:
     env = _env(role)
     entries = []
@@ -187,6 +223,8 @@ def _write_files(role: str, ctx: dict[str, Any]) -> list[dict[str, Any]]:
         if "when" in item and not ctx[item["when"]]:
             continue
         content = env.get_template(item["template"]).render(ctx)
+        if item.get("compact"):
+            content = compact(content)
         entries.append({"path": item["path"], "permissions": item["mode"], "owner": "root:root",
                         "content": content})
     return entries

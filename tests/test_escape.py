@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentctl.escape import sh, systemd_env
-from agentctl.render import HERMES_INSTALL, render_hosts
+from agentctl.render import render_hosts
 from agentctl.stackfile import from_config, load
 
 from .conftest import ROOT
@@ -107,28 +107,6 @@ def test_legitimate_environment_values_arrive_intact():
     assert unit_environment(unit)["MODE"] == value
 
 
-def _hermes_install_argv(converge: str, tmp_path: Path) -> list[str]:
-    """Run converge's Hermes install block with runuser/install/chown recorded, not run."""
-    block = re.search(rf"(if \[ ! -x {HERMES_INSTALL}/venv/bin/hermes \].*?\nfi\n)", converge, re.S).group(1)
-    record = tmp_path / "argv"
-    stubs = (f"runuser() {{ printf '%s\\0' \"$@\" > {record}; }}\ninstall() {{ :; }}\nchown() {{ :; }}\n")
-    subprocess.run(["bash", "-c", stubs + block], check=True, cwd=tmp_path)
-    return record.read_text().split("\0")[:-1]
-
-
-def test_hermes_repo_and_ref_stay_arguments(tmp_path):
-    from agentctl.model import Hermes, Runtime
-    repo, ref = "https://x.example/a" + EVIL.format(tmp=tmp_path), "v1" + EVIL.format(tmp=tmp_path)
-    d = load(ROOT, "lab")
-    hermes = Hermes.model_construct(repo=repo, version=ref, commit=None)
-    agent = d.agents[0].model_copy(update={"runtime": Runtime.model_construct(hermes=hermes, command=None)})
-    converge = _files(d.model_copy(update={"agents": [agent]}), "scout")["/usr/local/sbin/agentctl-converge"]
-    argv = _hermes_install_argv(converge, tmp_path)
-    assert argv[:4] == ["-u", "agentuser", "--", "env"]
-    assert argv[-4:] == ["agentctl-hermes-install", HERMES_INSTALL, repo, ref]
-    assert not list(tmp_path.glob("pwned*"))
-
-
 def test_proxy_pip_spec_stays_one_argument(tmp_path):
     d = load(ROOT, "example-aws")
     spec = "agentctl-proxy==0.1.0" + EVIL.format(tmp=tmp_path)
@@ -137,11 +115,3 @@ def test_proxy_pip_spec_stays_one_argument(tmp_path):
     converge = _files(d, "proxy")["/usr/local/sbin/agentctl-converge"]
     (pip,) = _commands(converge, "/opt/agentctl-proxy/venv/bin/pip")
     assert pip == ["/opt/agentctl-proxy/venv/bin/pip", "install", "--quiet", spec]
-
-
-def test_shell_proxy_env_words():
-    converge = _files(load(ROOT, "example-aws"), "scout")["/usr/local/sbin/agentctl-converge"]
-    line = next(l for l in converge.splitlines() if l.strip().startswith("runuser "))
-    words = shlex.split(line.rsplit("bash -euc", 1)[0])
-    assigned = dict(w.split("=", 1) for w in words[words.index("env") + 1:])
-    assert assigned["HTTPS_PROXY"].startswith("http://") and "NO_PROXY" in assigned

@@ -7,9 +7,8 @@ Everything is a real process on loopback:
   agentctl-proxy     Hermes' only way out (HTTPS_PROXY): allowlist, x-api-key injection,
                      audit; it resolves the two names to the fakes from its dns records
   hermes gateway run as uid 65534 (the agent user), its own tools run as that user too
-Hermes holds a placeholder model key; the proxy injects the real one. The bot token is
-the one the fake accepts, held by Hermes: agentctl-proxy cannot yet put a credential into
-a URL path (Telegram's /bot<token>/ form), which issue 12 still needs.
+Hermes holds stand-ins for the model key and the bot token, as agentctl renders them;
+the proxy injects the real ones (x-api-key; the segment after /bot in the Bot API's path).
 
 The Hermes venv is built once per version into /var/cache/agentctl/hermes-venv and
 reused offline; without a package index (and no cached venv) the tests skip, saying so.
@@ -33,6 +32,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agentctl import hermes as rendered_hermes
+from agentctl.model import Hermes
+
 from .conftest import ROOT
 from .loopback import free_port
 
@@ -46,7 +48,7 @@ ASSETS = ROOT / "agentctl" / "lab" / "assets"
 
 MODEL_IP, TELEGRAM_IP = "127.0.0.61", "127.0.0.62"
 MODEL_HOST, TELEGRAM_HOST = "api.anthropic.com", "api.telegram.org"
-PLACEHOLDER_KEY = "sk-ant-api03-agentctl-placeholder"  # "sk-ant-api": Hermes sends x-api-key, not OAuth
+PLACEHOLDER_KEY = rendered_hermes.PLACEHOLDER_MODEL_KEY  # "sk-ant-api": Hermes sends x-api-key, not OAuth
 REAL_KEY = "sk-ant-api03-the-real-key-only-the-proxy-holds"
 BOT_TOKEN = "123456:lab-bot-token"
 OPERATOR_ID = 424242
@@ -150,11 +152,13 @@ class World:
                                        "--placeholder", PLACEHOLDER_KEY, *tls], (MODEL_IP, 443))
         self._start("fake-telegram", [sys.executable, str(ASSETS / "fake_telegram.py"), "--listen",
                                       f"{TELEGRAM_IP}:443", "--log", str(self.telegram_log), "--token", BOT_TOKEN,
+                                      "--placeholder", rendered_hermes.PLACEHOLDER_BOT_TOKEN,
                                       "--operator-id", str(OPERATOR_ID), *tls], (TELEGRAM_IP, 443))
 
         self.tunnel, health = free_port(), free_port()
         self.audit_path = work / "audit.jsonl"
         model_rule = {"host": MODEL_HOST, "methods": ["POST"], "paths": ["/v1/messages"]}
+        bot_rule = {"host": TELEGRAM_HOST, "methods": ["GET", "POST"], "paths": ["/bot*/*"]}
         cfg = {
             "proxy": {"tunnel_listen": f"127.0.0.1:{self.tunnel}", "health_listen": f"127.0.0.1:{health}",
                       "upstream_deny_cidrs": DENY},
@@ -165,16 +169,20 @@ class World:
                     "upstream_ca_bundle": str(pki / "upstream-ca.pem")},
             "transforms": [
                 {"name": "allowlist", "config": {"rules": [
-                    model_rule, {"host": TELEGRAM_HOST, "methods": ["GET", "POST"], "paths": ["/*"]}]}},
+                    model_rule, bot_rule]}},
                 {"name": "secrets", "config": {"secrets": [
                     {"source": {"type": "env", "var": "AGENTCTL_TEST_MODEL_KEY"},
-                     "inject": {"header": "x-api-key"}, "rules": [model_rule]}]}},
+                     "inject": {"header": "x-api-key"}, "rules": [model_rule]},
+                    # Telegram's token is in the path: Hermes holds the rendered stand-in
+                    {"source": {"type": "env", "var": "AGENTCTL_TEST_BOT_TOKEN"},
+                     "inject": {"path_prefix": "/bot"}, "rules": [bot_rule]}]}},
             ],
             "log": {"audit_path": str(self.audit_path)},
         }
         (work / "proxy.yaml").write_text(yaml.safe_dump(cfg))
         self._start("proxy", [sys.executable, "-m", "agentctl_proxy", "run", "--config", str(work / "proxy.yaml")],
-                    ("127.0.0.1", health), env={**os.environ, "AGENTCTL_TEST_MODEL_KEY": REAL_KEY})
+                    ("127.0.0.1", health), env={**os.environ, "AGENTCTL_TEST_MODEL_KEY": REAL_KEY,
+                                                "AGENTCTL_TEST_BOT_TOKEN": BOT_TOKEN})
 
     def _start(self, name: str, argv: list[str], listen: tuple[str, int], env: dict | None = None) -> None:
         p = Proc(name, argv, self.work, env=env)
@@ -242,26 +250,21 @@ def world(hermes_venv):
 
 # Hermes' configuration -----------------------------------------------------------------
 
+# What a stack names: the operator's Telegram id may talk to the agent; the model is Claude.
+STACK_HERMES = Hermes(version=HERMES_VERSION, model={"name": "claude-sonnet-4-5"},
+                      telegram={"allowedUsers": [OPERATOR_ID]})
+
+
 def hermes_config() -> dict:
-    """The config.yaml keys we set; docs/hermes.md names the Hermes source reading each."""
-    return {
-        "model": {"provider": "anthropic", "default": "claude-sonnet-4-5", "base_url": f"https://{MODEL_HOST}"},
-        "approvals": {"mode": "manual", "cron_mode": "deny"},
-        "command_allowlist": [],
-        "terminal": {"backend": "local"},
-        "security": {"allow_lazy_installs": False},
-        "plugins": {"enabled": []},
-        "hooks_auto_accept": False,
-        "unauthorized_dm_behavior": "ignore",
-        # fallback_ips set: no DNS-over-HTTPS discovery of Telegram addresses at connect
-        "platforms": {"telegram": {"enabled": True, "extra": {"fallback_ips": ["149.154.167.220"]}}},
-    }
+    """config.yaml as agentctl renders it (agentctl/hermes.py; docs/hermes.md names the
+    Hermes source reading each key)."""
+    return rendered_hermes.config(STACK_HERMES)
 
 
 def hermes_env() -> dict:
-    """What the agent host's .env (default layout) or managed .env (guardrails) holds."""
-    return {"ANTHROPIC_API_KEY": PLACEHOLDER_KEY, "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
-            "TELEGRAM_ALLOWED_USERS": str(OPERATOR_ID), "HERMES_TELEGRAM_DISABLE_FALLBACK_IPS": "1"}
+    """The managed .env as agentctl renders it: stand-ins for the model key and the bot
+    token, which the proxy replaces (a header; the Bot API's URL path)."""
+    return rendered_hermes.managed_env(STACK_HERMES)
 
 
 def env_text(values: dict) -> str:
@@ -298,25 +301,25 @@ class Agent:
         if layout in ("managed", "guarded"):
             self.managed.mkdir(mode=0o755)
             self._root_file(self.managed / "config.yaml", yaml.safe_dump(hermes_config()))
-            self._root_file(self.managed / ".env", env_text({**hermes_env(), "HERMES_YOLO_MODE": "0"}))
+            self._root_file(self.managed / ".env", env_text(hermes_env()))
         if layout == "guarded":
             # writable for Hermes' own state, but sticky and root-owned: the agent user can
             # neither write nor replace nor delete the root-owned files in it
             os.chmod(self.hermes_home, 0o1775)
             os.chown(self.hermes_home, 0, AGENT_GID)
             self._root_file(self.hermes_home / "config.yaml", yaml.safe_dump(hermes_config()))
-            self._root_file(self.hermes_home / ".env", "")
-            self._root_file(self.hermes_home / ".op.env", "")
-            self._root_file(self.hermes_home / "shell-hooks-allowlist.json", "{}")
-            (self.hermes_home / "hooks").mkdir(mode=0o755)  # gateway hooks: Python run inside Hermes
-            # who may talk to the agent: the pairing store (and its legacy name) is root's
-            # (gateway/pairing.py; a route per the source, not yet proven by a test here)
-            for d in ("pairing", "platforms", "platforms/pairing"):
+            # what the agent host's converge makes (roles/agent/templates/role-converge.sh.j2)
+            for name, text in rendered_hermes.ROOT_FILES.items():
+                self._root_file(self.hermes_home / name, text)
+            for d in rendered_hermes.ROOT_DIRS:  # hooks/ and plugins/: Python run inside Hermes
                 (self.hermes_home / d).mkdir(mode=0o755)
         else:
             os.chmod(self.hermes_home, 0o700)
             (self.hermes_home / "config.yaml").write_text(yaml.safe_dump(hermes_config()))
-            (self.hermes_home / ".env").write_text(env_text(hermes_env()))
+            # Hermes as a user would set it up: the credentials and the chat, no pins
+            (self.hermes_home / ".env").write_text(env_text({k: v for k, v in hermes_env().items() if k in (
+                "ANTHROPIC_API_KEY", "TELEGRAM_BOT_TOKEN", "TELEGRAM_ALLOWED_USERS",
+                "HERMES_TELEGRAM_DISABLE_FALLBACK_IPS")}))
             for p in (self.hermes_home, self.hermes_home / "config.yaml", self.hermes_home / ".env"):
                 os.chown(p, AGENT_UID, AGENT_GID)
         self.gateway: Proc | None = None
@@ -399,6 +402,63 @@ def guarded(world):
     agent.stop()
 
 
+# Hermes' own readers of every setting agentctl renders, run in the agent's process
+# environment as the agent user: what Hermes 0.19.0 makes of the rendered files.
+PROBE = r"""
+import json, os
+from hermes_cli.env_loader import load_hermes_dotenv
+load_hermes_dotenv(hermes_home=os.environ["HERMES_HOME"])
+from hermes_cli.config import load_config
+from hermes_cli.runtime_provider import resolve_runtime_provider
+from hermes_cli.plugins import _get_enabled_plugins
+from hermes_cli.model_catalog import _load_catalog_config
+from gateway.config import load_gateway_config, Platform
+from tools import approval, lazy_deps, url_safety, tirith_security
+from agent.anthropic_adapter import resolve_anthropic_token
+cfg = load_config()
+rt = resolve_runtime_provider()
+gw = load_gateway_config()
+tg = gw.platforms.get(Platform.TELEGRAM)
+print(json.dumps({
+    "approval_mode": approval._get_approval_mode(),
+    "cron_mode": approval._get_cron_approval_mode(),
+    "yolo": approval._YOLO_MODE_FROZEN,
+    "allowlist": sorted(approval.load_permanent_allowlist()),
+    "backend": cfg["terminal"]["backend"],
+    "lazy_installs": lazy_deps._allow_lazy_installs(),
+    "private_urls": url_safety._global_allow_private_urls(),
+    "tirith": tirith_security._load_security_config()["tirith_enabled"],
+    "plugins": sorted(_get_enabled_plugins() or []),
+    "catalog": _load_catalog_config()["enabled"],
+    "provider": rt.get("provider"), "base_url": rt.get("base_url"), "model": cfg["model"]["default"],
+    "key_is_placeholder": resolve_anthropic_token() == os.environ["EXPECT_KEY"],
+    "telegram": bool(tg and tg.enabled), "fallback_ips": (tg.extra or {}).get("fallback_ips") if tg else None,
+    "allowed_users": os.environ.get("TELEGRAM_ALLOWED_USERS"),
+    "dm": cfg.get("unauthorized_dm_behavior"),
+    "hooks_auto_accept": cfg.get("hooks_auto_accept"),
+}))
+"""
+
+
+def test_hermes_reads_every_rendered_setting_as_meant(world):
+    """Each key agentctl renders is one Hermes reads, with the value meant, through the
+    layout the agent host gets; the agent's own attempts (below) cannot change them."""
+    agent = Agent(world, "probe", "guarded")
+    env = {**agent.unit_env(), "EXPECT_KEY": rendered_hermes.PLACEHOLDER_MODEL_KEY}
+    out = subprocess.run(["setpriv", f"--reuid={AGENT_UID}", f"--regid={AGENT_GID}", "--clear-groups", "--",
+                          str(world.venv / "bin" / "python"), "-c", PROBE], capture_output=True, text=True,
+                         env=env, cwd=agent.home, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {
+        "approval_mode": "manual", "cron_mode": "deny", "yolo": False, "allowlist": [], "backend": "local",
+        "lazy_installs": False, "private_urls": True, "tirith": False, "plugins": [], "catalog": False,
+        "provider": "anthropic", "base_url": "https://api.anthropic.com", "model": "claude-sonnet-4-5",
+        "key_is_placeholder": True, "telegram": True, "fallback_ips": rendered_hermes.TELEGRAM_FALLBACK_IPS,
+        "allowed_users": str(OPERATOR_ID), "dm": "ignore", "hooks_auto_accept": False,
+    }
+
+
 def test_operator_message_reaches_the_model_through_the_proxy_and_the_answer_comes_back(world, guarded):
     since = len(world.sent())
     world.say("hello hermes")
@@ -412,6 +472,46 @@ def test_operator_message_reaches_the_model_through_the_proxy_and_the_answer_com
     allowed = [a for a in world.audit() if a["action"] == "allow" and a["host"] == MODEL_HOST
                and a["method"] != "CONNECT"]
     assert allowed and {(a["method"], a["path"]) for a in allowed} == {("POST", "/v1/messages")}
+
+
+def test_the_bot_api_saw_the_real_token_in_the_path_never_the_stand_in(world, guarded):
+    calls = world.calls()
+    assert calls, "Hermes never called the Bot API"
+    assert {c["token_sha256"] for c in calls} == {sha(BOT_TOKEN)}
+    assert not any(c["token_is_placeholder"] for c in calls)
+    # the audit names the path the agent sent: the stand-in, never the token
+    bot = [a for a in world.audit() if a["host"] == TELEGRAM_HOST and a["method"] != "CONNECT"]
+    assert bot and all(a["path"].startswith(f"/bot{rendered_hermes.PLACEHOLDER_BOT_TOKEN}/") for a in bot)
+    assert BOT_TOKEN not in world.audit_path.read_text()
+
+
+def test_an_upstream_that_echoes_the_path_never_shows_the_agent_the_token(world):
+    """A server that reflects the URL (a redirect, an error body) would hand the agent the
+    token the proxy put there: the proxy turns it back into the agent's stand-in."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    ctx = ssl.create_default_context(cafile=str(world.proxy_ca))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"https": f"http://127.0.0.1:{world.tunnel}"}),
+        urllib.request.HTTPSHandler(context=ctx), NoRedirect())
+    stand_in = rendered_hermes.PLACEHOLDER_BOT_TOKEN
+    with pytest.raises(urllib.error.HTTPError) as reply:
+        opener.open(f"https://{TELEGRAM_HOST}/bot{stand_in}/agentctlReflect?x=1", timeout=20)
+    body = reply.value.read().decode()
+    location = reply.value.headers["Location"]
+    assert reply.value.code == 302
+    assert f"/bot{stand_in}/agentctlReflect" in body and f"/bot{stand_in}/agentctlReflect" in location
+    assert BOT_TOKEN not in body and BOT_TOKEN not in location
+    # and upstream it was the real token
+    assert world.calls() is not None and any(
+        r.get("method") == "agentctlReflect" and r.get("token_sha256") == sha(BOT_TOKEN)
+        for r in map(json.loads, world.telegram_log.read_text().splitlines()))
 
 
 # What Hermes 0.19.0 contacts on its own (docs/hermes.md, "Hosts Hermes contacts on its
@@ -557,8 +657,13 @@ def _drop_hook(agent: Agent) -> subprocess.CompletedProcess:
 def test_the_agent_user_cannot_add_a_gateway_hook_with_the_guardrail_layout(world, guarded):
     dropped = _drop_hook(guarded)
     assert dropped.returncode != 0 and "Permission denied" in dropped.stderr
-    moved = guarded.as_agent(f"mv {guarded.hermes_home / 'hooks'} {guarded.hermes_home / 'hooks.old'}")
-    assert moved.returncode != 0  # sticky folder: root's hooks/ stays where it is
+    # nor a plugin, nor itself to the pairing store; nor move any of these folders away
+    for d in rendered_hermes.ROOT_DIRS:
+        folder = guarded.hermes_home / d
+        made = guarded.as_agent(f"mkdir {folder / 'agentctl-test'} || touch {folder / 'telegram-approved.json'}")
+        assert made.returncode != 0 and "Permission denied" in made.stderr, d
+        moved = guarded.as_agent(f"mv {folder} {folder}.old")
+        assert moved.returncode != 0, d  # sticky folder: root's folders stay where they are
 
 
 def test_a_gateway_hook_bypasses_approvals_in_the_default_layout(world, guarded):

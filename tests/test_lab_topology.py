@@ -33,7 +33,7 @@ def test_every_namespace_has_the_lab_prefix_and_short_interface_names(lab):
 
 def test_internet_servers_from_dns_records(lab):
     servers = {s.role: s for s in topology.internet_servers(lab)}
-    assert servers["upstream"].names == ("api.lab.test", "deb.lab.test", "llm.lab.test")
+    assert servers["upstream"].names == ("api.lab.test", "deb.lab.test", "llm.lab.test", "pypi.lab.test")
     assert servers["evil"].names == ("evil.lab.test",)
     # rebind.lab.test points at the metadata address: not a lab internet server
     assert all("rebind.lab.test" not in s.names for s in servers.values())

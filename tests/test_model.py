@@ -38,7 +38,9 @@ def test_addresses_are_unique_and_inside_their_subnets(second, prefix, n):
 def test_secret_refs_lists_every_pulumi_secret():
     d = load(ROOT, "example-hcloud")
     assert [(p, r.config) for p, r in d.secret_refs()] == [
-        ("agents[0].egress.secrets[0].from", "githubPat"), ("tailscale.authKey", "tailscaleAuthKey")]
+        ("agents[0].egress.secrets[0].from", "anthropicKey"), ("agents[0].egress.secrets[1].from", "githubPat"),
+        ("agents[0].egress.secrets[2].from", "telegramBotToken"),
+        ("tailscale.authKey", "tailscaleAuthKey")]
 
 
 def _agents(*numbers):

@@ -121,7 +121,7 @@ def test_runtime_config_is_what_the_engine_passes():
     config, secret_keys = runtime_config(doc)
     assert all(isinstance(v, str) for v in config.values())
     assert json.loads(config["agentctl:network"]) == doc["agentctl:network"]
-    assert set(secret_keys) == {"agentctl:githubPat", "agentctl:tailscaleAuthKey"}
+    assert set(secret_keys) == {"agentctl:anthropicKey", "agentctl:githubPat", "agentctl:telegramBotToken", "agentctl:tailscaleAuthKey"}
     assert config["agentctl:githubPat"] == SECRET_PLACEHOLDER
 
 
@@ -162,18 +162,18 @@ def _ssm_source(name, region=None):
 
 
 @pytest.mark.parametrize("stack,edit,key_path,words", [
-    ("example-aws", _same_secret_twice, "agentctl:agents[0].egress.secrets[2].name",
+    ("example-aws", _same_secret_twice, "agentctl:agents[0].egress.secrets[3].name",
      "is the name of agentctl:agents[0].egress.secrets[1] too"),
-    ("example-hcloud", _same_secret_twice, "agentctl:agents[0].egress.secrets[1].name",
-     "is the name of agentctl:agents[0].egress.secrets[0] too"),
-    ("example-aws", _ssm_source("/other-team/prod/github-pat"), "agentctl:agents[0].egress.secrets[2].source.name",
+    ("example-hcloud", _same_secret_twice, "agentctl:agents[0].egress.secrets[3].name",
+     "is the name of agentctl:agents[0].egress.secrets[1] too"),
+    ("example-aws", _ssm_source("/other-team/prod/github-pat"), "agentctl:agents[0].egress.secrets[3].source.name",
      "instance role cannot read it"),
-    ("example-aws", _ssm_source("/agentctl/example-aws-2/x"), "agentctl:agents[0].egress.secrets[2].source.name",
+    ("example-aws", _ssm_source("/agentctl/example-aws-2/x"), "agentctl:agents[0].egress.secrets[3].source.name",
      "outside this deployment's parameter path"),
     ("example-aws", _ssm_source("/agentctl/example-aws/scout/x", region="eu-west-1"),
-     "agentctl:agents[0].egress.secrets[2].source.region", "us-east-1"),
+     "agentctl:agents[0].egress.secrets[3].source.region", "us-east-1"),
     ("example-aws", _ssm_source(ca_key_parameter_name("agentctl", "example-aws")),
-     "agentctl:agents[0].egress.secrets[2].source.name", "CA key"),
+     "agentctl:agents[0].egress.secrets[3].source.name", "CA key"),
 ])
 def test_secrets_that_would_collide_or_be_unreadable_exit_2(tmp_path, stack, edit, key_path, words):
     """Refused before any resource is declared: one line, the key path, exit 2."""

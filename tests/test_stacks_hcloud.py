@@ -108,7 +108,9 @@ def check_secrets_pushed_not_in_user_data(p, ctx):
     push = named(p.resources, f"{N}-proxy-secrets")
     assert push["type"] == PUSH and push["inputs"]["files"] == "[secret]"
     assert push["inputs"]["user"] == "admin" and push["inputs"]["host"] == MOCK_PUBLIC_IP
-    expected = [{"path": "/etc/agentctl-proxy/secrets/scout/github-pat", "owner": "agentctl-proxy", "mode": "0600"},
+    expected = [{"path": "/etc/agentctl-proxy/secrets/scout/anthropic-key", "owner": "agentctl-proxy", "mode": "0600"},
+                {"path": "/etc/agentctl-proxy/secrets/scout/github-pat", "owner": "agentctl-proxy", "mode": "0600"},
+                {"path": "/etc/agentctl-proxy/secrets/scout/bot-token", "owner": "agentctl-proxy", "mode": "0600"},
                 {"path": "/etc/agentctl-proxy/ca.key", "owner": "agentctl-proxy", "mode": "0600"},
                 # the policy: root's, readable by the proxy's group (as user-data writes it)
                 {"path": "/etc/agentctl-proxy/config.yaml", "owner": "root:agentctl-proxy", "mode": "0640"}]

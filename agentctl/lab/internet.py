@@ -65,8 +65,9 @@ def request_log(state_dir: Path) -> Path:
     return state_dir / "internet" / "requests.jsonl"
 
 
-def start(deployment: Deployment, state_dir: Path) -> dict[str, int]:
-    """Start every lab internet server; return {namespace: pid}."""
+def start(deployment: Deployment, state_dir: Path, wheel_dirs: list[Path] = ()) -> dict[str, int]:
+    """Start every lab internet server; return {namespace: pid}. Upstream servers are
+    also the lab's package index (pypi.lab.test), serving every wheel in `wheel_dirs`."""
     folder = state_dir / "internet"
     ca_cert, ca_key = ensure_internet_ca(folder / "ca")
     log = request_log(state_dir)
@@ -80,7 +81,8 @@ def start(deployment: Deployment, state_dir: Path) -> dict[str, int]:
         out = open(folder / f"{node.name}.out", "ab")
         proc = subprocess.Popen(
             ["ip", "netns", "exec", node.netns, sys.executable, str(ASSETS / "lab_internet.py"), "--role", srv.role,
-             "--ip", srv.ip, "--cert", str(crt), "--key", str(key), "--log", str(log)],
+             "--ip", srv.ip, "--cert", str(crt), "--key", str(key), "--log", str(log),
+             *(f"--wheels={w}" for w in (wheel_dirs if srv.role == "upstream" else ()))],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         pids[node.netns] = proc.pid
     _wait_ready(folder, [n for n in by_ip.values()])

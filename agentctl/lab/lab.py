@@ -20,12 +20,11 @@ from typing import Callable
 
 from agentctl.ca import ensure_ca
 from agentctl.errors import AgentctlError, ConfigError
-from agentctl.lab import hosts, image, internet, netns, state, topology
+from agentctl.lab import hosts, image, internet, netns, packages, state, topology
 from agentctl.model import Deployment
 from agentctl.secrets import CA_KEY_PATH, secret_file_path
 from agentctl.stackfile import load
 
-AGENT_SCRIPT = "/opt/agentctl-lab/lab_agent.py"
 PROXY_VENV = image.PROXY_VENV
 Progress = Callable[[str], None]
 
@@ -126,6 +125,8 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
     img = image.ensure_image(project_dir, distro or d.distro, cache_dir, progress)
     progress("building agentctl-proxy from this checkout")
     proxy_wheel = _proxy_wheel(project_dir, state_dir)
+    progress("building the lab package index's wheels (agentctl-lab-agent)")
+    wheel_dirs = packages.wheel_dirs(cache_dir)
     st = state.LabState(stack=stack, project_dir=str(Path(project_dir).resolve()), image=str(img))
     state.save(state_dir, st)
 
@@ -136,7 +137,7 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
     if leaks:
         down(state_dir, progress=lambda _m: None)
         raise LabError("lab network leaks out of the lab, torn down: " + "; ".join(leaks))
-    for ns, pid in internet.start(d, state_dir).items():
+    for ns, pid in internet.start(d, state_dir, wheel_dirs).items():
         state.record_process(state_dir, pid, f"internet {ns}")
 
     progress("rendering user-data and preparing host overlays")
@@ -152,8 +153,6 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
                                              "::1 localhost ip6-localhost ip6-loopback\n")
         if host.role == "proxy":
             _prepare_proxy(d, root, ca.key_path, state_dir, proxy_wheel)
-        else:
-            hosts.write_file(root, AGENT_SCRIPT, (internet.ASSETS / "lab_agent.py").read_text(), 0o755)
 
     progress(f"booting {len(rendered)} hosts (systemd-nspawn) and waiting for cloud-init")
     for host in rendered:

@@ -36,6 +36,9 @@ class AdminSsh:
         self.host, self.address, self.port, self.user = host, address, port, user
         self.known_hosts, self.key_file, self.timeout = Path(known_hosts), key_file, timeout
         self.client: paramiko.SSHClient | None = None
+        # What carries the connection when the address is not directly reachable (the
+        # lab: a relay in the lab's admin namespace, paramiko.ProxyCommand).
+        self.sock_factory = None
 
     def _bad(self, problem: str, expected: str) -> ConfigError:
         return ConfigError("--host", self.host, problem, expected)
@@ -57,7 +60,7 @@ class AdminSsh:
         try:
             client.connect(self.address, port=self.port, username=self.user, timeout=self.timeout,
                            banner_timeout=self.timeout, auth_timeout=self.timeout,
-                           pkey=pkey,
+                           pkey=pkey, sock=self.sock_factory() if self.sock_factory else None,
                            allow_agent=self.key_file is None, look_for_keys=self.key_file is None)
         except paramiko.BadHostKeyException as exc:
             client.close()

@@ -28,15 +28,17 @@ def _yaml() -> YAML:
 
 
 def runtime_version(project_dir: Path, stack: str, host: str) -> str:
-    """The version the stack file pins for `host`'s runtime (the model's view)."""
+    """The version the stack file pins for `host`'s runtime (the model's PackagePin)."""
     agent = next((a for a in load(project_dir, stack).agents if a.name == host), None)
-    if agent is None or agent.runtime.hermes is None or agent.runtime.hermes.version is None:
+    pin = agent.runtime.package_pin if agent is not None else None
+    if pin is None:
         raise ConfigError(str(stack_path(project_dir, stack)), f"{NAMESPACE}:agents[{host}].runtime",
-                          "has no versioned runtime", "runtime: {hermes: {version: ...}}")
-    return agent.runtime.hermes.version
+                          "has no versioned runtime", "runtime: {package: {name, version}} or {hermes: {version}}")
+    return pin.version
 
 
 def set_runtime_version(project_dir: Path, stack: str, host: str, version: str) -> None:
+    """Move the pin's version: runtime.package.version, or runtime.hermes.version."""
     path = stack_path(project_dir, stack)
     original = path.read_text()
     yaml = _yaml()
@@ -45,13 +47,15 @@ def set_runtime_version(project_dir: Path, stack: str, host: str, version: str) 
     index = next((i for i, a in enumerate(agents) if a.get("name") == host), None)
     if index is None:
         raise ConfigError(str(path), f"{NAMESPACE}:agents", f"has no agent {host!r}", "an agent of this stack")
-    hermes = agents[index].get("runtime", {}).get("hermes")
-    if not hasattr(hermes, "get") or "version" not in hermes:
-        raise ConfigError(str(path), f"{NAMESPACE}:agents[{index}].runtime.hermes.version", "is not set",
+    runtime = agents[index].get("runtime", {})
+    kind = "package" if hasattr(runtime.get("package"), "get") else "hermes"
+    pinned = runtime.get(kind)
+    if not hasattr(pinned, "get") or "version" not in pinned:
+        raise ConfigError(str(path), f"{NAMESPACE}:agents[{index}].runtime.{kind}.version", "is not set",
                           "a runtime pinned by version")
-    old = hermes["version"]
+    old = pinned["version"]
     # Keep the scalar's style (a quoted "v1.2" stays quoted).
-    hermes["version"] = type(old)(version) if type(old) is not str else version
+    pinned["version"] = type(old)(version) if type(old) is not str else version
     out = io.StringIO()
     yaml.dump(doc, out)
     write_atomic(path, out.getvalue().encode())

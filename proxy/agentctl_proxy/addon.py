@@ -39,8 +39,8 @@ from agentctl_proxy.netguard import UpstreamDenied
 from agentctl_proxy.paths import check_path, check_query, split_target
 from agentctl_proxy.pinning import UpstreamPin
 from agentctl_proxy.policy import UNKNOWN_AGENT
-from agentctl_proxy.responses import Responses
-from agentctl_proxy.secrets import SecretUnavailable, render
+from agentctl_proxy.responses import UNREFLECTED, Responses
+from agentctl_proxy.secrets import SecretUnavailable, Unreflected, inject_path, render
 from agentctl_proxy.verdict import META, AuditTrail, Verdict, mode_name
 
 log = logging.getLogger("agentctl_proxy")
@@ -268,7 +268,7 @@ class RequestPolicy(AuditTrail):
                               f"secret {spec.label!r} is never injected into cleartext HTTP")
         if inject.header:
             flow.request.headers.pop(inject.header, None)
-        else:
+        elif inject.query_param:
             flow.request.query.pop(inject.query_param, None)
         try:
             value = self.rt.secrets.get_cached(spec.source, spec.label)
@@ -277,7 +277,17 @@ class RequestPolicy(AuditTrail):
         except SecretUnavailable as e:
             return self._deny(flow, v, 503, "secret unavailable", str(e))
         rendered = render(inject.formatter, value)
-        if inject.header:
+        if inject.path_prefix:
+            try:
+                injected = inject_path(flow.request.path, inject.path_prefix, rendered, spec.label)
+            except SecretUnavailable as e:
+                return self._deny(flow, v, 503, "secret unavailable", str(e))
+            if injected is None:
+                return self._deny(flow, v, 403, "secret path",
+                                  f"secret {spec.label!r} goes after {inject.path_prefix}; the path has no place for it")
+            flow.request.path, stand_in = injected
+            flow.metadata[UNREFLECTED] = Unreflected(rendered, stand_in)  # responses.py keeps it out
+        elif inject.header:
             if any(ch in rendered for ch in "\r\n\x00"):
                 return self._deny(flow, v, 503, "secret unavailable",
                                   f"secret {spec.label!r} is not a valid header value")

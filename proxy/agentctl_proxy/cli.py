@@ -1,4 +1,4 @@
-"""Thin commands over the library: run, check, ca init.
+"""Thin commands over the library: run, check, ca init, grant open|close.
 
 Bad input exits 2 with one line on stderr naming the file and key path; no traceback
 (and never local variables: they may hold secrets).
@@ -7,7 +7,10 @@ Bad input exits 2 with one line on stderr naming the file and key path; no trace
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import subprocess
 import sys
 
 try:
@@ -110,6 +113,68 @@ def ca_init(directory: str = typer.Option(..., "--dir", help="Where to write ca.
     except CaError as e:
         raise _fail(str(e)) from None
     print(f"wrote {cert} and {key}")
+
+
+grant_app = typer.Typer(help="Upgrade grants: time-boxed egress for one agent (root on the proxy host only).",
+                        no_args_is_help=True)
+app.add_typer(grant_app, name="grant")
+
+
+def _grant_guard(agent: str) -> None:
+    import re
+
+    if os.geteuid() != 0:
+        raise _fail("agentctl-proxy grant: must run as root on the proxy host (the operator's admin path)")
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}[a-z0-9]", agent):
+        raise _fail(f"--agent: {agent!r} is not an agent name; expected a host name such as scout")
+
+
+def _reload(reload: bool) -> None:
+    # The proxy re-reads the grants on SIGHUP (the unit's ExecReload).
+    if reload:
+        proc = subprocess.run(["systemctl", "reload", "agentctl-proxy.service"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise _fail(f"agentctl-proxy grant: reloading the proxy failed: {proc.stderr.strip()[:200]}", 1)
+
+
+@grant_app.command("open")
+def grant_open(agent: str = typer.Option(..., "--agent"), run_id: str = typer.Option(..., "--run-id"),
+               rule: list[str] = typer.Option(..., "--rule", help="A rule as JSON: {host, methods, paths[, ports]}."),
+               minutes: float = typer.Option(30, "--minutes", help="Deadline: closed after this, whatever happens."),
+               reload: bool = typer.Option(True, "--reload/--no-reload")) -> None:
+    """Open AGENT's upgrade grant (closing any other of its grants); audited as AGENT/upgrade[i]."""
+    from pydantic import ValidationError
+
+    from agentctl_proxy.config import Rule
+    from agentctl_proxy.upgrade_grants import open_grant
+
+    _grant_guard(agent)
+    rules = []
+    for i, text in enumerate(rule):
+        try:
+            rules.append(Rule.model_validate(json.loads(text)).model_dump(exclude_none=True))
+        except (ValueError, ValidationError) as e:
+            raise _fail(f"--rule[{i}]: {str(e).splitlines()[0]}; expected JSON such as "
+                        '{"host": "pypi.org", "methods": ["GET"], "paths": ["/simple/*"]}') from None
+    try:
+        grant = open_grant(agent, run_id, rules, minutes)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    _reload(reload)
+    print(json.dumps({"agent": agent, "grant": "open", "run_id": run_id, "deadline": grant.deadline,
+                      "rules": len(rules)}))
+
+
+@grant_app.command("close")
+def grant_close(agent: str = typer.Option(..., "--agent"),
+                reload: bool = typer.Option(True, "--reload/--no-reload")) -> None:
+    """Close AGENT's upgrade grants (idempotent)."""
+    from agentctl_proxy.upgrade_grants import close_grant
+
+    _grant_guard(agent)
+    was_open = close_grant(agent)
+    _reload(reload)
+    print(json.dumps({"agent": agent, "grant": "closed", "was_open": was_open}))
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from agentctl_proxy import config as c
 from agentctl_proxy.bootstrap_ledger import BootstrapLedger
 from agentctl_proxy.kept import KeptAnswers
 from agentctl_proxy.matcher import Grant, Matcher
+from agentctl_proxy.upgrade_grants import UpgradeGrant
 
 UNKNOWN_AGENT = "-"
 ANY_AGENT = "*"  # the identity every client has when there is no agents: section
@@ -77,8 +78,13 @@ def _compile_transforms(
 class Policy:
     """Maps a client address to an Identity; holds bootstrap state across requests."""
 
-    def __init__(self, cfg: c.Config, now: float | None = None, ledger: BootstrapLedger | None = None) -> None:
+    def __init__(self, cfg: c.Config, now: float | None = None, ledger: BootstrapLedger | None = None,
+                 upgrade_grants: list[UpgradeGrant] = ()) -> None:
         now = time.monotonic() if now is None else now
+        wall = time.time()
+        # Open upgrade grants (upgrade_grants.py), gated like bootstrap rules under the
+        # key "upgrade:AGENT": {key: monotonic deadline}.
+        self.upgrade_deadlines: dict[str, float] = {}
         self.ledger = ledger if ledger is not None else BootstrapLedger(None)
         self.has_agents = cfg.agents is not None
         self.identities: dict[str, Identity] = {}
@@ -107,6 +113,15 @@ class Policy:
                 for i, rule in enumerate(agent.bootstrap.rules):
                     label = f"{agent.name}/bootstrap[{i}]"
                     allow.append(_grant(rule, label, counter[0], bootstrap=agent.name))
+                    counter[0] += 1
+            for grant in upgrade_grants:
+                if grant.agent != agent.name or not grant.open_at(wall):
+                    continue
+                key = f"upgrade:{agent.name}"
+                self.upgrade_deadlines[key] = now + (grant.deadline - wall)
+                for i, rule in enumerate(grant.rules):
+                    allow.append(_grant(c.Rule.model_validate(rule), f"{agent.name}/upgrade[{i}]", counter[0],
+                                        bootstrap=key))
                     counter[0] += 1
             # system grants come last so an agent's own grant names the match first
             _compile_transforms(cfg.transforms, "system", counter, allow, secrets)
@@ -146,9 +161,11 @@ class Policy:
                     and ident.name not in self.closed:
                 self.closed.add(ident.name)
                 self.ledger.close({ident.name})
-        self._closed_now = frozenset(self.closed)
-        self._recheck_at = min((i.bootstrap_deadline for i in self.identities.values()
-                                if i.bootstrap_deadline is not None and i.name not in self.closed),
+        expired = {k for k, deadline in self.upgrade_deadlines.items() if now >= deadline}
+        self._closed_now = frozenset(self.closed | expired)
+        self._recheck_at = min([i.bootstrap_deadline for i in self.identities.values()
+                                if i.bootstrap_deadline is not None and i.name not in self.closed]
+                               + [d for k, d in self.upgrade_deadlines.items() if k not in expired],
                                default=float("inf"))
         return self._closed_now
 

@@ -1,7 +1,8 @@
 """Responses: streamed, capped, and each forwarded exchange's completion line.
 
 Every response is streamed, never buffered (SSE, long downloads); an allowed one is cut
-past `proxy.max_response_body_bytes`. When an exchange the proxy forwarded ends (response,
+past `proxy.max_response_body_bytes`; a secret the proxy put into the request path never
+comes back to the agent in a header or the body. When an exchange the proxy forwarded ends (response,
 upstream error, WebSocket close) its "complete" line carries the final status and
 duration, with the decision line's request_id (docs/audit.md). A request refused by
 mitmproxy before its decision was final (the request body cap, a client gone) gets its
@@ -13,7 +14,10 @@ from __future__ import annotations
 from mitmproxy import http
 
 from agentctl_proxy import internals
+from agentctl_proxy.secrets import Unreflected
 from agentctl_proxy.verdict import META, AuditTrail, Verdict
+
+UNREFLECTED = "agentctl.unreflected"  # flow metadata: a secret injected into the path
 
 
 class Responses(AuditTrail):
@@ -31,6 +35,18 @@ class Responses(AuditTrail):
             resp.stream = _Capped(cap, flow)
         else:
             resp.stream = True  # streamed, never buffered: SSE and long downloads
+        unreflected: Unreflected | None = flow.metadata.get(UNREFLECTED)
+        if unreflected is not None:  # a secret in the path: never echoed back to the agent
+            for name, value in resp.headers.items(multi=True):
+                if unreflected.secret.decode() in value:
+                    resp.headers.set_all(name, [unreflected.header(x) for x in resp.headers.get_all(name)])
+        if unreflected is not None and flow.request.method != "HEAD" and resp.status_code not in (204, 304):
+            unreflected.then = resp.stream if callable(resp.stream) else None
+            resp.stream = unreflected
+            if "content-length" in resp.headers:  # the stand-in's length is not the secret's
+                del resp.headers["content-length"]
+                if flow.request.http_version.startswith("HTTP/1"):
+                    resp.headers["transfer-encoding"] = "chunked"
 
     def response(self, flow: http.HTTPFlow) -> None:
         v: Verdict | None = flow.metadata.get(META)

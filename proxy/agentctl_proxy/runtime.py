@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from agentctl_proxy import config as c
+from agentctl_proxy import upgrade_grants
 from agentctl_proxy.bootstrap_ledger import BootstrapLedger
 from agentctl_proxy.netguard import Resolver
 from agentctl_proxy.policy import Policy
@@ -45,7 +46,8 @@ class Runtime:
         for r in cfg.dns.records if cfg.dns else []:
             records[r.name.lower().rstrip(".")].append(r.value)
         ledger = previous.policy.ledger if previous is not None else BootstrapLedger(cfg.proxy.state_path)
-        rt = cls(cfg, Policy(cfg, ledger=ledger), Resolver(cfg.proxy.upstream_deny_cidrs, dict(records)))
+        policy = Policy(cfg, ledger=ledger, upgrade_grants=upgrade_grants.read())  # re-read on every reload
+        rt = cls(cfg, policy, Resolver(cfg.proxy.upstream_deny_cidrs, dict(records)))
         if previous is not None:
             rt.policy.carry_state(previous.policy)
             rt.rates = previous.rates  # a reload must not refill every bucket

@@ -110,3 +110,48 @@ class SecretCache:
 
 def render(formatter: str, value: str) -> str:
     return re.sub(r"\{\{\s*\.Value\s*\}\}", lambda _: value, formatter, count=1)
+
+
+# --- a secret in the URL path (Telegram's Bot API: /bot<token>/<method>) -------------------
+
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._~:@!$&'()*+,;=-]+$")  # RFC 3986 pchar, nothing percent-encoded
+
+
+def inject_path(path: str, prefix: str, value: str, label: str = "") -> tuple[str, str] | None:
+    """(the path with the segment after `prefix` replaced by `value`, the segment the
+    agent sent), or None when the path has no such segment. Whatever the agent put
+    there (it holds no credential: a stand-in) is dropped, as for a header."""
+    if not path.startswith(prefix):
+        return None
+    rest = path[len(prefix):]
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    if end == 0:
+        return None
+    if not _PATH_SEGMENT.match(value):
+        raise SecretUnavailable(f"secret {label!r} is not a valid URL path segment")
+    return prefix + value + rest[end:], rest[:end]
+
+
+class Unreflected:
+    """A response body stream in which the secret never reaches the agent: each
+    occurrence becomes the stand-in the agent sent, also across chunk boundaries (the
+    last len(secret)-1 bytes wait for the next chunk; mitmproxy flushes with b"").
+    `then` is the stream callable it feeds (the body cap). The body's length changes,
+    so the proxy drops Content-Length (chunked to an HTTP/1 client)."""
+
+    def __init__(self, secret: str, stand_in: str, then=None) -> None:
+        self.secret, self.stand_in = secret.encode(), stand_in.encode()
+        self.tail = b""
+        self.then = then
+
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        data = (self.tail + chunk).replace(self.secret, self.stand_in)
+        keep = 0 if chunk == b"" else len(self.secret) - 1
+        data, self.tail = (data[:-keep], data[-keep:]) if keep and len(data) > keep else \
+            ((b"", data) if keep else (data, b""))
+        out = self.then(data) if self.then is not None else data
+        # never an empty chunk mid-body: chunked to an HTTP/1 client, it would end the body
+        return [out] if out else []
+
+    def header(self, value: str) -> str:
+        return value.replace(self.secret.decode(), self.stand_in.decode())

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from agentctl.render import BACKUP_DIR, BACKUP_MARKER, HERMES_CONFIG, HERMES_HOME, HERMES_INSTALL
+from agentctl import hermes
+from agentctl.render import (BACKUP_DIR, BACKUP_MARKER, HERMES_CONFIG, HERMES_HOME, HERMES_INSTALL, SNAPSHOT_REPO,
+                             SNAPSHOT_WORKTREE)
 
 SERVICE = "agentctl-agent.service"
 
@@ -19,7 +21,8 @@ def agent(deployment, host_name):
 def unit(root) -> dict[str, str]:
     props = ("User NoNewPrivileges ProtectSystem PrivateTmp PrivateDevices CapabilityBoundingSet AmbientCapabilities "
              "SystemCallFilter IPAddressDeny IPAddressAllow RestrictNamespaces Environment ActiveState "
-             "ReadOnlyPaths ReadWritePaths").split()
+             "ReadOnlyPaths ReadWritePaths Restart KillMode KillSignal TimeoutStopUSec RestartForceExitStatus "
+             "RestartPreventExitStatus").split()
     out = root.check_output(f"systemctl show {SERVICE} " + " ".join(f"-p {p}" for p in props))
     return dict(line.split("=", 1) for line in out.splitlines())
 
@@ -102,9 +105,106 @@ def test_agent_config_is_roots_and_only_readable_by_the_agent(root):
     assert (home.user, home.group, home.mode) == ("root", "agentuser", 0o1770)  # sticky: no rename of root's files
 
 
-def test_agent_config_holds_the_guardrails(root):
+def test_agent_config_holds_the_guardrails(root, agent):
     config = yaml.safe_load(root.file(HERMES_CONFIG).content_string)
-    assert config["approvals"]["mode"] == "manual" and config["checkpoints"]["enabled"] is True
+    assert config["approvals"]["mode"] == "manual"
+    if agent.runtime.hermes:
+        # Hermes' gateway never reads checkpoints.enabled (docs/hermes.md, "Checkpoints"):
+        # a config promising it would be a guardrail with no effect
+        assert not (config.get("checkpoints") or {}).get("enabled"), \
+            "checkpoints.enabled promises rollback that hermes gateway never delivers"
+    else:
+        assert config["checkpoints"]["enabled"] is True
+
+
+# --- Hermes: the runtime as rendered ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hermes_pin(agent):
+    if not agent.runtime.hermes:
+        pytest.skip("a generic command agent, not Hermes")
+    return agent.runtime.hermes
+
+
+def test_hermes_is_the_pinned_version_with_its_extras(root, hermes_pin):
+    python = f"{hermes.VENV}/bin/python"
+    version = root.check_output(f"{python} -c 'import importlib.metadata as m; print(m.version(\"hermes-agent\"))'")
+    assert version == hermes_pin.version
+    # the provider SDK and the chat platform's: otherwise Hermes installs them at run time
+    assert root.run(f"{python} -c 'import anthropic, telegram'").rc == 0
+
+
+def test_hermes_config_is_as_rendered(root, hermes_pin):
+    want = hermes.config(hermes_pin)
+    for path in (HERMES_CONFIG, f"{hermes.MANAGED_DIR}/config.yaml"):
+        assert yaml.safe_load(root.file(path).content_string) == want, path
+    env = root.file(f"{hermes.MANAGED_DIR}/.env").content_string
+    assert dict(l.split("=", 1) for l in env.splitlines() if l and not l.startswith("#")) == \
+        hermes.managed_env(hermes_pin)
+    for name, content in hermes.ROOT_FILES.items():
+        assert root.file(f"{HERMES_HOME}/{name}").content_string == content, name
+
+
+def test_hermes_guardrails_are_roots_and_not_writable_by_agentuser(root, hermes_pin):
+    files = [HERMES_CONFIG, f"{hermes.MANAGED_DIR}/config.yaml", f"{hermes.MANAGED_DIR}/.env",
+             *(f"{HERMES_HOME}/{n}" for n in hermes.ROOT_FILES)]
+    dirs = [hermes.MANAGED_DIR, *(f"{HERMES_HOME}/{d}" for d in hermes.ROOT_DIRS)]
+    for path in files + dirs:
+        f = root.file(path)
+        assert f.exists and not f.is_symlink and f.user == "root" and not f.mode & 0o022, path
+    for path in files:
+        assert root.run(f"runuser -u agentuser -- sh -c 'echo HERMES_YOLO_MODE=1 >> {path}'").rc != 0, path
+        assert root.run(f"runuser -u agentuser -- mv {path} {path}.moved").rc != 0, path
+    for path in dirs:
+        assert root.run(f"runuser -u agentuser -- mkdir {path}/agentctl-probe").rc != 0, path
+
+
+def test_hermes_unit_restarts_and_stops_as_hermes_expects(unit, hermes_pin):
+    assert unit["Restart"] == "always" and unit["KillMode"] == "mixed" and unit["KillSignal"] == "2"  # SIGINT
+    assert "75" in unit["RestartForceExitStatus"].split() and "78" in unit["RestartPreventExitStatus"].split()
+    assert unit["TimeoutStopUSec"] == "1min 30s"  # >= 60 s, as Hermes' own unit
+    env = dict(item.split("=", 1) for item in unit["Environment"].split())
+    assert env["HERMES_MANAGED_DIR"] == hermes.MANAGED_DIR and env["HERMES_HOME"] == HERMES_HOME
+    for path in hermes.ROOT_FILES:
+        assert f"{HERMES_HOME}/{path}" in unit["ReadOnlyPaths"].split()
+
+
+@pytest.mark.destructive
+def test_hermes_stops_clean_and_comes_back(root, hermes_pin):
+    """`systemctl stop` sends SIGINT: Hermes' planned stop, exit 0, so the unit ends
+    inactive, not failed (with SIGTERM it exits 1)."""
+    try:
+        root.check_output(f"systemctl stop {SERVICE}")
+        state = root.check_output(f"systemctl show -p ActiveState -p Result --value {SERVICE}").split()
+        assert state == ["inactive", "success"], state
+    finally:
+        root.run(f"systemctl start {SERVICE}")
+    assert root.run(f"systemctl is-active --quiet {SERVICE}").rc == 0
+
+
+# --- checkpoints: file edits can be rolled back ---------------------------------------
+
+def test_file_edits_can_be_rolled_back(host, root):
+    """The checkpoints promise, delivered by agentctl-snapshot (Hermes' own checkpoints do
+    nothing under its gateway): the timer runs and the history is root's alone."""
+    timer = host.service("agentctl-snapshot.timer")
+    assert timer.is_enabled and timer.is_running, "no snapshots: file edits cannot be rolled back"
+    repo = root.file(SNAPSHOT_REPO)
+    if repo.exists:
+        assert repo.user == "root" and not repo.mode & 0o077
+
+
+@pytest.mark.destructive
+def test_an_edit_is_rolled_back_from_a_snapshot(root):
+    probe = f"{SNAPSHOT_WORKTREE}/agentctl-rollback-probe.txt"
+    root.check_output(f"runuser -u agentuser -- sh -c 'echo before > {probe}'")
+    try:
+        snap = root.check_output("/usr/local/sbin/agentctl-snapshot take").split()[-1]
+        root.check_output(f"runuser -u agentuser -- sh -c 'echo after > {probe}'")
+        root.check_output(f"/usr/local/sbin/agentctl-snapshot restore {snap} {probe.rsplit('/', 1)[1]}")
+        assert root.file(probe).content_string == "before\n" and root.file(probe).user == "agentuser"
+    finally:
+        root.run(f"rm -f {probe}")
 
 
 def test_agent_unit_reads_its_config_read_only(unit):

@@ -186,6 +186,16 @@ class Handler(BaseHTTPRequestHandler):
         if ARGS.token and token != ARGS.token:
             record(kind="bot", status=401, **call)
             return self._json(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+        if method == "agentctlReflect":  # not Telegram's: a server that echoes the URL it got
+            record(kind="bot", status=302, **call)
+            body = json.dumps({"ok": False, "description": f"moved: {self.path}"}).encode()
+            self.send_response(302)
+            self.send_header("Location", f"https://api.telegram.org{self.path}")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return None
         try:
             result = api(method, p)
         except (KeyError, ValueError) as exc:

@@ -6,7 +6,13 @@ and the proxy's CA from the unit's environment, like a real agent. Each round ma
 the stack's allowed calls (a GET under /repos/acme/app/, a streamed chat completion)
 and one call outside the grants, which the proxy must refuse. One JSON line per call
 on stdout (the journal) and in /var/log/agentctl-agent/lab-agent.jsonl.
-Standard library only: the agent host has no route to a package index.
+
+It is installed like a real runtime: the lab builds it into the package
+`agentctl-lab-agent` (agentctl/lab/packages.py, versions 1.0.0, 1.1.0 and a broken
+1.2.0), served by the lab's package index, installed by agentctl-runtime-install
+through the proxy. It answers GET http://127.0.0.1:8790/health with its version
+(the runtime health that snapshot-upgrade's acceptance asks for); a build marked
+broken starts and runs, but answers 503 there. Standard library only.
 """
 from __future__ import annotations
 
@@ -14,11 +20,19 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+try:  # written by the lab's package build (agentctl/lab/packages.py)
+    from agentctl_lab_agent_build import BROKEN, VERSION
+except ImportError:  # run as a plain script
+    BROKEN, VERSION = False, "0+script"
 
 LOG = "/var/log/agentctl-agent/lab-agent.jsonl"
+HEALTH_PORT = 8790
 CALLS = [
     # (name, method, url, body, expected status)
     ("allowed-get", "GET", "https://api.lab.test/repos/acme/app/releases", None, 200),
@@ -53,9 +67,31 @@ def log(entry: dict) -> None:
         pass  # the journal still has it
 
 
+class Health(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        status = 503 if BROKEN or self.path != "/health" else 200
+        body = json.dumps({"version": VERSION, "healthy": status == 200}).encode() + b"\n"
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args) -> None:
+        pass
+
+
+def serve_health() -> None:
+    server = HTTPServer(("127.0.0.1", int(os.environ.get("LAB_AGENT_HEALTH_PORT", HEALTH_PORT))), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
 def main() -> int:
     interval = float(os.environ.get("LAB_AGENT_INTERVAL", "30"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if not os.environ.get("LAB_AGENT_ONCE"):
+        serve_health()
+    log({"time": time.time(), "event": "start", "version": VERSION})
     while True:
         for name, method, url, body, expected in CALLS:
             start = time.monotonic()

@@ -5,7 +5,10 @@ Standard library only. Two roles:
   upstream  the example allowlist's APIs (api/llm/deb.lab.test): answers GET under
             /repos/, streams server-sent events on POST /v1/chat/completions, and
             records which Authorization header arrived (as a SHA-256, never the value)
-            so `lab escape` can prove the proxy injected the credential.
+            so `lab escape` can prove the proxy injected the credential. With
+            --wheels, it is also a package index (pypi.lab.test): a PEP 503 simple
+            index, with PEP 691 JSON on request, of every wheel in those folders,
+            under /simple/.
   evil      what an escaping agent would reach: HTTPS, a DNS-over-HTTPS endpoint and
             a rogue DNS resolver on port 53 that answers every name with its own
             address. Every hit is recorded: a hit here is an escape.
@@ -16,7 +19,9 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import html
 import json
+import re
 import socket
 import socketserver
 import ssl
@@ -25,6 +30,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 LOCK = threading.Lock()
 ARGS: argparse.Namespace
@@ -34,6 +40,25 @@ def record(kind: str, **fields) -> None:
     line = json.dumps({"time": time.time(), "server": ARGS.role, "kind": kind, **fields}, sort_keys=True)
     with LOCK, open(ARGS.log, "a") as fh:
         fh.write(line + "\n")
+
+
+def normalize(name: str) -> str:
+    """PEP 503's normalised project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheels() -> dict[str, dict[str, Path]]:
+    """{project: {file name: path}} of every wheel in the --wheels folders (read per
+    request: a folder the lab fills later is served without a restart)."""
+    out: dict[str, dict[str, Path]] = {}
+    for folder in ARGS.wheels:
+        for whl in sorted(Path(folder).glob("*.whl")):
+            out.setdefault(normalize(whl.name.split("-", 1)[0]), {})[whl.name] = whl
+    return out
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def dns_answer(query: bytes, ip: str) -> bytes:
@@ -88,6 +113,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if ARGS.role == "evil" and self.path.startswith("/dns-query"):
             return self._doh(None)
+        if ARGS.wheels and self.path.startswith("/simple/"):
+            return self._index()
         status = 200 if ARGS.role == "evil" or self.path.startswith("/repos/") or self.path.startswith("/debian/") else 404
         self._note(status)
         self._send(status, json.dumps({"server": ARGS.role, "path": self.path,
@@ -101,6 +128,39 @@ class Handler(BaseHTTPRequestHandler):
             return self._sse(len(body))
         self._note(200 if ARGS.role == "evil" else 404, len(body))
         self._send(200 if ARGS.role == "evil" else 404, b'{"server": "%s"}' % ARGS.role.encode())
+
+    def _index(self) -> None:
+        """/simple/, /simple/NAME/ (HTML, or PEP 691 JSON when asked for) and
+        /simple/NAME/FILE. Links are relative, so every file is under /simple/ too."""
+        parts = [p for p in self.path.split("?", 1)[0].split("/") if p][1:]
+        index = wheels()
+        as_json = "application/vnd.pypi.simple.v1+json" in self.headers.get("Accept", "")
+        if not parts:
+            names = sorted(index)
+            if as_json:
+                body = json.dumps({"meta": {"api-version": "1.0"}, "projects": [{"name": n} for n in names]})
+                return self._reply(200, body.encode(), "application/vnd.pypi.simple.v1+json")
+            links = "".join(f'<a href="{n}/">{n}</a>\n' for n in names)
+            return self._reply(200, f"<!DOCTYPE html><html><body>\n{links}</body></html>\n".encode(), "text/html")
+        files = index.get(normalize(parts[0]))
+        if files is None or len(parts) > 2 or parts[0] != normalize(parts[0]):
+            return self._reply(404, b"not found\n", "text/plain")
+        if len(parts) == 2:
+            path = files.get(parts[1])
+            if path is None:
+                return self._reply(404, b"not found\n", "text/plain")
+            return self._reply(200, path.read_bytes(), "application/octet-stream")
+        if as_json:
+            body = json.dumps({"meta": {"api-version": "1.0"}, "name": parts[0], "files": [
+                {"filename": f, "url": f, "hashes": {"sha256": sha256(p)}} for f, p in sorted(files.items())]})
+            return self._reply(200, body.encode(), "application/vnd.pypi.simple.v1+json")
+        links = "".join(f'<a href="{html.escape(f)}#sha256={sha256(p)}">{html.escape(f)}</a>\n'
+                        for f, p in sorted(files.items()))
+        self._reply(200, f"<!DOCTYPE html><html><body>\n{links}</body></html>\n".encode(), "text/html")
+
+    def _reply(self, status: int, body: bytes, ctype: str) -> None:
+        self._note(status)
+        self._send(status, body, ctype)
 
     def _sse(self, body_len: int) -> None:
         """An LLM-style streaming answer: events spaced out in time, so a proxy that
@@ -188,6 +248,7 @@ def main() -> int:
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--log", required=True)
+    p.add_argument("--wheels", action="append", default=[], help="serve these folders' wheels under /simple/")
     ARGS = p.parse_args()
 
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -90,12 +90,18 @@ class Inject(Strict):
 
     header: Annotated[str, AfterValidator(v.header_name)] | None = None
     query_param: str | None = None
+    # Ours, not iron-proxy's: the path segment after this prefix, where Telegram's Bot API
+    # wants its token (/bot<token>/<method>); the agent sends a stand-in, the proxy swaps it
+    # and never lets the secret back into the response (secrets.Unreflected).
+    path_prefix: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._~/-]*$", examples=["/bot"],
+                                      description="a plain path starting with /")] | None = None
     formatter: Annotated[str, AfterValidator(v.formatter)] = "{{ .Value }}"
 
     @model_validator(mode="after")
     def _one_target(self) -> Inject:
-        if (self.header is None) == (self.query_param is None):
-            raise ValueError("expected exactly one of header (e.g. Authorization) or query_param (e.g. key)")
+        if sum(t is not None for t in (self.header, self.query_param, self.path_prefix)) != 1:
+            raise ValueError("expected exactly one of header (e.g. Authorization), query_param (e.g. key) "
+                             "or path_prefix (e.g. /bot)")
         return self
 
 

@@ -1,0 +1,234 @@
+"""`agentctl snapshot-upgrade`: the command around the engine (engine.py).
+
+It checks the input (bad input: exit 2, one line, nothing snapshotted), builds the
+backend of the stack's cloud (lab, aws, hcloud) and the host runtime (host.py), runs
+the engine under the host's lock, shows every step as it happens, prints a table of
+steps with durations, and with --json prints one JSON object as the last stdout line.
+Exit 0 only for `upgraded`; 1 for rolled-back or failed, the reason on stderr.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from agentctl.errors import AgentctlError, ConfigError
+from agentctl.model import Agent, Deployment, PackagePin
+from agentctl.stackfile import NAMESPACE, load, stack_path
+from agentctl.upgrade import engine, stackedit
+from agentctl.upgrade.host import HostRuntime, verify_child
+from agentctl.upgrade.journal import host_dir
+from agentctl.upgrade.ssh import AdminSsh, known_hosts_path
+
+LAB_RELAY = ("import socket,sys,threading\n"
+             "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),10)\n"
+             "def up():\n"
+             "    while (b:=sys.stdin.buffer.read1(65536)): s.sendall(b)\n"
+             "    s.shutdown(socket.SHUT_WR)\n"
+             "threading.Thread(target=up,daemon=True).start()\n"
+             "while (b:=s.recv(65536)): sys.stdout.buffer.write(b); sys.stdout.buffer.flush()\n")
+
+
+def _agent(d: Deployment, stack: str, host: str) -> Agent:
+    if host == d.proxy.name:
+        raise ConfigError("--host", host, "is the proxy host; snapshot-upgrade upgrades an agent's runtime",
+                          "one of " + ", ".join(a.name for a in d.agents))
+    agent = next((a for a in d.agents if a.name == host), None)
+    if agent is None:
+        raise ConfigError("--host", host, f"is not a host of stack {stack}",
+                          "one of " + ", ".join(a.name for a in d.agents))
+    if agent.runtime.package_pin is None:
+        raise ConfigError(str(stack_path(Path("."), stack).name), f"{NAMESPACE}:agents[{host}].runtime",
+                          "has no versioned package", "runtime.package {name, version} (or hermes with a version)")
+    return agent
+
+
+def index_versions(pin: PackagePin) -> Callable[[], set[str]]:
+    """The versions a PEP 691 index lists for the package (the operator's machine asks)."""
+    def versions() -> set[str]:
+        req = urllib.request.Request(pin.index + pin.name + "/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                files = json.load(resp).get("files", [])
+        except (OSError, ValueError) as exc:
+            raise ConfigError("--to", pin.index, f"the package index cannot be read ({exc})",
+                              "an index that answers") from None
+        return {_version_of(f["filename"]) for f in files if _version_of(f["filename"])}
+    return versions
+
+
+def _version_of(filename: str) -> str:
+    if filename.endswith(".whl"):
+        return filename.split("-")[1]
+    for ext in (".tar.gz", ".zip"):
+        if filename.endswith(ext):
+            return filename[: -len(ext)].rsplit("-", 1)[-1]
+    return ""
+
+
+class _Progress:
+    def __init__(self, console: Console):
+        self.console, self.started = console, {}
+
+    def __call__(self, step: str, status: str, detail: str) -> None:
+        if status == "started":
+            self.started[step] = time.monotonic()
+            self.console.print(f"  … {step}", highlight=False)
+            return
+        took = time.monotonic() - self.started.get(step, time.monotonic())
+        mark = {"done": "[green]✓[/]", "failed": "[red]✗[/]"}.get(status, "•")
+        self.console.print(f"  {mark} {step} ({took:.1f} s){': ' + detail if detail else ''}", highlight=False)
+
+
+def _lab_parts(project_dir: Path, stack: str, d: Deployment, host: str, state_dir: Path):
+    from agentctl.lab import lab, packages, state, topology
+    from agentctl.upgrade.backends.lab import LabBackend, lab_start, lab_stop
+
+    st = state.load(state_dir)
+    if not (st.stack == stack and st.converged):
+        raise ConfigError("--stack", stack, f"has no lab up in {state_dir}", "`agentctl lab up` first")
+    agent_ip, proxy_ip = lab.host_ip(d, host), d.proxy_ip
+    # paramiko looks host keys up by address: the lab pinned them by name at `lab up`.
+    pinned = lab.known_hosts(state_dir)
+    by_addr = known_hosts_path(project_dir, stack)
+    by_addr.parent.mkdir(parents=True, exist_ok=True)
+    names = {host: agent_ip, d.proxy.name: proxy_ip}
+    lines = []
+    for line in pinned.read_text().splitlines() if pinned.is_file() else []:
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] in names:
+            lines.append(" ".join([names[parts[0]], *parts[1:]]))
+    by_addr.write_text("\n".join(lines) + "\n")
+    key = lab.ssh_key(state_dir)
+
+    def ssh(address: str, name: str) -> Callable[[], AdminSsh]:
+        import paramiko
+
+        def make() -> AdminSsh:
+            a = AdminSsh(name, address, by_addr, key_file=key, timeout=20)
+            a.sock_factory = lambda: paramiko.ProxyCommand(" ".join([
+                "ip", "netns", "exec", topology.ADMIN_NS, sys.executable, "-c",
+                "'" + LAB_RELAY.replace("'", "'\\''") + "'", address, "22"]))
+            return a
+        return make
+
+    backend = LabBackend(state_dir, Path(st.image), stack, lab_stop(state_dir), lab_start(state_dir))
+    verify = verify_child(["ip", "netns", "exec", topology.ADMIN_NS], [
+        sys.executable, "-m", "agentctl.cli", "verify", "--stack", stack, "--project-dir", str(project_dir.resolve()),
+        "--host", f"{host}=paramiko://admin@{agent_ip}", "--ssh-key", str(key),
+        "--known-hosts", str(pinned), "--first-contact", "refuse"])
+    cache = Path(os.environ.get("AGENTCTL_LAB_CACHE", "/var/cache/agentctl/lab"))
+
+    def versions() -> set[str]:
+        found = set()
+        for folder in packages.wheel_dirs(cache):
+            found |= {_version_of(w.name) for w in folder.glob("*.whl")
+                      if w.name.split("-")[0].replace("_", "-") == d_pin(d, host).name.replace("_", "-")}
+        return found
+    return backend, ssh(agent_ip, host), ssh(proxy_ip, d.proxy.name), verify, versions
+
+
+def d_pin(d: Deployment, host: str) -> PackagePin:
+    return next(a for a in d.agents if a.name == host).runtime.package_pin
+
+
+def _cloud_parts(project_dir: Path, stack: str, d: Deployment, host: str, address: str | None,
+                 proxy_address: str | None, ssh_key: Path | None):
+    if not address or not proxy_address:
+        raise ConfigError("--address", host, "is needed on a cloud (the agent's admin address) with "
+                          "--proxy-address (the proxy host's)", "the addresses `agentctl verify` uses")
+    kh = known_hosts_path(project_dir, stack)
+    if d.cloud == "aws":
+        import boto3
+        from agentctl.upgrade.backends.aws import AwsBackend
+        backend = AwsBackend(boto3.client("ec2", region_name=d.region), stack)
+    else:
+        from hcloud import Client
+        from agentctl.upgrade.backends.hcloud import HcloudBackend
+        token = os.environ.get("HCLOUD_TOKEN")
+        if not token:
+            raise ConfigError("HCLOUD_TOKEN", "(environment)", "is not set", "a Hetzner Cloud API token")
+        backend = HcloudBackend(Client(token=token), stack)
+    verify = verify_child([], [sys.executable, "-m", "agentctl.cli", "verify", "--stack", stack,
+                               "--project-dir", str(project_dir.resolve()),
+                               "--host", f"{host}=paramiko://admin@{address}", "--known-hosts", str(kh),
+                               "--first-contact", "refuse", *(["--ssh-key", str(ssh_key)] if ssh_key else [])])
+
+    def ssh(addr: str, name: str) -> Callable[[], AdminSsh]:
+        return lambda: AdminSsh(name, addr, kh, key_file=ssh_key)
+    return backend, ssh(address, host), ssh(proxy_address, d.proxy.name), verify, \
+        index_versions(d_pin(d, host))
+
+
+def snapshot_upgrade(*, project_dir: Path, stack: str, host: str, to: str | None, checks: list[str], keep: int,
+                     resume: bool, rollback: bool, yes: bool, json_out: bool, state_dir: Path | None,
+                     address: str | None, proxy_address: str | None, ssh_key: Path | None) -> int:
+    err = Console(stderr=True, highlight=False)
+    if keep < 1:
+        raise ConfigError("--keep", str(keep), "keeps no snapshot", "1 or more (default 3)")
+    d = load(project_dir, stack)
+    agent = _agent(d, stack, host)
+    pin = agent.runtime.package_pin
+    if to is not None and not (resume or rollback):
+        from agentctl.model import exact_version
+        try:
+            exact_version(to)
+        except ValueError as exc:
+            raise ConfigError("--to", to, str(exc).split(";")[0], "an exact version such as 1.2.0") from None
+    if not (yes or resume or rollback):
+        if not sys.stdin.isatty():
+            raise ConfigError("--yes", "(missing)", "is needed without a terminal to confirm on",
+                              "--yes to upgrade unattended")
+        if input(f"snapshot {host}, then upgrade {pin.name} to {to}? [y/N] ").strip().lower() not in ("y", "yes"):
+            err.print("nothing done")
+            return 1
+    if d.cloud == "lab":
+        from agentctl.lab.state import DEFAULT_STATE_DIR
+        parts = _lab_parts(project_dir, stack, d, host, state_dir or DEFAULT_STATE_DIR)
+    else:
+        parts = _cloud_parts(project_dir, stack, d, host, address, proxy_address, ssh_key)
+    backend, agent_ssh, proxy_ssh, verify, versions = parts
+    folder = host_dir(project_dir, stack, host)
+    journal_ref: dict = {}
+    runtime = HostRuntime(host, pin, agent.runtime.health, checks, agent_ssh, proxy_ssh, versions, verify,
+                          run_id=lambda: journal_ref.get("run_id", "snapshot-upgrade"))
+
+    class Recorder:
+        def record(self, version: str) -> None:
+            if stackedit.runtime_version(project_dir, stack, host) != version:
+                stackedit.set_runtime_version(project_dir, stack, host, version)
+
+    def hook(journal) -> None:
+        journal_ref["run_id"] = journal.data["run_id"]
+
+    err.print(f"[bold]snapshot-upgrade[/] {stack}/{host}: {pin.name} → {to or '(resume)'}")
+    journal = engine.run(folder, stack=stack, host=host, to=to, keep=keep, backend=backend, runtime=runtime,
+                         recorder=Recorder(), resume=resume, rollback=rollback, events=_Progress(err), hook=hook)
+    data = journal.data
+    table = Table(title=f"{host}: {data.get('from')} → {data.get('to')}")
+    for col in ("step", "status", "seconds", "detail"):
+        table.add_column(col)
+    steps = []
+    for s in data["steps"]:
+        secs = round((s["ended"] or s["started"]) - s["started"], 1)
+        steps.append({"name": s["name"], "status": s["status"], "seconds": secs, "detail": s["detail"]})
+        table.add_row(s["name"], s["status"], f"{secs:.1f}", (s["detail"] or "")[:80])
+    err.print(table)
+    outcome = data["outcome"]
+    if json_out:
+        print(json.dumps({"host": host, "from": data.get("from"), "to": data.get("to"), "outcome": outcome,
+                          "snapshot": data.get("snapshot"), "journal": str(journal.path), "steps": steps}))
+    if outcome == "upgraded":
+        err.print(f"[green]{host} upgraded to {data['to']}[/]" + (f" ({data['warning']})" if data.get("warning")
+                                                                  else ""))
+        return 0
+    print(f"agentctl: {host}: {outcome}: {data.get('reason')}", file=sys.stderr)
+    return 1
