@@ -174,10 +174,12 @@ class PackagePin:
 class Package(Strict):
     """A runtime installed with pip from a package index, pinned to one version."""
 
-    name: Annotated[str, Field(pattern=PACKAGE_NAME)]
+    name: Annotated[str, Field(pattern=PACKAGE_NAME, examples=["hermes-agent"],
+                               description="a package name: letters, digits and . _ - inside")]
     version: PackageVersion
     index: Annotated[str, AfterValidator(_index_url)] = DEFAULT_INDEX
-    extras: list[Annotated[str, Field(pattern=PACKAGE_NAME)]] = []
+    extras: list[Annotated[str, Field(pattern=PACKAGE_NAME, examples=["anthropic"],
+                                      description="an extra's name: letters, digits and . _ - inside")]] = []
     files: list[Annotated[str, AfterValidator(lambda v: values.https_url(v, query=False))]] = []
 
 

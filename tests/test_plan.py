@@ -18,7 +18,7 @@ def agentctl(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("stack,component,count", [("example-aws", "agentctl:aws:Deployment", 62),
+@pytest.mark.parametrize("stack,component,count", [("example-aws", "agentctl:aws:Deployment", 63),
                                                     ("example-hcloud", "agentctl:hcloud:Deployment", 11)])
 def test_plan_json_lists_every_resource(stack, component, count):
     proc = agentctl("plan", "--stack", stack, "--json")

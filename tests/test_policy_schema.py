@@ -182,9 +182,9 @@ def _with_agent(mutate):
 
 @pytest.mark.parametrize("mutate,key_path,message", [
     (lambda c: c["agentctl:proxy"]["dnsRecords"].append({"name": "x.lab.test", "type": "CNAME", "value": "y"}),
-     "agentctl:proxy.dnsRecords[5].type", "CNAME records are not supported by agentctl-proxy (iron-proxy has them); expected A or AAAA"),
+     "agentctl:proxy.dnsRecords[6].type", "CNAME records are not supported by agentctl-proxy (iron-proxy has them); expected A or AAAA"),
     (lambda c: c["agentctl:proxy"]["dnsRecords"].append({"name": "x.lab.test", "value": "198.18.0.9"}),
-     "agentctl:proxy.dnsRecords[5].type", "required key is missing"),
+     "agentctl:proxy.dnsRecords[6].type", "required key is missing"),
     (lambda c: c["agentctl:agents"][0]["egress"]["rules"].append({"host": "x.test", "cidr": "198.51.100.7/24"}),
      "agentctl:agents[0].egress.rules[2].cidr", "'198.51.100.7/24' has host bits set; expected the network"
                                                " address, 198.51.100.0/24"),

@@ -49,7 +49,7 @@ def test_pypi_default_grants_the_simple_pages_and_the_files_host():
     ({"name": "x", "version": ">=1.0"}, "version", "not a version"),
     ({"name": "x", "version": "1.0.0+local"}, "version", "not an exact version"),
     ({"name": "x", "version": "v1.0"}, "version", "expected '1.0'"),
-    ({"name": "x y", "version": "1.0"}, "name", "pattern"),
+    ({"name": "x y", "version": "1.0"}, "name", "'x y' is not in the expected form; expected a package name"),
     ({"name": "x", "version": "1.0", "index": "http://pypi.org/simple/"}, "index", "https"),
     ({"name": "x", "version": "1.0", "index": "https://pypi.org/simple"}, "index", "must end with '/'"),
 ])

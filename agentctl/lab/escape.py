@@ -133,11 +133,12 @@ def secret_path(agent: Agent, secret) -> str:
 
 
 def _granted_path(agent: Agent, host: str) -> str | None:
-    """A path prefix the agent may GET on `host` (a rule path ending in /*)."""
+    """A path prefix the agent may GET on `host` (a rule path ending in /*, concrete
+    before it: /bot*/* has a secret in it)."""
     for rule in agent.egress.rules:
         if rule.host == host and "GET" in rule.methods:
             for p in rule.paths:
-                if p.endswith("/*"):
+                if p.endswith("/*") and "*" not in p[:-1]:
                     return p[:-1]
     return None
 

@@ -115,9 +115,10 @@ def attempts(d: Deployment, agent: Agent, outputs: dict, nonce: str, outside: Ou
     others = sorted({str(ip) for ip in (outputs.get("agentPrivateIps") or {}).values()} - {me})
     mark = lambda tag: f"/escape/{nonce}/{tag}"  # noqa: E731
     api = next((_concrete(r.host) for r in agent.egress.rules), outside.name)
-    # A GET the allowlist grants: a rule path ending in /* (lab escape's own choice).
+    # A GET the allowlist grants: a rule path ending in /* and concrete before it (lab
+    # escape's own choice; /bot*/* is a path with a secret in it, not one to send).
     grant = next(((_concrete(r.host), p[:-1]) for r in agent.egress.rules if "GET" in r.methods
-                  for p in r.paths if p.endswith("/*")), None)
+                  for p in r.paths if p.endswith("/*") and "*" not in p[:-1]), None)
     out = [
         A("port scan", "scan", f"TCP connect to {2 + len(others)} addresses x {len(lab_escape.SCAN_PORTS)} ports",
           "no-answer", {"kind": "scan", "targets": [px, *others, outside.ip], "ports": lab_escape.SCAN_PORTS,

@@ -145,17 +145,29 @@ def grant_open(agent: str = typer.Option(..., "--agent"), run_id: str = typer.Op
     """Open AGENT's upgrade grant (closing any other of its grants); audited as AGENT/upgrade[i]."""
     from pydantic import ValidationError
 
-    from agentctl_proxy.config import Rule
+    from agentctl_proxy.schema.errors import explain
+    from agentctl_proxy.schema.policy import Rule
     from agentctl_proxy.upgrade_grants import open_grant
 
     _grant_guard(agent)
+    example = '{"host": "pypi.org", "methods": ["GET"], "paths": ["/simple/*"]}'
     rules = []
     for i, text in enumerate(rule):
         try:
-            rules.append(Rule.model_validate(json.loads(text)).model_dump(exclude_none=True))
-        except (ValueError, ValidationError) as e:
-            raise _fail(f"--rule[{i}]: {str(e).splitlines()[0]}; expected JSON such as "
-                        '{"host": "pypi.org", "methods": ["GET"], "paths": ["/simple/*"]}') from None
+            data = json.loads(text)
+        except ValueError:
+            raise _fail(f"--rule[{i}]: is not JSON; expected JSON such as {example}") from None
+        # A grant names what it opens: no iron-proxy default of every method and path here.
+        missing = [k for k in ("host", "methods", "paths") if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise _fail(f"--rule[{i}]: {missing[0]} is missing; a grant names its host, methods and paths, "
+                        f"expected JSON such as {example}")
+        try:
+            rules.append(Rule.model_validate(data).model_dump(exclude_none=True))
+        except ValidationError as e:
+            problem = explain(e, Rule)
+            where = f".{problem.key_path()}" if problem.loc else ""
+            raise _fail(f"--rule[{i}]{where}: {problem.line()}") from None
     try:
         grant = open_grant(agent, run_id, rules, minutes)
     except ValueError as e:

@@ -59,14 +59,10 @@ class RulesConfig(Strict):
     cidrs: list[v.Cidr] = []
     rules: list[Rule] = []
 
-    @model_validator(mode="after")
-    def _flat(self) -> RulesConfig:
-        if self.domains or self.cidrs:  # one list to compile, in iron-proxy's order
-            flat = [Rule(host=d) for d in self.domains] + [Rule(cidr=c) for c in self.cidrs]
-            object.__setattr__(self, "rules", flat + list(self.rules))  # frozen: set once, while validating
-            object.__setattr__(self, "domains", [])
-            object.__setattr__(self, "cidrs", [])
-        return self
+    @property
+    def every_rule(self) -> list[Rule]:
+        """One list to compile, in iron-proxy's order: domains, cidrs, then rules."""
+        return [Rule(host=d) for d in self.domains] + [Rule(cidr=c) for c in self.cidrs] + list(self.rules)
 
 
 class AllowlistTransform(Strict):

@@ -63,7 +63,7 @@ def _compile_transforms(
 ) -> None:
     for t in transforms:
         if isinstance(t, c.AllowlistTransform):
-            for i, rule in enumerate(t.config.rules):
+            for i, rule in enumerate(t.config.every_rule):
                 label = f"{owner}/{rule.name}" if rule.name else f"{owner}/allowlist[{i}]"
                 allow.append(_grant(rule, label, counter[0]))
                 counter[0] += 1

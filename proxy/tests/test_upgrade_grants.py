@@ -79,4 +79,17 @@ def test_grant_rejects_a_bad_rule_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "from agentctl_proxy.cli import main; main()", "grant", "open", "--agent", "scout",
                            "--run-id", "r", "--rule", json.dumps({"host": "x"}), "--no-reload"],
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.startswith("--rule[0]:") and proc.stderr.count("\n") == 1
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("--rule[0]: methods is missing; a grant names its host, methods and paths"), proc.stderr
+
+
+def test_grant_names_the_key_of_a_bad_rule():
+    if os.geteuid() != 0:
+        pytest.skip("grant runs as root only")
+    rule = {"host": "pypi.org", "methods": ["FETCH"], "paths": ["/simple/*"]}
+    proc = subprocess.run([sys.executable, "-c", "from agentctl_proxy.cli import main; main()", "grant", "open", "--agent", "scout",
+                           "--run-id", "r", "--rule", json.dumps(rule), "--no-reload"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("--rule[0].methods: ") and "FETCH" in proc.stderr, proc.stderr
+    assert "pydantic" not in proc.stderr and "Traceback" not in proc.stderr
