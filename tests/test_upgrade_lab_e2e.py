@@ -62,6 +62,8 @@ def upgrade(lab, *args: str) -> tuple[subprocess.CompletedProcess, dict | None]:
         result = json.loads(lines[-1]) if lines else None
     except ValueError:
         result = None
+    # every run that got past its input prints its result line; say why when it did not
+    assert result is not None or proc.returncode == 2, f"exit {proc.returncode}, no --json line:\n{proc.stderr[-3000:]}"
     return proc, result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 
 import paramiko
@@ -138,3 +139,55 @@ def test_a_wrong_client_key_is_refused(tmp_path, server):
     with pytest.raises(ConfigError, match="refused our key"):
         AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, host_key),
                  key_file(tmp_path, paramiko.ECDSAKey.generate()), port=port).connect()
+
+
+@pytest.fixture
+def closer():
+    """A listener that closes every connection at once: a host whose sshd is not up yet
+    behind the lab's relay (the client reads no banner)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+
+    def close_all():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+    threading.Thread(target=close_all, daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+def test_a_host_still_booting_is_waited_for(tmp_path, server, closer):
+    port, host_key, client_key = server
+    tries: list[int] = []
+
+    def sock():  # the first two connections meet a host still booting
+        tries.append(1)
+        return socket.create_connection(("127.0.0.1", closer if len(tries) < 3 else port))
+    impatient = AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, host_key), key_file(tmp_path, client_key),
+                         port=port, timeout=3)
+    impatient.sock_factory = sock
+    with pytest.raises(ConfigError, match="Error reading SSH protocol banner"):
+        impatient.connect()
+    assert len(tries) == 1
+    tries.clear()
+    ssh = AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, host_key), key_file(tmp_path, client_key),
+                   port=port, timeout=3)
+    ssh.sock_factory = sock
+    with ssh.patient(60) as ready:
+        assert ready.run("true").rc == 3
+    assert len(tries) == 3
+
+
+def test_patience_never_retries_a_changed_host_key(tmp_path, server):
+    port, _, client_key = server
+    other = paramiko.ECDSAKey.generate()
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="changed|not found in known_hosts"):
+        AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, other), key_file(tmp_path, client_key),
+                 port=port).patient(120).connect()
+    assert time.monotonic() - started < 20  # refused at the first answer, not after the patience

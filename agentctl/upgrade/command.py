@@ -4,7 +4,8 @@ It checks the input (bad input: exit 2, one line, nothing snapshotted), builds t
 backend of the stack's cloud (lab, aws, hcloud) and the host runtime (host.py), runs
 the engine under the host's lock, shows every step as it happens, prints a table of
 steps with durations, and with --json prints one JSON object as the last stdout line.
-Exit 0 only for `upgraded`; 1 for rolled-back or failed, the reason on stderr.
+Exit 0 only for `upgraded`; 1 for rolled-back, failed, or interrupted (a rollback step
+failed and the journal waits for --resume), the reason on stderr.
 """
 from __future__ import annotations
 
@@ -210,8 +211,15 @@ def snapshot_upgrade(*, project_dir: Path, stack: str, host: str, to: str | None
         journal_ref["run_id"] = journal.data["run_id"]
 
     err.print(f"[bold]snapshot-upgrade[/] {stack}/{host}: {pin.name} → {to or '(resume)'}")
-    journal = engine.run(folder, stack=stack, host=host, to=to, keep=keep, backend=backend, runtime=runtime,
-                         recorder=Recorder(), resume=resume, rollback=rollback, events=_Progress(err), hook=hook)
+    try:
+        journal = engine.run(folder, stack=stack, host=host, to=to, keep=keep, backend=backend, runtime=runtime,
+                             recorder=Recorder(), resume=resume, rollback=rollback, events=_Progress(err), hook=hook)
+    except engine.UpgradeError as exc:
+        if exc.journal is None:
+            raise
+        journal, interrupted = exc.journal, str(exc)
+    else:
+        interrupted = None
     data = journal.data
     table = Table(title=f"{host}: {data.get('from')} → {data.get('to')}")
     for col in ("step", "status", "seconds", "detail"):
@@ -222,7 +230,8 @@ def snapshot_upgrade(*, project_dir: Path, stack: str, host: str, to: str | None
         steps.append({"name": s["name"], "status": s["status"], "seconds": secs, "detail": s["detail"]})
         table.add_row(s["name"], s["status"], f"{secs:.1f}", (s["detail"] or "")[:80])
     err.print(table)
-    outcome = data["outcome"]
+    # "interrupted": a step that must not guess failed; the journal waits for --resume
+    outcome = "interrupted" if interrupted else data["outcome"]
     if json_out:
         print(json.dumps({"host": host, "from": data.get("from"), "to": data.get("to"), "outcome": outcome,
                           "snapshot": data.get("snapshot"), "journal": str(journal.path), "steps": steps}))
@@ -230,5 +239,6 @@ def snapshot_upgrade(*, project_dir: Path, stack: str, host: str, to: str | None
         err.print(f"[green]{host} upgraded to {data['to']}[/]" + (f" ({data['warning']})" if data.get("warning")
                                                                   else ""))
         return 0
-    print(f"agentctl: {host}: {outcome}: {data.get('reason')}", file=sys.stderr)
+    print(f"agentctl: {interrupted}" if interrupted else f"agentctl: {host}: {outcome}: {data.get('reason')}",
+          file=sys.stderr)
     return 1

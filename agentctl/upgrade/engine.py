@@ -70,6 +70,10 @@ class UpgradeError(AgentctlError):
 
     exit_code = 1
 
+    def __init__(self, message: str, journal: "Journal | None" = None):
+        super().__init__(message)
+        self.journal = journal
+
 
 def snapshot_tags(stack: str, host: str, from_version: str, to_version: str, run_id: str) -> dict[str, str]:
     return {"stack": stack, "host": host, "from": from_version, "to": to_version,
@@ -146,7 +150,7 @@ class Engine:
         else:  # rollback, rollback-acceptance, record: never guess; keep the run open
             self.j.save()
             raise UpgradeError(f"{self.d['host']}: {name} failed ({detail}); the journal {self.j.path} is kept: "
-                               "fix the cause and run again with --resume")
+                               "fix the cause and run again with --resume", self.j)
         self.j.save()
 
     # --- the steps: each returns the next phase ----------------------------------------

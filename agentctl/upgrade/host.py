@@ -56,6 +56,7 @@ class HostRuntime:
     run_id: Callable[[], str] = lambda: "snapshot-upgrade"
     grant_minutes: int = 30
     health_wait: float = 30
+    boot_wait: float = 180  # a restored host boots again before acceptance
     log: list[str] = field(default_factory=list)
 
     # --- preflight ---------------------------------------------------------------------
@@ -114,10 +115,12 @@ class HostRuntime:
 
     def accept(self) -> list[str]:
         failures: list[str] = []
-        passed, line = self.verify()
-        if not passed:
-            failures.append(f"role suite: {line}")
-        with self.agent_ssh() as ssh:
+        # After a restart or a restore the host may still be booting: wait for its sshd
+        # first (its host key still checked), then judge it.
+        with self.agent_ssh().patient(self.boot_wait) as ssh:
+            passed, line = self.verify()
+            if not passed:
+                failures.append(f"role suite: {line}")
             if ssh.run(f"systemctl is-active --quiet {AGENT_SERVICE}").rc != 0:
                 failures.append(f"{AGENT_SERVICE} is not active")
             r = ssh.run(f"sudo -n rm -rf {WATCHDOG_PROBE_STATE} && sudo -n env AGENTCTL_WATCHDOG_STATE="

@@ -11,6 +11,7 @@ project's host-key pinning instead.
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,13 @@ class Result:
     err: str
 
 
+class _NotYet(Exception):
+    """The host did not answer (yet): `error` is what to say if it never does."""
+
+    def __init__(self, error: ConfigError):
+        self.error = error
+
+
 class AdminSsh:
     def __init__(self, host: str, address: str, known_hosts: Path, key_file: Path | None = None, port: int = 22,
                  user: str = "admin", timeout: float = 15):
@@ -39,11 +47,29 @@ class AdminSsh:
         # What carries the connection when the address is not directly reachable (the
         # lab: a relay in the lab's admin namespace, paramiko.ProxyCommand).
         self.sock_factory = None
+        self.patience = 0.0  # seconds to keep trying a host that does not answer yet
+
+    def patient(self, seconds: float) -> "AdminSsh":
+        """Keep trying for `seconds` while the host does not answer yet (just booted or
+        restored: no listener, or no banner yet). A changed or unknown host key and a
+        refused login fail at once, as ever."""
+        self.patience = seconds
+        return self
 
     def _bad(self, problem: str, expected: str) -> ConfigError:
         return ConfigError("--host", self.host, problem, expected)
 
     def connect(self) -> "AdminSsh":
+        deadline = time.monotonic() + self.patience
+        while True:
+            try:
+                return self._connect()
+            except _NotYet as exc:
+                if time.monotonic() >= deadline:
+                    raise exc.error from None
+                time.sleep(3)
+
+    def _connect(self) -> "AdminSsh":
         if not self.known_hosts.is_file():
             raise self._bad(f"no pinned host keys ({self.known_hosts} does not exist)",
                             "the host's key in that known_hosts file")
@@ -72,11 +98,15 @@ class AdminSsh:
             raise self._bad(f"{self.user}@{self.address} refused our key ({exc})", "an admin key the host accepts") from None
         except paramiko.SSHException as exc:
             client.close()
-            # RejectPolicy: "Server '...' not found in known_hosts"
-            raise self._bad(f"{self.address}: {exc}", f"its key pinned in {self.known_hosts}") from None
+            error = self._bad(f"{self.address}: {exc}", f"its key pinned in {self.known_hosts}")
+            # paramiko/transport.py: "Error reading SSH protocol banner" (a listener, or the
+            # lab's relay, that closes before sshd speaks); RejectPolicy's "not found in
+            # known_hosts" is never retried
+            raise (_NotYet(error) if "banner" in str(exc) else error) from None
         except (OSError, socket.timeout) as exc:
             client.close()
-            raise self._bad(f"{self.address}:{self.port} is unreachable ({exc})", "a host that answers SSH") from None
+            raise _NotYet(self._bad(f"{self.address}:{self.port} is unreachable ({exc})",
+                                    "a host that answers SSH")) from None
         self.client = client
         return self
 
