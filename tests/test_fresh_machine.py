@@ -21,13 +21,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from agentctl import cloudinit_check
-from agentctl.lab.image import DISTROS, _manylinux_platforms, archive_keyring
+from agentctl.lab.image import DISTROS, _manylinux_platforms, archive_keyring, requirements_for
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -152,11 +153,21 @@ def offline_apt_repo(distro: str, rootfs: Path, packages: list[str], scratch: Pa
     return repo
 
 
+def _installed_requirements() -> list[str]:
+    """The third-party requirements of `pip install -e './proxy[server]' -e '.[test]'`,
+    with their markers, and the build backend."""
+    root = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    proxy = tomllib.loads((ROOT / "proxy" / "pyproject.toml").read_text())["project"]
+    deps = [*root["dependencies"], *root["optional-dependencies"]["test"],
+            *proxy["dependencies"], *proxy["optional-dependencies"]["server"]]
+    return ["setuptools>=68", "wheel", *(d for d in deps if not d.startswith("agentctl"))]
+
+
 def wheels(distro: str) -> Path:
     """Every wheel `pip install -e './proxy[server]' -e .[test]` needs (and the build backend)."""
     deps = (ROOT / "pyproject.toml").read_text() + (ROOT / "proxy" / "pyproject.toml").read_text()
-    ours = ["setuptools>=68", "wheel", "agentctl-proxy[server]", "agentctl[test]"]  # what pip installs
-    folder = CACHE / _key(distro, "wheels", deps, *ours) / "wheels"  # a new recipe, a new folder
+    recipe = "2: markers read for the machine's Python"  # a new recipe, a new folder
+    folder = CACHE / _key(distro, "wheels", deps, recipe) / "wheels"
     if folder.is_dir() and any(folder.iterdir()):
         return folder
     tmp = folder.parent / ".wheels.tmp"
@@ -172,7 +183,7 @@ def wheels(distro: str) -> Path:
         _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(tmp), *wanted], timeout=1800)
         _run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(tmp), "--find-links", str(tmp),
               "--only-binary=:all:", "--python-version", python, *_manylinux_platforms(),
-              *ours], timeout=1800)  # ours: step 1's wheels
+              *requirements_for(_installed_requirements(), python)], timeout=1800)
     for local in list(tmp.glob("agentctl*")):  # the clone brings its own source
         local.unlink()
     shutil.rmtree(folder, ignore_errors=True)

@@ -92,13 +92,22 @@ def proxy_requirements(project_dir: Path, distro: str = "debian-12") -> list[str
         # the proxy host runs agentctl-proxy[server]: its base install is only the schema
         deps = project.get("dependencies", []) + project.get("optional-dependencies", {}).get("server", [])
         pinned = {Requirement(p).name.lower() for p in pins}
-        env = {"python_version": python, "python_full_version": python + ".0"}
-        for dep in map(Requirement, deps):
-            if dep.name.lower() in pinned or (dep.marker is not None and not dep.marker.evaluate(env)):
-                continue
-            dep.marker = None
-            reqs.append(str(dep))
+        reqs += [r for r in requirements_for(deps, python) if Requirement(r).name.lower() not in pinned]
     return reqs
+
+
+def requirements_for(deps: list[str], python: str) -> list[str]:
+    """`deps` as another Python reads them: those whose environment markers hold for
+    `python`, written without the marker (pip evaluates markers with its own interpreter,
+    whatever --python-version says)."""
+    env = {"python_version": python, "python_full_version": python + ".0"}
+    out = []
+    for dep in map(Requirement, deps):
+        if dep.marker is not None and not dep.marker.evaluate(env):
+            continue
+        dep.marker = None
+        out.append(str(dep))
+    return out
 
 
 def cache_key(distro: str, packages: list[str], requirements: list[str], today: datetime.date) -> str:
