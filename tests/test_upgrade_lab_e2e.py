@@ -123,7 +123,8 @@ def test_a_failing_check_rolls_back_and_keeps_the_agents_data(lab):
     assert installed(lab) == "1.0.0"
     proc, result = upgrade(lab, "--host", HOST, "--to", "1.1.0", "--check", "test -e /nonexistent-marker")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert result["outcome"] == "rolled-back" and result["from"] == "1.0.0" and result["to"] == "1.1.0"
+    assert result["outcome"] == "rolled-back" and result["from"] == "1.0.0" and result["to"] == "1.1.0", \
+        proc.stderr[-3000:]
     assert [s["name"] for s in result["steps"]] == ["preflight", "snapshot", "upgrade", "acceptance", "rollback",
                                                     "rollback-acceptance"]
     assert "rolled-back" in proc.stderr.splitlines()[-1]
@@ -162,7 +163,7 @@ def test_a_run_killed_in_the_upgrade_step_is_finished_by_resume(lab):
     resumed, result = upgrade(lab, "--host", HOST, "--resume")
     # 1.2.0 installs and starts but fails its health check: resumed, then rolled back
     assert resumed.returncode == 1, resumed.stdout + resumed.stderr
-    assert result["outcome"] == "rolled-back" and "runtime health" in resumed.stderr
+    assert result["outcome"] == "rolled-back" and "runtime health" in resumed.stderr, resumed.stderr[-3000:]
     assert installed(lab) == "1.0.0"
     assert json.loads(on(lab, HOST, "curl -fsS http://127.0.0.1:8790/health"))["version"] == "1.0.0"
     assert len(snapshots(lab)) == 2
@@ -175,7 +176,7 @@ def test_an_accepted_upgrade_is_recorded_pruned_and_its_grant_closed(lab):
     proc, result = upgrade(lab, "--host", HOST, "--to", "1.1.0", "--keep", "2",
                            "--check", "test -s /home/agentuser/before-upgrade.txt")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert result["outcome"] == "upgraded" and result["to"] == "1.1.0"
+    assert result["outcome"] == "upgraded" and result["to"] == "1.1.0", proc.stderr[-3000:]
     assert [s["name"] for s in result["steps"]] == ["preflight", "snapshot", "upgrade", "acceptance", "record",
                                                     "retention"]
     assert installed(lab) == "1.1.0"
