@@ -191,3 +191,38 @@ def test_patience_never_retries_a_changed_host_key(tmp_path, server):
         AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, other), key_file(tmp_path, client_key),
                  port=port).patient(120).connect()
     assert time.monotonic() - started < 20  # refused at the first answer, not after the patience
+
+
+def test_lab_relay_keeps_an_idle_session_open():
+    """The lab's relay (the ProxyCommand to the admin namespace) run as a real process:
+    a session idle longer than the relay's 10 s connect timeout still carries bytes
+    (acceptance holds its session open while the role suite runs)."""
+    import subprocess
+    import sys
+
+    from agentctl.upgrade.command import LAB_RELAY
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def echo():
+        conn, _ = listener.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+    threading.Thread(target=echo, daemon=True).start()
+    relay = subprocess.Popen([sys.executable, "-c", LAB_RELAY, "127.0.0.1", str(port)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        relay.stdin.write(b"first\n")
+        relay.stdin.flush()
+        assert relay.stdout.readline() == b"first\n"
+        time.sleep(11)  # idle past the connect timeout
+        assert relay.poll() is None, relay.stderr.read().decode()
+        relay.stdin.write(b"after idle\n")
+        relay.stdin.flush()
+        assert relay.stdout.readline() == b"after idle\n"
+    finally:
+        relay.kill()
+        relay.wait()
+        listener.close()

@@ -28,8 +28,11 @@ from agentctl.upgrade.host import HostRuntime, verify_child
 from agentctl.upgrade.journal import host_dir
 from agentctl.upgrade.ssh import AdminSsh, known_hosts_path
 
+# The connect timeout must not outlive the connect: a held admin session sits idle
+# while the role suite runs, and a recv timeout there would close it under paramiko.
 LAB_RELAY = ("import socket,sys,threading\n"
              "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),10)\n"
+             "s.settimeout(None)\n"
              "def up():\n"
              "    while (b:=sys.stdin.buffer.read1(65536)): s.sendall(b)\n"
              "    s.shutdown(socket.SHUT_WR)\n"
