@@ -107,3 +107,14 @@ def test_restore_of_a_path_never_snapshotted_fails(host):
     snap = host.snap("take").stdout.split()[-1]
     missing = host.snap("restore", snap, "nope")
     assert missing.returncode != 0 and "nope" in missing.stderr
+
+
+def test_takes_at_the_same_time_all_succeed(host):
+    """The timer's take and an operator's meet: each waits for the other (git's
+    index.lock would fail one of them)."""
+    host.agent("for i in $(seq 200); do printf '%s\\n' $i > f$i; done")
+    procs = [subprocess.Popen(["bash", str(host.script), "take"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=host.env) for _ in range(6)]
+    results = [(p.wait(), p.stderr.read()) for p in procs]
+    assert all(rc == 0 for rc, _ in results), results
+    assert len(host.snap("list").stdout.splitlines()) == 1

@@ -103,7 +103,7 @@ class World:
         s["version"] = version
         self.save(s)
 
-    def accept(self) -> list[str]:
+    def accept(self, checks: bool = True) -> list[str]:
         self.point("accept.before")
         version = self.load()["version"]
         return [] if version in (FROM, GOOD) else [f"health check fails on {version}"]

@@ -58,7 +58,9 @@ class Runtime(Protocol):
 
     def preflight(self, version: str) -> str: ...  # the installed version; raises on bad input
     def upgrade(self, version: str) -> None: ...
-    def accept(self) -> list[str]: ...  # what failed; empty when the host is accepted
+    # What failed; empty when the host is accepted. `checks`: the operator's --check
+    # commands too; they gate the new version, so the restored old one is judged without.
+    def accept(self, checks: bool = True) -> list[str]: ...
 
 
 class Recorder(Protocol):
@@ -190,7 +192,7 @@ class Engine:
         return "rollback-acceptance"
 
     def _rollback_acceptance(self, record: dict[str, Any]) -> str | None:
-        failures = self.runtime.accept()
+        failures = self.runtime.accept(checks=False)
         self.d["rollback_acceptance"] = failures
         old = self.d["from"]
         if failures:
