@@ -174,7 +174,7 @@ def test_a_run_killed_in_the_upgrade_step_is_finished_by_resume(lab):
 def test_an_accepted_upgrade_is_recorded_pruned_and_its_grant_closed(lab):
     oldest = snapshots(lab)[0]
     proc, result = upgrade(lab, "--host", HOST, "--to", "1.1.0", "--keep", "2",
-                           "--check", "test -s /home/agentuser/before-upgrade.txt")
+                           "--check", "sudo -n test -s /home/agentuser/before-upgrade.txt")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert result["outcome"] == "upgraded" and result["to"] == "1.1.0", proc.stderr[-3000:]
     assert [s["name"] for s in result["steps"]] == ["preflight", "snapshot", "upgrade", "acceptance", "record",

@@ -218,6 +218,24 @@ def stop(pid: int, timeout: float = 15) -> None:
         pass
 
 
+def stop_host(pid: int, ns: str, timeout: float = 45) -> None:
+    """Stop one host and make sure nothing of it is left: a shutdown that outlasts the
+    timeout gets its supervisor killed, but the container's own processes (in its
+    network namespace) would run on, hold the host's root and answer for a host that
+    is meant to be down. Kill those too, and wait until they are gone."""
+    stop(pid, timeout)
+    deadline = time.monotonic() + 15
+    while (left := netns.pids_in(ns)) and time.monotonic() < deadline:
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    if netns.pids_in(ns):
+        raise LabHostError(f"lab host in {ns} did not stop: processes {netns.pids_in(ns)} are left")
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"

@@ -28,6 +28,7 @@ from agentctl.upgrade.host import HostRuntime, verify_child
 from agentctl.upgrade.journal import host_dir
 from agentctl.upgrade.ssh import AdminSsh, known_hosts_path
 
+REPORT = "role-suite.log"  # every acceptance's whole role suite output, beside the journals
 # The connect timeout must not outlive the connect: a held admin session sits idle
 # while the role suite runs, and a recv timeout there would close it under paramiko.
 LAB_RELAY = ("import socket,sys,threading\n"
@@ -128,7 +129,7 @@ def _lab_parts(project_dir: Path, stack: str, d: Deployment, host: str, state_di
     verify = verify_child(["ip", "netns", "exec", topology.ADMIN_NS], [
         sys.executable, "-m", "agentctl.cli", "verify", "--stack", stack, "--project-dir", str(project_dir.resolve()),
         "--host", f"{host}=paramiko://admin@{agent_ip}", "--ssh-key", str(key),
-        "--known-hosts", str(pinned), "--first-contact", "refuse"])
+        "--known-hosts", str(pinned), "--first-contact", "refuse"], host_dir(project_dir, stack, host) / REPORT)
     cache = Path(os.environ.get("AGENTCTL_LAB_CACHE", "/var/cache/agentctl/lab"))
 
     def versions() -> set[str]:
@@ -164,7 +165,8 @@ def _cloud_parts(project_dir: Path, stack: str, d: Deployment, host: str, addres
     verify = verify_child([], [sys.executable, "-m", "agentctl.cli", "verify", "--stack", stack,
                                "--project-dir", str(project_dir.resolve()),
                                "--host", f"{host}=paramiko://admin@{address}", "--known-hosts", str(kh),
-                               "--first-contact", "refuse", *(["--ssh-key", str(ssh_key)] if ssh_key else [])])
+                               "--first-contact", "refuse", *(["--ssh-key", str(ssh_key)] if ssh_key else [])],
+                          host_dir(project_dir, stack, host) / REPORT)
 
     def ssh(addr: str, name: str) -> Callable[[], AdminSsh]:
         return lambda: AdminSsh(name, addr, kh, key_file=ssh_key)

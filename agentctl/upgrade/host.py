@@ -20,6 +20,7 @@ import shlex
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from agentctl.errors import AgentctlError, ConfigError
@@ -144,13 +145,17 @@ class HostRuntime:
         return failures
 
 
-def verify_child(argv_prefix: list[str], argv: list[str]) -> Callable[[], tuple[bool, str]]:
+def verify_child(argv_prefix: list[str], argv: list[str], report: Path) -> Callable[[], tuple[bool, str]]:
     """`agentctl verify` for one host, as its own process (the lab runs it inside the
-    lab's admin namespace): the role suite exactly as the verify command runs it."""
+    lab's admin namespace): the role suite exactly as the verify command runs it. Its
+    whole output is appended to `report` (the step's detail has room for a line only)."""
     def run() -> tuple[bool, str]:
         proc = subprocess.run([*argv_prefix, *argv], capture_output=True, text=True, timeout=1200)
         out = proc.stdout + proc.stderr
+        report.parent.mkdir(parents=True, exist_ok=True)
+        with report.open("a") as fh:
+            fh.write(f"=== role suite {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} exit {proc.returncode}\n{out}\n")
         # pytest's short summary names what failed; the last line only counts it
         failed = [ln.split(" - ")[0].removeprefix("FAILED ") for ln in out.splitlines() if ln.startswith("FAILED ")]
-        return proc.returncode == 0, "; ".join([_last_line(out), *failed])[:600]
+        return proc.returncode == 0, "; ".join([_last_line(out), *failed, f"report: {report}"])[:700]
     return run

@@ -107,13 +107,14 @@ class LabBackend:
 
 
 def lab_stop(state_dir: Path) -> HostAction:
-    """Stop a lab host cleanly: SIGTERM to its supervised nspawn (hosts.stop)."""
-    from agentctl.lab import hosts, state
+    """Stop a lab host cleanly (SIGTERM to its supervised nspawn), and nothing of it left
+    running: a restore must never find the old host still up on the old layer."""
+    from agentctl.lab import hosts, state, topology
 
     def stop(host: str) -> None:
         for pid, what in state.live_processes(state.load(state_dir)).items():
             if what == f"host {host}":
-                hosts.stop(pid)
+                hosts.stop_host(pid, topology.host_netns(host))
     return stop
 
 
@@ -123,7 +124,7 @@ def lab_start(state_dir: Path, timeout: float = 240) -> HostAction:
 
     def start(host: str) -> None:
         ns = topology.host_netns(host)
-        hosts.boot(state_dir, host, ns)
+        hosts.wait_leader(ns, hosts.boot(state_dir, host, ns))  # this boot's, not a lingering one
         ok, text = hosts.wait_cloud_init(ns, timeout)
         if not ok:
             raise LabBackendError(f"lab: host {host} did not come back: {text.splitlines()[-1] if text else ''}")
