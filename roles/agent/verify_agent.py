@@ -2,6 +2,8 @@
 proxy, it trusts the proxy's CA, and the agent runs sandboxed as agentuser."""
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import yaml
 
@@ -197,12 +199,15 @@ def test_file_edits_can_be_rolled_back(host, root):
 @pytest.mark.destructive
 def test_an_edit_is_rolled_back_from_a_snapshot(root):
     probe = f"{SNAPSHOT_WORKTREE}/agentctl-rollback-probe.txt"
-    root.check_output(f"runuser -u agentuser -- sh -c 'echo before > {probe}'")
+    # Content of this run only: an earlier run's snapshot may hold the probe already, and
+    # a take that finds nothing new makes no snapshot.
+    before = f"before {uuid.uuid4().hex}"
+    root.check_output(f"runuser -u agentuser -- sh -c 'echo {before} > {probe}'")
     try:
         snap = root.check_output("/usr/local/sbin/agentctl-snapshot take").split()[-1]
         root.check_output(f"runuser -u agentuser -- sh -c 'echo after > {probe}'")
         root.check_output(f"/usr/local/sbin/agentctl-snapshot restore {snap} {probe.rsplit('/', 1)[1]}")
-        assert root.file(probe).content_string == "before\n" and root.file(probe).user == "agentuser"
+        assert root.file(probe).content_string == f"{before}\n" and root.file(probe).user == "agentuser"
     finally:
         root.run(f"rm -f {probe}")
 
