@@ -33,15 +33,15 @@ def _edit_rule(c):
 
 def _version(c, version):
     # scout runs Hermes pinned by version, the pin `agentctl snapshot-upgrade` moves
-    c["agentctl:agents"][0]["runtime"] = {"hermes": {"version": version}}
+    c["agentctl:agents"][0]["runtime"]["hermes"]["version"] = version
 
 
 def _base(c):
-    _version(c, "v2026.11.0")
+    _version(c, "0.19.0")
 
 
 def _new_runtime_version(c):
-    _version(c, "v2026.12.0")
+    _version(c, "0.20.0")
 
 
 STEPS = {"first-up": None, "add-agent": _add_agent, "remove-agent": _remove_last_agent, "edit-rule": _edit_rule,
@@ -183,7 +183,8 @@ def test_a_new_runtime_version_neither_replaces_nor_restarts_an_agent(life, stac
 
 @pytest.mark.parametrize("stack,holders", [
     # (the CA key's parameter is a secret too; only its redaction label moved here)
-    ("example-aws", {f"{N}-secret-scout-github-pat", f"{N}-secret-scout-anthropic-key", f"{N}-ca-key"}),
+    ("example-aws", {f"{N}-secret-scout-github-pat", f"{N}-secret-scout-anthropic-key", f"{N}-secret-scout-bot-token",
+                     f"{N}-ca-key"}),
     ("example-hcloud", {f"{N}-proxy-secrets"})])
 def test_rotating_a_secret_updates_only_what_holds_it(life, stack, holders):
     """A secret's new value reaches the SSM parameter (AWS; the proxy reads it again
