@@ -232,8 +232,8 @@ def stop_host(pid: int, ns: str, timeout: float = 45) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.2)
-    if netns.pids_in(ns):
-        raise LabHostError(f"lab host in {ns} did not stop: processes {netns.pids_in(ns)} are left")
+    if left := netns.pids_in(ns):
+        raise LabHostError(f"lab host in {ns} did not stop: processes {left} are left")
 
 
 def _is_zombie(pid: int) -> bool:
