@@ -38,6 +38,14 @@ PLACEHOLDER_BOT_TOKEN = "1:agentctl-no-token-here-the-proxy-injects-it"
 # connect (plugins/platforms/telegram/adapter.py connect -> telegram_network).
 TELEGRAM_FALLBACK_IPS = ["149.154.167.220"]
 
+# Hosts Hermes contacts on its own, none needed for its work, all left denied by the
+# allowlist (docs/hermes.md, "Hosts Hermes contacts on its own"): the tirith scanner's
+# download, model metadata, the update check; and the model-listing paths it probes on
+# the model host.
+OWN_CONTACTS = frozenset({"github.com", "models.dev", "openrouter.ai", "pypi.org"})
+MODEL_HOST_PROBES = frozenset({"/v1/models", "/models", "/api/v1/models", "/api/tags", "/v1/props", "/props",
+                               "/version"})
+
 # Files in HERMES_HOME that are root's and read-only for the agent: the ones Hermes
 # loads settings, code or consent from (docs/hermes.md, "Every route ...").
 ROOT_FILES = {".env": "", ".op.env": "", "shell-hooks-allowlist.json": "{}\n"}

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from agentctl import cloudinit_check
-from agentctl.lab.image import DISTROS, _manylinux_platforms, archive_keyring, requirements_for
+from agentctl.lab.image import DISTROS, manylinux_platforms, archive_keyring, requirements_for
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -182,7 +182,7 @@ def wheels(distro: str) -> Path:
         # sdist-only dependencies (pure), then the other Python's binary wheels join them.
         _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(tmp), *wanted], timeout=1800)
         _run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(tmp), "--find-links", str(tmp),
-              "--only-binary=:all:", "--python-version", python, *_manylinux_platforms(),
+              "--only-binary=:all:", "--python-version", python, *manylinux_platforms(),
               *requirements_for(_installed_requirements(), python)], timeout=1800)
     for local in list(tmp.glob("agentctl*")):  # the clone brings its own source
         local.unlink()

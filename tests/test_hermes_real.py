@@ -516,8 +516,7 @@ def test_an_upstream_that_echoes_the_path_never_shows_the_agent_the_token(world)
 
 # What Hermes 0.19.0 contacts on its own (docs/hermes.md, "Hosts Hermes contacts on its
 # own"): a host or model-host path not listed here fails the test, so the list stays true.
-OWN_CONTACTS = {"github.com", "models.dev", "openrouter.ai", "pypi.org"}
-MODEL_HOST_PROBES = {"/v1/models", "/models", "/api/v1/models", "/api/tags", "/v1/props", "/props", "/version"}
+OWN_CONTACTS, MODEL_HOST_PROBES = rendered_hermes.OWN_CONTACTS, rendered_hermes.MODEL_HOST_PROBES
 
 
 def test_what_hermes_contacts_on_its_own_is_denied_and_not_needed(world, guarded):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agentctl.lab import escape
+from agentctl.lab import escape, topology
 from agentctl.stackfile import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,3 +76,34 @@ def test_streaming_needs_spread_out_events(plan):
     a = plan["stream"]
     assert escape.judge(a, {"status": 200, "events": [0.1, 0.3, 0.5, 0.7]}, [], [], {}).ok
     assert not escape.judge(a, {"status": 200, "events": [0.7, 0.7, 0.7, 0.7]}, [], [], {}).ok
+
+
+@pytest.fixture(scope="module")
+def hermes_plan():
+    d = load(ROOT, "lab-hermes")
+    return {a.id: a for a in escape.attempts(d, d.agents[0], "n0nce")}
+
+
+def test_probes_never_aim_at_an_apt_mirror():
+    """deb.lab.test is an apt mirror (every host may GET anything there): aimed at it,
+    the name and denied probes would report an escape or a missing deny that is policy.
+    Without an api.* name the first upstream name is the mirror."""
+    d = load(ROOT, "lab-hermes")
+    records = [r for r in d.proxy.dns_records if r.name != "api.lab.test"]
+    d = d.model_copy(update={"proxy": d.proxy.model_copy(update={"dns_records": records})})
+    assert sorted(next(s for s in topology.internet_servers(d) if s.role == "upstream").names)[0] == "deb.lab.test"
+    plan = {a.id: a for a in escape.attempts(d, d.agents[0], "n0nce")}
+    assert plan["name-api"].probe["url"].startswith("https://pypi.lab.test/")
+    assert plan["denied"].probe["url"].startswith("https://pypi.lab.test/")
+
+
+def test_allowed_expects_the_secret_injected_on_that_host_not_the_agents_first(hermes_plan):
+    """The Hermes agent's first secret is the model key (x-api-key on api.anthropic.com);
+    the upstream of the allowed probe must see the one the proxy injects there."""
+    a = hermes_plan["allowed"]
+    assert a.secret == "/etc/agentctl-proxy/secrets/hermes/lab-token"
+    token = {a.secret: "s3cret"}
+    bearer = [{"path": a.marker, "authorization_sha256": hashlib.sha256(b"Bearer s3cret").hexdigest()}]
+    bare = [{"path": a.marker, "authorization_sha256": hashlib.sha256(b"s3cret").hexdigest()}]
+    assert escape.judge(a, {"status": 200}, bearer, [], token).ok
+    assert not escape.judge(a, {"status": 200}, bare, [], token).ok

@@ -96,3 +96,33 @@ def test_all_lab_addresses_are_outside_the_machines_network(lab):
     for node in topology.nodes(lab):
         addr = ipaddress.ip_address(node.ip)
         assert any(addr in p for p in topology.lab_prefixes(lab) if p.version == 4)
+
+
+def test_the_hermes_lab_plays_the_model_and_the_chat_with_their_fakes_at_their_real_names():
+    d = load(ROOT, "lab-hermes")
+    servers = {s.role: s for s in topology.internet_servers(d)}
+    assert servers["model"].names == ("api.anthropic.com",) and servers["chat"].names == ("api.telegram.org",)
+    assert "pypi.lab.test" in servers["upstream"].names
+    nodes = [n.name for n in topology.nodes(d) if n.kind == "internet"]
+    assert len(set(nodes)) == len(nodes) and {"net-model", "net-chat"} <= set(nodes)
+
+
+def test_a_fake_sharing_its_address_is_refused_in_the_users_words(tmp_path):
+    """The fake answers every name at its address as that API: another name there would
+    be served by the wrong server. Exit 2, one line naming the file and key."""
+    import shutil
+    import subprocess
+    import sys
+
+    text = (ROOT / "Pulumi.lab-hermes.yaml").read_text().replace(
+        "{name: api.telegram.org, type: A, value: 198.18.0.12}", "{name: api.telegram.org, type: A, value: 198.18.0.11}")
+    shutil.copy(ROOT / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+    (tmp_path / "Pulumi.lab-hermes.yaml").write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "agentctl.cli", "lab", "status", "--stack", "lab-hermes",
+                           "--project-dir", str(tmp_path), "--state-dir", str(tmp_path / "state")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["agentctl: Pulumi.lab-hermes.yaml: agentctl:proxy.dnsRecords: api.anthropic.com, api.telegram.org "
+                     "share 198.18.0.11; expected each of api.anthropic.com, api.telegram.org at an address of its own"]
+    assert not (tmp_path / "state").exists()

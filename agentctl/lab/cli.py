@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape as escape_markup
 from rich.table import Table
 
 from agentctl.lab import image, state
@@ -35,6 +36,7 @@ def steps() -> Iterator:
     t = [time.monotonic(), None]
     with console.status("lab") as status:
         def progress(msg: str) -> None:
+            msg = escape_markup(msg)  # a step names requirements: `pkg[extra]` is not markup
             if t[1]:
                 console.print(f"  [green]✓[/] {t[1]} [dim]({time.monotonic() - t[0]:.1f} s)[/]")
             t[0], t[1] = time.monotonic(), msg

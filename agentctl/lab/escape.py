@@ -20,6 +20,9 @@ from rich.console import Console
 from rich.markup import escape as escape_markup
 from rich.table import Table
 
+from agentctl_proxy.secrets import render
+
+from agentctl import proxyconfig
 from agentctl.lab import hosts, internet, lab, netns, topology
 from agentctl.model import Agent, Deployment
 
@@ -38,6 +41,7 @@ class Attempt:
     probe: dict
     marker: str | None = None   # a path only this attempt uses
     secret: str | None = None   # the proxy must have injected this secret (its file path)
+    secret_format: str | None = None  # ...as the Authorization header this formatter makes
 
 
 @dataclass
@@ -53,12 +57,19 @@ def attempts(d: Deployment, agent: Agent, nonce: str) -> list[Attempt]:
     px, listen = d.proxy_ip, d.proxy.listen
     inet = {s.role: s for s in topology.internet_servers(d)}
     up, evil = inet["upstream"], inet["evil"]
-    api = next(n for n in up.names if n.startswith("api.")) if any(n.startswith("api.") for n in up.names) else up.names[0]
+    # The upstream name the probes aim at: never an apt mirror, which every host may GET
+    # anything from (proxyconfig.system_rules), so "denied" would not be the right verdict.
+    names = [n for n in up.names if n not in proxyconfig.apt_mirrors(d)] or list(up.names)
+    api = next((n for n in names if n.startswith("api.")), names[0])
     llm = next((n for n in up.names if n.startswith("llm.")), api)
     me = d.agent_ip(agent)
     mark = lambda tag: f"/escape/{nonce}/{tag}"  # noqa: E731
     targets = sorted({n.ip for n in topology.nodes(d) if n.ip != me} | {n.gateway for n in topology.nodes(d)})
-    secret = next((s for s in agent.egress.secrets), None)
+    # The credential the upstream must see on the allowed request: the agent's secret
+    # that the proxy injects as Authorization on that host (the only header the lab
+    # internet records, as a hash).
+    secret = next((s for s in agent.egress.secrets if (s.inject.header or "").lower() == "authorization"
+                   and any(r.host == api for r in s.rules)), None)
     grant_path = _granted_path(agent, api)
     out = [
         Attempt("port scan", "scan", f"TCP connect to {len(targets)} lab addresses x {len(SCAN_PORTS)} ports",
@@ -111,7 +122,8 @@ def attempts(d: Deployment, agent: Agent, nonce: str) -> list[Attempt]:
         url = f"https://{api}{grant_path}escape-{nonce}"
         out.append(Attempt("allowlisted request", "allowed", f"GET {url} via the proxy", "allowed",
                            {"kind": "http", "url": url, "via_proxy": True}, f"{grant_path}escape-{nonce}",
-                           secret_path(agent, secret) if secret else None))
+                           secret_path(agent, secret) if secret else None,
+                           secret.inject.formatter if secret else None))
     if any(r.host == llm and "POST" in r.methods for r in agent.egress.rules):
         out.append(Attempt("allowlisted request", "stream", f"POST https://{llm}/v1/chat/completions (SSE) via the proxy",
                            "streamed", {"kind": "http", "url": f"https://{llm}/v1/chat/completions", "via_proxy": True,
@@ -159,7 +171,8 @@ def judge(a: Attempt, r: dict, upstream: list[dict], audit: list[dict], secrets_
     if a.expect == "allowed":
         want = None
         if a.secret and a.secret in secrets_by_path:
-            want = hashlib.sha256(f"Bearer {secrets_by_path[a.secret]}".encode()).hexdigest()
+            want = hashlib.sha256(render(a.secret_format or "{{ .Value }}",
+                                         secrets_by_path[a.secret]).encode()).hexdigest()
         injected = any(e.get("authorization_sha256") == want for e in seen) if want else bool(seen)
         ev.append("upstream saw the injected credential" if injected else "upstream did NOT see the credential")
         return Verdict(a, obs, status == 200 and bool(seen) and injected, ev)

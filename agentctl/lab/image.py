@@ -159,7 +159,7 @@ def build_image(target: Path, distro: str, packages: list[str], reqs: list[str],
             # The image's Python differs from ours: add its binary wheels. The pure
             # wheels just built (those sdists among them) satisfy the rest.
             _run(["python3", "-m", "pip", "download", "--quiet", "--dest", str(wheels), "--find-links", str(wheels),
-                  "--only-binary=:all:", "--python-version", spec["python"], *_manylinux_platforms(), *reqs],
+                  "--only-binary=:all:", "--python-version", spec["python"], *manylinux_platforms(), *reqs],
                  "pip download")
         progress(f"mmdebstrap {spec['suite']} ({len(packages)} packages)")
         hook = work / "customize.sh"
@@ -205,7 +205,7 @@ def archive_keyring(spec: dict, cache_dir: Path) -> Path:
     return cached
 
 
-def _manylinux_platforms() -> list[str]:
+def manylinux_platforms() -> list[str]:
     arch = platform.machine()
     tags = [f"manylinux2014_{arch}"] + [f"manylinux_2_{minor}_{arch}" for minor in range(17, 40)]
     return [arg for tag in tags for arg in ("--platform", tag)]

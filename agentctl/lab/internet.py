@@ -17,12 +17,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agentctl import hermes
 from agentctl.ca import new_ca
 from agentctl.lab import topology
 from agentctl.lab.netns import LabNetworkError
 from agentctl.model import Deployment
 
 ASSETS = Path(__file__).parent / "assets"
+# The scripted fakes of real APIs (topology.FAKES), by role.
+FAKE_SCRIPTS = {"model": "fake_anthropic.py", "chat": "fake_telegram.py"}
 
 
 def ensure_internet_ca(folder: Path) -> tuple[Path, Path]:
@@ -78,15 +81,33 @@ def start(deployment: Deployment, state_dir: Path, wheel_dirs: list[Path] = ()) 
         node = by_ip[srv.ip]
         crt, key = issue_leaf(ca_cert, ca_key, list(srv.names), [srv.ip] + ([srv.ip6] if srv.ip6 else []),
                               folder / node.name)
+        if srv.role in FAKE_SCRIPTS:
+            argv = [FAKE_SCRIPTS[srv.role], f"--listen={srv.ip}:443", f"--cert={crt}", f"--key={key}",
+                    f"--log={fake_log(state_dir, srv.role)}", *_fake_args(deployment, srv.role)]
+        else:
+            argv = ["lab_internet.py", "--role", srv.role, "--ip", srv.ip, "--cert", str(crt), "--key", str(key),
+                    "--log", str(log), *(f"--wheels={w}" for w in (wheel_dirs if srv.role == "upstream" else ()))]
         out = open(folder / f"{node.name}.out", "ab")
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", node.netns, sys.executable, str(ASSETS / "lab_internet.py"), "--role", srv.role,
-             "--ip", srv.ip, "--cert", str(crt), "--key", str(key), "--log", str(log),
-             *(f"--wheels={w}" for w in (wheel_dirs if srv.role == "upstream" else ()))],
+            ["ip", "netns", "exec", node.netns, sys.executable, str(ASSETS / argv[0]), *argv[1:]],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         pids[node.netns] = proc.pid
     _wait_ready(folder, [n for n in by_ip.values()])
     return pids
+
+
+def fake_log(state_dir: Path, role: str) -> Path:
+    """Where a fake service (model, chat) writes one JSON line per request."""
+    return state_dir / "internet" / f"{role}.jsonl"
+
+
+def _fake_args(deployment: Deployment, role: str) -> list[str]:
+    """What the fake must know of the stack: the stand-in the agent host holds (flagged
+    if it ever arrives upstream) and, for the chat, the operator Hermes listens to."""
+    if role == "model":
+        return [f"--placeholder={hermes.PLACEHOLDER_MODEL_KEY}"]
+    users = [u for a in deployment.agents if a.runtime.hermes for u in a.runtime.hermes.telegram.allowed_users]
+    return [f"--placeholder={hermes.PLACEHOLDER_BOT_TOKEN}", *([f"--operator-id={users[0]}"] if users else [])]
 
 
 def _wait_ready(folder: Path, nodes: list[topology.Node], timeout: float = 15) -> None:

@@ -64,6 +64,10 @@ def load_lab(project_dir: Path, stack: str) -> Deployment:
     d = load(project_dir, stack)
     if d.cloud != "lab":
         raise ConfigError(f"Pulumi.{stack}.yaml", "agentctl:cloud", f"is {d.cloud!r}", "'lab' for `agentctl lab`")
+    try:
+        topology.internet_servers(d)
+    except topology.SharedFakeAddress as exc:
+        raise ConfigError(f"Pulumi.{stack}.yaml", "agentctl:proxy.dnsRecords", *exc.args) from None
     return d
 
 
@@ -125,9 +129,11 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
     img = image.ensure_image(project_dir, distro or d.distro, cache_dir, progress)
     progress("building agentctl-proxy from this checkout")
     proxy_wheel = _proxy_wheel(project_dir, state_dir)
-    progress("building the lab package index's wheels (agentctl-lab-agent)")
-    wheel_dirs = packages.wheel_dirs(cache_dir)
-    st = state.LabState(stack=stack, project_dir=str(Path(project_dir).resolve()), image=str(img))
+    progress("building the lab package index's wheels (agentctl-lab-agent"
+             + "".join(f", {p.requirement}" for p in packages.lab_index_pins(d)) + ")")
+    wheel_dirs = packages.wheel_dirs(cache_dir, d, image.DISTROS[distro or d.distro]["python"])
+    st = state.LabState(stack=stack, project_dir=str(Path(project_dir).resolve()), image=str(img),
+                        wheel_dirs=[str(w) for w in wheel_dirs])
     state.save(state_dir, st)
 
     progress("creating the lab networks (switch, security groups, lab internet)")

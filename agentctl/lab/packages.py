@@ -9,20 +9,26 @@ versions, so snapshot-upgrade has real versions to move between:
 
 Each is a normal setuptools project built with `pip wheel` on this machine and cached
 under the lab cache by a hash of its inputs, so a later `lab up` builds nothing. The
-index serves every wheel of every folder `wheel_dirs` returns; another runtime's
-wheels (Hermes in its lab) are one more folder there.
+index serves every wheel of every folder `wheel_dirs` returns; a published runtime
+the stack pins to the lab index (Hermes in Pulumi.lab-hermes.yaml) is one more folder
+there, fetched as binary wheels (`runtime_wheels`).
 """
 from __future__ import annotations
 
 import hashlib
+import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from agentctl.errors import AgentctlError
+from agentctl.lab import topology
+from agentctl.lab.image import manylinux_platforms
 from agentctl.lab.internet import ASSETS
+from agentctl.model import Deployment, PackagePin
 
 LAB_AGENT = "agentctl-lab-agent"
 LAB_AGENT_VERSIONS = {"1.0.0": False, "1.1.0": False, "1.2.0": True}  # version -> broken
@@ -86,6 +92,41 @@ def lab_agent_wheels(cache_dir: Path) -> Path:
     return out
 
 
-def wheel_dirs(cache_dir: Path) -> list[Path]:
-    """Every folder whose wheels the lab index serves."""
-    return [lab_agent_wheels(cache_dir)]
+def runtime_wheels(cache_dir: Path, requirement: str, python: str) -> Path:
+    """A published runtime (Hermes) and everything it depends on, as the lab image's
+    Python installs them: binary wheels fetched from the package index this machine
+    uses, once per requirement and Python. The agent host then installs them from the
+    lab index through the proxy, the way it would from PyPI."""
+    key = hashlib.sha256(f"{RECIPE}\n{requirement}\n{python}\n{platform.machine()}".encode()).hexdigest()[:16]
+    out = Path(cache_dir) / "packages" / f"runtime-{key}"
+    if (out / ".complete").is_file():
+        return out
+    tmp_out = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp_out, ignore_errors=True)
+    tmp_out.mkdir(parents=True)
+    # Binary wheels only: the agent host installs with no compiler and no build step.
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                           "--dest", str(tmp_out), "--only-binary=:all:", "--python-version", python,
+                           *manylinux_platforms(), requirement], capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        raise PackageBuildError(f"lab: fetching {requirement} for Python {python} failed: "
+                                f"{proc.stderr.strip()[-400:]}")
+    (tmp_out / ".complete").write_text(requirement + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp_out.rename(out)
+    return out
+
+
+def lab_index_pins(deployment: Deployment) -> list[PackagePin]:
+    """Published runtimes the stack installs from an index inside the lab internet."""
+    lab_names = {s for srv in topology.internet_servers(deployment) for s in srv.names}
+    return [a.runtime.hermes.pin for a in deployment.agents
+            if a.runtime.hermes and urlsplit(a.runtime.hermes.index).hostname in lab_names]
+
+
+def wheel_dirs(cache_dir: Path, deployment: Deployment, python: str) -> list[Path]:
+    """Every folder whose wheels the lab index serves: the lab agent's versions, and
+    each published runtime the stack pins to the lab index."""
+    return [lab_agent_wheels(cache_dir)] + [runtime_wheels(cache_dir, pin.requirement, python)
+                                             for pin in lab_index_pins(deployment)]

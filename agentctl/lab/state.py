@@ -27,6 +27,9 @@ class LabState:
     # Every host converged and its service active at the end of the last `lab up`;
     # only then does a second `lab up` leave the lab as it is.
     converged: bool = False
+    # The folders the lab package index (pypi.lab.test) serves: the versions there are
+    # the ones a lab host can install (snapshot-upgrade's preflight reads them).
+    wheel_dirs: list[str] = field(default_factory=list)
 
 
 def path(state_dir: Path) -> Path:

@@ -49,11 +49,22 @@ class Node:
         return "eth0"
 
 
+# Services the lab plays with a scripted fake of the real API (agentctl/lab/assets),
+# named by the host the real client is built for: Hermes' anthropic provider refuses
+# any other model host, and its Telegram adapter talks to the Bot API's name.
+FAKES = {"api.anthropic.com": "model", "api.telegram.org": "chat"}
+Role = Literal["upstream", "evil", "model", "chat"]
+
+
+class SharedFakeAddress(ValueError):
+    """A fake service's name shares its lab address with another name."""
+
+
 @dataclass(frozen=True)
 class Internet:
     """A lab internet server: name, address, and what it serves."""
 
-    role: Literal["upstream", "evil"]
+    role: Role
     ip: str
     ip6: str | None
     names: tuple[str, ...]
@@ -62,7 +73,8 @@ class Internet:
 def internet_servers(deployment: Deployment) -> list[Internet]:
     """Lab internet servers, from the stack's DNS records: every name that resolves
     into the lab internet is served by the server at that address; `evil*` names are
-    the rogue server (rogue DNS, DoH, HTTPS that must stay unreachable)."""
+    the rogue server (rogue DNS, DoH, HTTPS that must stay unreachable); a name in
+    FAKES is that service's fake, alone at its address."""
     by_ip: dict[str, list[str]] = {}
     for rec in deployment.proxy.dns_records:
         if rec.type == "A" and ipaddress.ip_address(rec.value) in INTERNET_V4:
@@ -70,8 +82,13 @@ def internet_servers(deployment: Deployment) -> list[Internet]:
     servers = []
     for ip, names in sorted(by_ip.items(), key=lambda kv: ipaddress.ip_address(kv[0])):
         rogue = any(n.split(".")[0] == "evil" for n in names)
+        fakes = {FAKES[n] for n in names if n in FAKES}
+        if fakes and (len(names) > 1 or rogue):
+            raise SharedFakeAddress(f"{', '.join(sorted(names))} share {ip}",
+                                    f"each of {', '.join(n for n in names if n in FAKES)} at an address of its own")
+        role = fakes.pop() if fakes else "evil" if rogue else "upstream"
         host_part = int(ipaddress.ip_address(ip)) - int(INTERNET_V4.network_address)
-        servers.append(Internet("evil" if rogue else "upstream", ip,
+        servers.append(Internet(role, ip,
                                 str(INTERNET_V6.network_address + host_part), tuple(sorted(names))))
     return servers
 
@@ -103,7 +120,7 @@ def nodes(deployment: Deployment) -> list[Node]:
         out.append(Node(agent.name, "host", host_netns(agent.name), deployment.agent_ip(agent),
                         gw(deployment.agent_subnet), f"sw-h{i}"))
     for i, srv in enumerate(internet_servers(deployment)):
-        name = f"net-{srv.names[0].split('.')[0]}"
+        name = f"net-{srv.role if srv.role in FAKES.values() else srv.names[0].split('.')[0]}"
         out.append(Node(name, "internet", f"{PREFIX}{name}", srv.ip, gw(INTERNET_V4), f"sw-n{i}", srv.ip6))
     return out
 

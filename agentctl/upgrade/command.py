@@ -94,7 +94,7 @@ class _Progress:
 
 
 def _lab_parts(project_dir: Path, stack: str, d: Deployment, host: str, state_dir: Path):
-    from agentctl.lab import lab, packages, state, topology
+    from agentctl.lab import lab, state, topology
     from agentctl.upgrade.backends.lab import LabBackend, lab_start, lab_stop
 
     st = state.load(state_dir)
@@ -130,11 +130,9 @@ def _lab_parts(project_dir: Path, stack: str, d: Deployment, host: str, state_di
         sys.executable, "-m", "agentctl.cli", "verify", "--stack", stack, "--project-dir", str(project_dir.resolve()),
         "--host", f"{host}=paramiko://admin@{agent_ip}", "--ssh-key", str(key),
         "--known-hosts", str(pinned), "--first-contact", "refuse"], host_dir(project_dir, stack, host) / REPORT)
-    cache = Path(os.environ.get("AGENTCTL_LAB_CACHE", "/var/cache/agentctl/lab"))
-
     def versions() -> set[str]:
         found = set()
-        for folder in packages.wheel_dirs(cache):
+        for folder in map(Path, st.wheel_dirs):
             found |= {_version_of(w.name) for w in folder.glob("*.whl")
                       if w.name.split("-")[0].replace("_", "-") == d_pin(d, host).name.replace("_", "-")}
         return found

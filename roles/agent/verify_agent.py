@@ -177,7 +177,8 @@ def test_hermes_stops_clean_and_comes_back(root, hermes_pin):
     inactive, not failed (with SIGTERM it exits 1)."""
     try:
         root.check_output(f"systemctl stop {SERVICE}")
-        state = root.check_output(f"systemctl show -p ActiveState -p Result --value {SERVICE}").split()
+        # one property per call: `--value` prints several in systemd's order, not ours
+        state = [root.check_output(f"systemctl show -p {p} --value {SERVICE}") for p in ("ActiveState", "Result")]
         assert state == ["inactive", "success"], state
     finally:
         root.run(f"systemctl start {SERVICE}")

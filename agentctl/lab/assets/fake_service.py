@@ -46,6 +46,7 @@ def serve(args: argparse.Namespace, handler: type[BaseHTTPRequestHandler], recor
         with open(args.port_file + ".tmp", "w") as fh:
             fh.write(str(server.server_address[1]))
         os.replace(args.port_file + ".tmp", args.port_file)
+    print(f"{handler.__module__} on {host}:{server.server_address[1]} ready", flush=True)  # the lab waits for it
     try:
         server.serve_forever()
     except KeyboardInterrupt:
