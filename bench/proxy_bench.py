@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "proxy" / "tests"))
 from upstream import Upstream, free_port  # noqa: E402
 
+from proxy_start import extract, start_proxy, wait_port  # noqa: E402
+
 from agentctl_proxy.ca import init_ca  # noqa: E402
 from agentctl_proxy.matcher import Grant, Matcher  # noqa: E402
 from agentctl_proxy.paths import check_path  # noqa: E402
@@ -142,17 +144,6 @@ def load(t: Target, keepalive: bool, seconds: float | None = None, count: int | 
 
 
 # ------------------------------------------------------------------ servers
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"port {port} never opened")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -330,14 +321,6 @@ def write_agentctl_config(work: Path, ca: tuple[Path, Path], bundle: str) -> tup
     return work / "proxy.yaml", port
 
 
-def start_agentctl(config: Path, port: int, pythonpath: str | None = None) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None  # another revision's code
-    p = subprocess.Popen([sys.executable, "-m", "agentctl_proxy", "run", "--config", str(config)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    wait_port(port)
-    return p
-
-
 # ------------------------------------------------------------------ policy microbench
 
 
@@ -465,16 +448,14 @@ def main() -> None:
         procs.append(squid)
         mitmdump, mitmdump_port = start_mitmdump(work, (cert, key), bundle)
         procs.append(mitmdump)
-        ours = start_agentctl(config, ours_port)
+        ours = start_proxy(config, ours_port)
         procs.append(ours)
         baseline = {}
         if args.baseline_rev:
-            from proxy_flood_bench import extract
-
             old_dir = work / "old"
             old_dir.mkdir()
             old_config, old_port = write_agentctl_config(old_dir, (cert, key), bundle)
-            old = start_agentctl(old_config, old_port, extract(args.baseline_rev, work / "old-code"))
+            old = start_proxy(old_config, old_port, extract(args.baseline_rev, work / "old-code"))
             procs.append(old)
             baseline = {f"agentctl-proxy `{args.baseline_rev}`, IP": Target(proxy_ctx, old_port, pid=old.pid),
                         f"agentctl-proxy `{args.baseline_rev}`, name": Target(proxy_ctx, old_port, UP_NAME,

@@ -20,15 +20,12 @@ machine). Loopback only, bounded in time. Writes bench/results/proxy_flood.md.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import platform
-import resource
 import socket
 import ssl
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -41,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "proxy" / "tests"))
 from upstream import Upstream, free_port  # noqa: E402
 
+from proxy_start import extract, start_proxy  # noqa: E402
+
 from agentctl_proxy.ca import init_ca  # noqa: E402
 
 UP_IP = "127.0.0.44"  # an address of its own: the proxy tests use 127.0.0.2-5
@@ -48,6 +47,7 @@ GOOD, FLOODER = "127.0.0.21", "127.0.0.22"
 ENDLESS_CAP = 512 << 20  # bytes of endless heads per run, all flooders together
 PATH_CAP = 60  # 4 MiB-path requests per run
 BODY_CAP = 1 << 20
+AS_CAP = 3 << 30  # the proxy's address space (RLIMIT_AS), this tree's and the baseline's
 
 
 def rss_kb(pid: int) -> int:
@@ -221,32 +221,10 @@ def write_config(work: Path, ca, bundle: str, up_port: int) -> tuple[Path, int]:
     return work / "proxy.yaml", port
 
 
-def start_proxy(config: Path, port: int, pythonpath: str | None) -> subprocess.Popen:
-    env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
-    cap = 3 << 30
-
-    def limit() -> None:  # an unbounded proxy must not take the shared machine with it
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
-    p = subprocess.Popen([sys.executable, "-m", "agentctl_proxy", "run", "--config", str(config)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, preexec_fn=limit)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return p
-        except OSError:
-            time.sleep(0.1)
-    p.kill()
-    raise RuntimeError("the proxy did not start")
-
-
 def one_run(label: str, work: Path, ca, bundle: str, up_port: int, ctx, args, pythonpath: str | None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     config, port = write_config(work, ca, bundle, up_port)
-    proc = start_proxy(config, port, pythonpath)
+    proc = start_proxy(config, port, pythonpath, address_space=AS_CAP)
     audit = work / "audit.jsonl"
     try:
         good = Good(port, up_port, ctx)
@@ -296,14 +274,6 @@ def one_run(label: str, work: Path, ca, bundle: str, up_port: int, ctx, args, py
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def extract(rev: str, into: Path) -> str:
-    data = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "proxy/agentctl_proxy"],
-                          capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as t:
-        t.extractall(into, filter="data")
-    return str(into / "proxy")
 
 
 def main() -> None:
@@ -377,7 +347,7 @@ The flood and the good agent share the 2 cores with the proxy (and with other wo
 latency during the flood mostly measures CPU contention; what the bounds guarantee is that
 memory and audit growth stay flat whatever the flood sends. The baseline revision (if run)
 is capped: at most {ENDLESS_CAP >> 20} MiB of endless heads and {PATH_CAP} 4 MiB paths per run, and an
-address-space limit of 3 GiB on its process.
+address-space limit of {AS_CAP >> 30} GiB on its process.
 """)
 
 

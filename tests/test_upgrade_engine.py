@@ -36,6 +36,9 @@ def go(tmp_path: Path, world: World, to: str | None = GOOD, hook=None, **kw) -> 
 
 def assert_end_state(world: World, journal: Journal, to: str) -> None:
     s = world.load()
+    # The operator's --check commands judged every acceptance of the new version and no
+    # acceptance of the restored old one, on whatever path the run took.
+    assert all(a["checks"] == (a["version"] != FROM) for a in s["accepts"]), s["accepts"]
     outcome = journal.data["outcome"]
     assert outcome in OUTCOMES, journal.data
     on_disk = json.loads(journal.path.read_text())
@@ -95,6 +98,65 @@ def test_failed_acceptance_rolls_back_and_keeps_the_agents_data(tmp_path, world)
     assert_end_state(world, journal, BAD)
     assert [s["name"] for s in journal.data["steps"]] == ["preflight", "snapshot", "upgrade", "acceptance",
                                                           "rollback", "rollback-acceptance"]
+
+
+def checks_fail_on(world: World, *versions: str) -> None:
+    s = world.load()
+    s["check_fails_on"] = list(versions)
+    world.save(s)
+
+
+def accepts(world: World) -> list[tuple[str, bool]]:
+    return [(a["version"], a["checks"]) for a in world.load()["accepts"]]
+
+
+def test_upgrade_acceptance_runs_the_operators_checks(tmp_path, world):
+    checks_fail_on(world, GOOD)  # healthy, but the operator's check rejects it
+    journal = go(tmp_path, world, to=GOOD)
+    assert journal.data["outcome"] == "rolled-back", journal.data
+    assert "operator check fails on 1.1.0" in journal.data["reason"]
+    assert accepts(world) == [(GOOD, True), (FROM, False)]
+
+
+def _failed_acceptance(tmp_path, world):
+    return go(tmp_path, world, to=BAD)
+
+
+def _failed_upgrade(tmp_path, world):
+    world.fail.add("upgrade.mid")
+    return go(tmp_path, world, to=GOOD)
+
+
+def _rollback_of_the_last_upgraded_run(tmp_path, world):
+    assert go(tmp_path, world, to=GOOD).data["outcome"] == "upgraded"
+    return go(tmp_path, World(world.path), to=None, rollback=True)
+
+
+def _rollback_of_an_open_run(tmp_path, world):
+    world.kill_at = "accept.before"
+    with pytest.raises(Killed):
+        go(tmp_path, world, to=GOOD)
+    return go(tmp_path, World(world.path), to=None, rollback=True)
+
+
+def _resume_of_an_interrupted_rollback(tmp_path, world):
+    world.kill_at = "restore.mid"
+    with pytest.raises(Killed):
+        go(tmp_path, world, to=BAD)
+    return go(tmp_path, World(world.path), to=None, resume=True)
+
+
+@pytest.mark.parametrize("path", [_failed_acceptance, _failed_upgrade, _rollback_of_the_last_upgraded_run,
+                                  _rollback_of_an_open_run, _resume_of_an_interrupted_rollback],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_rollback_acceptance_does_not_run_the_operators_checks(tmp_path, world, path):
+    # The operator's check asks for what the new version brings: the old one fails it,
+    # and must still be accepted once restored.
+    checks_fail_on(world, FROM)
+    journal = path(tmp_path, world)
+    assert journal.data["outcome"] == "rolled-back", journal.data
+    assert ("rollback-acceptance", "done") in [(s["name"], s["status"]) for s in journal.data["steps"]]
+    assert accepts(world)[-1] == (FROM, False)
 
 
 def test_failed_upgrade_rolls_back(tmp_path, world):

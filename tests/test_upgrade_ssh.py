@@ -2,6 +2,7 @@
 the pinned one, and every way of not reaching the host is one line of bad input."""
 from __future__ import annotations
 
+import shlex
 import socket
 import threading
 import time
@@ -194,14 +195,12 @@ def test_patience_never_retries_a_changed_host_key(tmp_path, server):
 
 
 def test_lab_relay_keeps_an_idle_session_open():
-    """The lab's relay (the ProxyCommand to the admin namespace) run as a real process:
-    a session idle longer than the relay's 10 s connect timeout still carries bytes
-    (acceptance holds its session open while the role suite runs)."""
-    import subprocess
-    import sys
+    """The lab's relay run as the lab runs it (paramiko's ProxyCommand, minus the admin
+    namespace), with a short connect timeout: a session idle past that timeout still
+    carries bytes (acceptance holds its session open while the role suite runs)."""
+    from agentctl.upgrade.command import lab_relay
 
-    from agentctl.upgrade.command import LAB_RELAY
-
+    connect_timeout = 1.0
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
@@ -211,18 +210,21 @@ def test_lab_relay_keeps_an_idle_session_open():
             while data := conn.recv(65536):
                 conn.sendall(data)
     threading.Thread(target=echo, daemon=True).start()
-    relay = subprocess.Popen([sys.executable, "-c", LAB_RELAY, "127.0.0.1", str(port)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    relay = paramiko.ProxyCommand(shlex.join(lab_relay("127.0.0.1", port, connect_timeout=connect_timeout)))
+    relay.settimeout(5)  # without one, paramiko's recv spins forever on a dead relay's EOF
     try:
-        relay.stdin.write(b"first\n")
-        relay.stdin.flush()
-        assert relay.stdout.readline() == b"first\n"
-        time.sleep(11)  # idle past the connect timeout
-        assert relay.poll() is None, relay.stderr.read().decode()
-        relay.stdin.write(b"after idle\n")
-        relay.stdin.flush()
-        assert relay.stdout.readline() == b"after idle\n"
+        relay.send(b"first\n")
+        assert relay.recv(6) == b"first\n"
+        time.sleep(connect_timeout + 1)  # idle past the connect timeout
+        try:
+            relay.send(b"after idle\n")
+            echoed = relay.recv(11)
+        except (OSError, paramiko.ProxyCommandFailure) as exc:  # a dead relay: EPIPE, or no answer
+            echoed = repr(exc)
+        if echoed != b"after idle\n":
+            relay.process.kill()  # its stderr can be read to the end now
+            pytest.fail(f"the idle session is gone ({echoed!r}): {relay.process.stderr.read().decode()}")
     finally:
-        relay.kill()
-        relay.wait()
+        relay.process.kill()  # (paramiko's close() would os.kill a pid the failure above reaped)
+        relay.process.wait()
         listener.close()

@@ -3,7 +3,12 @@ a run in a subprocess can be SIGKILLed and resumed from another process.
 
 `kill_at` names a point inside an operation, reached after its side effect and
 before it returns: the run "dies" there (Killed is a BaseException, like the end
-of the process, so nothing in the engine catches it)."""
+of the process, so nothing in the engine catches it).
+
+The operator's `--check` commands are modelled by `check_fails_on`: the versions they
+fail on (none by default; a check of a feature the new version brings fails on the old
+one). `accept` runs them only when asked (`checks`), and every call is kept in
+`accepts` (the version it judged and `checks`), so a test sees what the engine asked."""
 from __future__ import annotations
 
 import copy
@@ -30,7 +35,7 @@ class World:
         self.fail: set[str] = set()  # operations that raise an ordinary error
         if create:
             self.save({"version": FROM, "data": dict(DATA), "snapshots": {}, "stack_version": FROM,
-                       "counter": 0, "upgrades": 0})
+                       "counter": 0, "upgrades": 0, "check_fails_on": [], "accepts": []})
 
     def load(self) -> dict:
         return json.loads(self.path.read_text())
@@ -105,8 +110,14 @@ class World:
 
     def accept(self, checks: bool = True) -> list[str]:
         self.point("accept.before")
-        version = self.load()["version"]
-        return [] if version in (FROM, GOOD) else [f"health check fails on {version}"]
+        s = self.load()
+        version = s["version"]
+        s["accepts"].append({"version": version, "checks": checks})
+        self.save(s)
+        failures = [] if version in (FROM, GOOD) else [f"health check fails on {version}"]
+        if checks and version in s["check_fails_on"]:
+            failures.append(f"operator check fails on {version}")
+        return failures
 
     # Recorder
     def record(self, version: str) -> None:

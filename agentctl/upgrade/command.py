@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 import urllib.request
@@ -29,16 +30,24 @@ from agentctl.upgrade.journal import host_dir
 from agentctl.upgrade.ssh import AdminSsh, known_hosts_path
 
 REPORT = "role-suite.log"  # every acceptance's whole role suite output, beside the journals
-# The connect timeout must not outlive the connect: a held admin session sits idle
-# while the role suite runs, and a recv timeout there would close it under paramiko.
+# The lab's ProxyCommand: stdin/stdout to an address's SSH port, run in the admin
+# namespace. It waits LAB_RELAY_CONNECT_TIMEOUT seconds for the connection, and that
+# timeout must not outlive the connect: a held admin session sits idle while the role
+# suite runs, and a recv timeout there would close it under paramiko.
+LAB_RELAY_CONNECT_TIMEOUT = 10.0
 LAB_RELAY = ("import socket,sys,threading\n"
-             "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),10)\n"
+             "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),float(sys.argv[3]))\n"
              "s.settimeout(None)\n"
              "def up():\n"
              "    while (b:=sys.stdin.buffer.read1(65536)): s.sendall(b)\n"
              "    s.shutdown(socket.SHUT_WR)\n"
              "threading.Thread(target=up,daemon=True).start()\n"
              "while (b:=s.recv(65536)): sys.stdout.buffer.write(b); sys.stdout.buffer.flush()\n")
+
+
+def lab_relay(address: str, port: int = 22, connect_timeout: float = LAB_RELAY_CONNECT_TIMEOUT) -> list[str]:
+    """The relay's command line (without the namespace it runs in)."""
+    return [sys.executable, "-c", LAB_RELAY, address, str(port), str(connect_timeout)]
 
 
 def _agent(d: Deployment, stack: str, host: str) -> Agent:
@@ -119,9 +128,8 @@ def _lab_parts(project_dir: Path, stack: str, d: Deployment, host: str, state_di
 
         def make() -> AdminSsh:
             a = AdminSsh(name, address, by_addr, key_file=key, timeout=20)
-            a.sock_factory = lambda: paramiko.ProxyCommand(" ".join([
-                "ip", "netns", "exec", topology.ADMIN_NS, sys.executable, "-c",
-                "'" + LAB_RELAY.replace("'", "'\\''") + "'", address, "22"]))
+            a.sock_factory = lambda: paramiko.ProxyCommand(shlex.join(  # paramiko shlex.splits it
+                ["ip", "netns", "exec", topology.ADMIN_NS, *lab_relay(address)]))
             return a
         return make
 

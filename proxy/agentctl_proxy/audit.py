@@ -202,6 +202,9 @@ class AuditLog:
 
 
 SUMMARY_SECONDS = 10.0
+# The budget's defaults, and config.py's for `log.refusal_burst` and `log.refusal_rate`
+REFUSAL_BURST = 120
+REFUSAL_RATE = 1.0  # lines per second
 
 
 def new_id() -> str:
@@ -223,7 +226,8 @@ class _Held:
 class RefusalBudget:
     """Token bucket per key (agent name, or "-" for every client that is no agent)."""
 
-    def __init__(self, burst: int = 120, per_second: float = 1.0, clock=time.monotonic) -> None:
+    def __init__(self, burst: int = REFUSAL_BURST, per_second: float = REFUSAL_RATE,
+                 clock=time.monotonic) -> None:
         self.burst, self.rate, self._clock = burst, per_second, clock
         self._buckets: dict[str, tuple[float, float]] = {}
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
-from agentctl_proxy import ironproxy, pki
+from agentctl_proxy import audit, ironproxy, pki
 from agentctl_proxy.schema import errors, yamlload
 from agentctl_proxy.schema import values as v
 from agentctl_proxy.schema.policy import (  # noqa: F401 (the proxy's names for them)
@@ -177,9 +177,9 @@ class LogSection(Strict):
     audit_path: str | None = None  # None: audit lines go to stdout (journald)
     # ours: audit lines per agent an agent can cause without being forwarded (refusals,
     # DNS answers): a bucket of refusal_burst lines refilled at refusal_rate per second;
-    # past it they are counted in one summary line per agent every 10 s (audit.py)
-    refusal_burst: Annotated[int, Field(gt=0, le=1_000_000)] = 120
-    refusal_rate: Annotated[float, Field(gt=0, le=10_000)] = 1.0
+    # past it they are counted in one summary line per agent every audit.SUMMARY_SECONDS
+    refusal_burst: Annotated[int, Field(gt=0, le=1_000_000)] = audit.REFUSAL_BURST
+    refusal_rate: Annotated[float, Field(gt=0, le=10_000)] = audit.REFUSAL_RATE
 
 
 class Config(Strict):
