@@ -18,6 +18,7 @@ proves the same and more on Hermes alone):
   of its own, an unlisted host, the metadata address, a direct connection) and every one
   fails, even approved by the operator; after a restart approvals are still manual;
 - what Hermes contacts on its own is denied and audited, and nothing else was needed;
+- a file Hermes wrote, then overwrote, is rolled back by the operator from a snapshot;
 - `agentctl lab verify` runs every Hermes check of the role suite, and `lab escape` holds.
 """
 from __future__ import annotations
@@ -255,6 +256,30 @@ def test_what_hermes_contacts_on_its_own_is_denied_and_nothing_else_was_needed(l
     assert all(e["rejected_by"] for e in own), own
 
 
+def test_a_file_hermes_edited_is_rolled_back_from_a_snapshot(lab):
+    """Hermes' own checkpoints do nothing under its gateway (docs/hermes.md); the promise
+    is kept by agentctl-snapshot: the operator rolls Hermes' edit back."""
+    name = f"notes-{int(time.time())}.md"
+    path = f"{WORK}/{name}"
+
+    def write(content: str) -> None:
+        since = len(sent(lab))
+        say(lab, tool("write_file", path=path, content=content))
+        bot_says(lab, since, "RESULT:")
+        assert host_file(lab, HOST, path).read_text() == content
+
+    def admin(command: str) -> str:
+        proc = lab["cli"]("ssh", HOST, "--stack", STACK, "--project-dir", str(lab["project"]), command)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout.strip()
+
+    write("the plan, as agreed\n")
+    snap = admin("sudo /usr/local/sbin/agentctl-snapshot take").split()[-1]
+    write("overwritten by the agent\n")
+    admin(f"sudo /usr/local/sbin/agentctl-snapshot restore {snap} {name}")
+    assert host_file(lab, HOST, path).read_text() == "the plan, as agreed\n"
+
+
 def test_lab_verify_runs_every_hermes_check_and_escape_holds(lab, tmp_path):
     from agentctl.lab import verify as lab_verify
     rc = lab_verify.run_suites(lab["project"], STACK, lab["state_dir"], junit_dir=tmp_path)
@@ -264,6 +289,8 @@ def test_lab_verify_runs_every_hermes_check_and_escape_holds(lab, tmp_path):
             "test_hermes_guardrails_are_roots_and_not_writable_by_agentuser",
             "test_hermes_unit_restarts_and_stops_as_hermes_expects",
             "test_hermes_stops_clean_and_comes_back"} <= ran, sorted(ran)
+    assert {"test_file_edits_can_be_rolled_back", "test_an_edit_is_rolled_back_from_a_snapshot"} <= {
+        n for n, c in cases.items() if c.find("skipped") is None}
     failed = [n for n, c in cases.items() if c.find("failure") is not None or c.find("error") is not None]
     assert rc == 0 and not failed, failed
     escape = lab["cli"]("escape", "--stack", STACK, "--project-dir", str(lab["project"]), "--json")

@@ -138,6 +138,7 @@ def _lab_parts(project_dir: Path, stack: str, d: Deployment, host: str, state_di
         sys.executable, "-m", "agentctl.cli", "verify", "--stack", stack, "--project-dir", str(project_dir.resolve()),
         "--host", f"{host}=paramiko://admin@{agent_ip}", "--ssh-key", str(key),
         "--known-hosts", str(pinned), "--first-contact", "refuse"], host_dir(project_dir, stack, host) / REPORT)
+
     def versions() -> set[str]:
         found = set()
         for folder in map(Path, st.wheel_dirs):
