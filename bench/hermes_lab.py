@@ -79,7 +79,7 @@ def message_to_answer(state_dir: Path, operator_id: int, n: int = 5, timeout: fl
     """Median seconds from the operator's message to Hermes' answer, and model calls per message."""
     model_log = state_dir / "internet" / "model.jsonl"
     times, calls = [], []
-    _ask(state_dir, operator_id, "warm up", timeout)  # the first turn carries Hermes' onboarding
+    _ask(state_dir, operator_id, "warm up", timeout, needle="ECHO:")  # Hermes' onboarding rides on the first turn
     for i in range(n):
         before = len(model_log.read_text().splitlines())
         times.append(_ask(state_dir, operator_id, f"bench{i}x{int(time.time())}", timeout))
@@ -88,12 +88,13 @@ def message_to_answer(state_dir: Path, operator_id: int, n: int = 5, timeout: fl
             "calls": statistics.median(calls), "n": n}
 
 
-def _ask(state_dir: Path, operator_id: int, text: str, timeout: float) -> float:
+def _ask(state_dir: Path, operator_id: int, text: str, timeout: float, needle: str = "") -> float:
+    needle = needle or f"ECHO: {text}"
     since = len(_operator(state_dir, "sent"))
     t0 = time.monotonic()
     _operator(state_dir, "send", {"text": text, "user_id": operator_id})
     while time.monotonic() - t0 < timeout:
-        if any(f"ECHO: {text}" in (m.get("text") or "") for m in _operator(state_dir, "sent")[since:]):
+        if any(needle in (m.get("text") or "") for m in _operator(state_dir, "sent")[since:]):
             return time.monotonic() - t0
         time.sleep(0.02)
     raise RuntimeError(f"no answer to {text!r} in {timeout:.0f} s")

@@ -14,6 +14,7 @@ proves the same and more on Hermes alone):
 - an operator's message reaches Hermes, Hermes calls the model through the proxy with the
   real key injected (never the stand-in), and the answer reaches the operator;
 - a dangerous command waits for the operator: denied, it never runs; approved, it runs;
+- a fetch Hermes is allowed goes through the proxy, which adds the credential;
 - Hermes, driven by the model, tries each way out (its .env, its config, a managed folder
   of its own, an unlisted host, the metadata address, a direct connection) and every one
   fails, even approved by the operator; after a restart approvals are still manual;
@@ -209,6 +210,20 @@ def test_hermes_cannot_switch_its_approvals_off_even_with_the_operators_yes(lab,
     run_command(lab, command, "once")
     assert {p: host_file(lab, HOST, p).read_bytes() for p in guarded} == before, label
     assert not host_file(lab, HOST, f"{hermes.HOME}/hooks/x").exists(), label
+
+
+def test_a_fetch_hermes_is_allowed_goes_through_the_proxy_with_the_credential_injected(lab):
+    """"Fetch this URL" on an allowlisted path: Hermes' tools have no way out but the
+    proxy, which adds the credential Hermes never holds."""
+    path = f"/repos/acme/app/readme-{int(time.time())}"
+    before = len(request_log(lab["state_dir"]).read_text().splitlines())
+    _, result = run_command(lab, f"curl -sS -m 8 https://api.lab.test{path}", "once")
+    hits = [json.loads(line) for line in request_log(lab["state_dir"]).read_text().splitlines()[before:]]
+    hits = [h for h in hits if h.get("path") == path]
+    assert hits, result
+    assert {h["client"].removeprefix("::ffff:") for h in hits} == {"10.77.1.10"}  # the proxy, not the agent host
+    assert {h["authorization_sha256"] for h in hits} == {sha(f"Bearer {secret(lab, 'lab-token')}")}
+    assert {h["status"] for h in hits} == {200}
 
 
 @pytest.mark.parametrize("label, command, host", [
