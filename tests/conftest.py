@@ -10,7 +10,7 @@ from agentctl.render import RenderedHost, render_hosts
 from agentctl.stackfile import load
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_STACKS = ["lab", "example-aws", "example-hcloud"]
+EXAMPLE_STACKS = ["lab", "lab-hermes", "example-aws", "example-hcloud"]
 
 
 @pytest.fixture(scope="session")
