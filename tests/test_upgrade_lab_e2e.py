@@ -118,6 +118,22 @@ def test_a_changed_host_key_is_refused(lab):
     assert snapshots(lab) == []
 
 
+def test_a_host_that_does_not_answer_is_bad_input(lab):
+    """sshd stopped on the agent host: preflight cannot reach it as admin, so nothing is
+    snapshotted and the operator is told what is wrong in one line."""
+    from agentctl.lab import hosts, topology
+    ns = topology.host_netns(HOST)
+    assert hosts.run_in(ns, "systemctl", "stop", "ssh.service").returncode == 0
+    try:
+        proc, _ = upgrade(lab, "--host", HOST, "--to", "1.1.0")
+    finally:
+        assert hosts.run_in(ns, "systemctl", "start", "ssh.service").returncode == 0
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("agentctl:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert "does not answer SSH" in errors[0] and errors[0].endswith("expected a host that answers SSH"), errors
+    assert snapshots(lab) == []
+
+
 def test_a_failing_check_rolls_back_and_keeps_the_agents_data(lab):
     on(lab, HOST, "sudo -n -u agentuser sh -c 'echo written-before > /home/agentuser/before-upgrade.txt'")
     assert installed(lab) == "1.0.0"

@@ -98,11 +98,13 @@ class AdminSsh:
             raise self._bad(f"{self.user}@{self.address} refused our key ({exc})", "an admin key the host accepts") from None
         except paramiko.SSHException as exc:
             client.close()
-            error = self._bad(f"{self.address}: {exc}", f"its key pinned in {self.known_hosts}")
             # paramiko/transport.py: "Error reading SSH protocol banner" (a listener, or the
-            # lab's relay, that closes before sshd speaks); RejectPolicy's "not found in
-            # known_hosts" is never retried
-            raise (_NotYet(error) if "banner" in str(exc) else error) from None
+            # lab's relay, that closes before sshd speaks: no sshd there, or not yet);
+            # RejectPolicy's "not found in known_hosts" is never retried
+            if "banner" in str(exc):
+                raise _NotYet(self._bad(f"{self.address}:{self.port} does not answer SSH ({exc})",
+                                        "a host that answers SSH")) from None
+            raise self._bad(f"{self.address}: {exc}", f"its key pinned in {self.known_hosts}") from None
         except (OSError, socket.timeout) as exc:
             client.close()
             raise _NotYet(self._bad(f"{self.address}:{self.port} is unreachable ({exc})",
