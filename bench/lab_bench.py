@@ -93,7 +93,8 @@ def main() -> int:
 
     lines = ["# Lab benchmark", "",
              f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
-             "Produced by `python3 bench/lab_bench.py`.", "",
+             "Produced by `python3 bench/lab_bench.py" + (f" --stack {args.stack}" if args.stack != "lab" else "")
+             + "`.", "",
              "| step | seconds | exit | target | last line |", "| --- | ---: | ---: | --- | --- |"]
     lines += [f"| {n} | {s:.1f} | {rc} | {t} | {tail.replace('|', '/')[:90]} |" for n, s, rc, t, tail in rows]
     if costs:
