@@ -16,6 +16,12 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, pre
 
 StackOpt = typer.Option(..., "--stack", help="Stack name: reads Pulumi.<stack>.yaml")
 ProjectDirOpt = typer.Option(Path("."), "--project-dir", help="Folder that holds Pulumi.yaml and the stack files")
+# The admin paths (agentctl/sshtrust.py admin_path): verify and snapshot-upgrade take them alike.
+JumpOpt = typer.Option(None, "--jump", help="Jump host, [NAME=]USER@ADDRESS[:PORT], e.g. proxy=admin@203.0.113.10 "
+                       "(its host key is checked too, under NAME)")
+ProxyCommandOpt = typer.Option(None, "--proxy-command", help="ProxyCommand carrying the SSH connection (%h, %p), "
+                               "e.g. the EC2 Instance Connect Endpoint's 'aws ec2-instance-connect open-tunnel "
+                               "--instance-id i-... --remote-port %p'")
 
 
 def _version(value: bool) -> None:
@@ -59,11 +65,7 @@ def plan(stack: str = StackOpt, json_out: bool = typer.Option(
 @app.command()
 def verify(stack: str = StackOpt, host: List[str] = typer.Option(..., "--host", help="NAME=SPEC, e.g. scout=paramiko://admin@10.0.2.11"),
            project_dir: Path = ProjectDirOpt, ssh_key: Optional[Path] = typer.Option(None, "--ssh-key", help="Private key for SSH"),
-           jump: Optional[str] = typer.Option(None, "--jump", help="Jump host, [NAME=]USER@ADDRESS[:PORT], e.g. "
-                                              "proxy=admin@203.0.113.10 (its host key is checked too)"),
-           proxy_command: Optional[str] = typer.Option(None, "--proxy-command", help="ProxyCommand carrying the SSH "
-                                                       "connection (%h, %p), e.g. the EC2 Instance Connect Endpoint's "
-                                                       "'aws ec2-instance-connect open-tunnel --instance-id i-...'"),
+           jump: Optional[str] = JumpOpt, proxy_command: Optional[str] = ProxyCommandOpt,
            first_contact: Optional[str] = typer.Option(None, "--first-contact", help="A host with no pinned key: "
                                                        "refuse, or record its key (default: record on Hetzner only)"),
            known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="Pinned host keys (default: "
@@ -115,8 +117,11 @@ def snapshot_upgrade(
         yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation"),
         json_out: bool = typer.Option(False, "--json", help="Last stdout line: one JSON object with the outcome"),
         project_dir: Path = ProjectDirOpt,
-        address: Optional[str] = typer.Option(None, "--address", help="Cloud: the agent's admin SSH address"),
-        proxy_address: Optional[str] = typer.Option(None, "--proxy-address", help="Cloud: the proxy host's"),
+        address: Optional[str] = typer.Option(None, "--address", help="Cloud: the agent's admin SSH address (with "
+                                              "--jump: as the jump host reaches it)"),
+        proxy_address: Optional[str] = typer.Option(None, "--proxy-address", help="Cloud: the proxy host's (default "
+                                                    "with --jump PROXY=...: the jump host's)"),
+        jump: Optional[str] = JumpOpt, proxy_command: Optional[str] = ProxyCommandOpt,
         ssh_key: Optional[Path] = typer.Option(None, "--ssh-key", help="Private key for SSH as admin"),
         state_dir: Optional[Path] = typer.Option(None, "--state-dir", envvar="AGENTCTL_LAB_STATE",
                                                  help="Lab: its state folder")) -> None:
@@ -124,7 +129,8 @@ def snapshot_upgrade(
     from agentctl.upgrade.command import snapshot_upgrade as run
     raise typer.Exit(run(project_dir=project_dir, stack=stack, host=host, to=to, checks=check, keep=keep,
                          resume=resume, rollback=rollback, yes=yes, json_out=json_out, state_dir=state_dir,
-                         address=address, proxy_address=proxy_address, ssh_key=ssh_key))
+                         address=address, proxy_address=proxy_address, ssh_key=ssh_key, jump=jump,
+                         proxy_command=proxy_command))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import re
+import shlex
 import socket
 import sys
 from dataclasses import dataclass
@@ -30,6 +32,11 @@ from pathlib import Path
 import paramiko
 
 from agentctl.errors import AgentctlError, ConfigError
+
+# paramiko's transport thread logs its failure with a traceback at ERROR (transport.py:
+# "Exception (client): Error reading SSH protocol banner"); with no logging set up,
+# Python's last-resort handler prints that on stderr beside our one line, which says it.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 FIRST_CONTACT = ("refuse", "record")
 CONSOLE_KEYS = re.compile(r"-----BEGIN SSH HOST KEY KEYS-----(.*?)-----END SSH HOST KEY KEYS-----", re.S)
@@ -40,12 +47,56 @@ KEY_START = re.compile(r"^(" + "|".join(re.escape(t) for t in WIRE_FIELDS) + r")
 B64_RUN = re.compile(r"^[A-Za-z0-9+/=]*")
 ENDPOINT = re.compile(r"^(?:(?P<name>[a-z][a-z0-9-]*)=)?(?P<user>[a-z_][a-z0-9_-]*)@(?P<addr>[A-Za-z0-9.:\[\]-]+?)"
                       r"(?::(?P<port>\d+))?$")
+PROXY_COMMAND_EXPECTED = ("a command relaying stdin/stdout to %h:%p, e.g. 'aws ec2-instance-connect open-tunnel "
+                          "--instance-id i-... --remote-port %p'")
 
 
 class HostKeyError(AgentctlError):
-    """The host is not who it should be (or nobody vouched for it): exit 1, one line."""
+    """The host is not who it should be (or nobody vouched for it, or it could not be
+    asked): exit 1, one line. `endpoint` is the host it is about: behind a jump host, a
+    failure of the jump host names the jump host. The subclasses say which way it failed,
+    for a caller that words it its own way (snapshot-upgrade: bad input, exit 2)."""
 
     exit_code = 1
+
+    def __init__(self, message: str, endpoint: "Endpoint | None" = None):
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class UnknownKey(HostKeyError):
+    """No key is pinned for the host, and first contact may not record one."""
+
+    def __init__(self, message: str, endpoint: "Endpoint", offered: paramiko.PKey):
+        super().__init__(message, endpoint)
+        self.offered = offered
+
+
+class ChangedKey(HostKeyError):
+    """The host offers a key other than the pinned one."""
+
+    def __init__(self, message: str, endpoint: "Endpoint", offered: paramiko.PKey, pinned: paramiko.PKey):
+        super().__init__(message, endpoint)
+        self.offered, self.pinned = offered, pinned
+
+
+class Unreachable(HostKeyError):
+    """No SSH answer (yet): nothing listens, the jump host or the ProxyCommand cannot
+    carry the connection, or no banner came. Worth asking again; nothing was trusted.
+    `detail` is the reason alone (the message says which host and which way too)."""
+
+    def __init__(self, message: str, endpoint: "Endpoint", detail: str):
+        super().__init__(message, endpoint)
+        self.detail = detail
+
+
+class LoginFailed(HostKeyError):
+    """The host answered with its pinned key, and the login failed (`cause` says how:
+    paramiko.AuthenticationException when our key was refused)."""
+
+    def __init__(self, message: str, endpoint: "Endpoint", cause: BaseException):
+        super().__init__(message, endpoint)
+        self.cause = cause
 
 
 def known_hosts_file(project_dir: Path, stack: str) -> Path:
@@ -63,6 +114,32 @@ class Endpoint:
     user: str
     address: str
     port: int = 22
+
+    def spec(self) -> str:
+        """As --jump takes it (parse_endpoint reads it back): [NAME=]USER@ADDRESS:PORT."""
+        addr = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{'' if self.name == self.address else self.name + '='}{self.user}@{addr}:{self.port}"
+
+
+def admin_path(jump: str | None, proxy_command: str | None) -> tuple[Endpoint | None, str | None]:
+    """The --jump and --proxy-command flags, as every command that takes them reads them
+    (verify, snapshot-upgrade): at most one of them, each well formed, or exit 2 in one
+    line. Returns (the jump host, the ProxyCommand), either or both None."""
+    if jump is not None and proxy_command is not None:
+        raise _both(jump)
+    if proxy_command is not None:
+        try:
+            words = shlex.split(proxy_command)  # what paramiko.ProxyCommand does with it
+        except ValueError as exc:
+            raise ConfigError("--proxy-command", proxy_command, f"is not a command line ({exc})",
+                              PROXY_COMMAND_EXPECTED) from None
+        if not words:
+            raise ConfigError("--proxy-command", proxy_command, "is empty", PROXY_COMMAND_EXPECTED)
+    return (parse_endpoint(jump) if jump is not None else None), proxy_command
+
+
+def _both(jump: str) -> ConfigError:
+    return ConfigError("--jump", jump, "is given with --proxy-command", "one of them")
 
 
 def parse_endpoint(spec: str, flag: str = "--jump") -> Endpoint:
@@ -148,14 +225,14 @@ def _save(store: paramiko.HostKeys, path: Path) -> None:
 class _Unknown(paramiko.MissingHostKeyPolicy):
     """A host with no pinned key: refused, or (first contact allowed) recorded."""
 
-    def __init__(self, known_hosts: Path, first_contact: str):
-        self.known_hosts, self.first_contact = known_hosts, first_contact
+    def __init__(self, known_hosts: Path, first_contact: str, target: Endpoint):
+        self.known_hosts, self.first_contact, self.target = known_hosts, first_contact, target
 
     def missing_host_key(self, client, hostname, key):
         if self.first_contact != "record":
-            raise HostKeyError(f"{hostname}: no pinned host key in {self.known_hosts} (it offers {key.get_name()} "
-                               f"{fingerprint(key)}); pin it from the console output (agentctl hostkeys pin), "
-                               "or allow recording it on first contact (--first-contact record)")
+            raise UnknownKey(f"{hostname}: no pinned host key in {self.known_hosts} (it offers {key.get_name()} "
+                             f"{fingerprint(key)}); pin it from the console output (agentctl hostkeys pin), "
+                             "or allow recording it on first contact (--first-contact record)", self.target, key)
         store = _load(self.known_hosts)
         store.add(hostname, key.get_name(), key)
         _save(store, self.known_hosts)
@@ -163,11 +240,33 @@ class _Unknown(paramiko.MissingHostKeyPolicy):
               f"in {self.known_hosts}", file=sys.stderr)
 
 
+class _Client(paramiko.SSHClient):
+    """A login whose connection may ride on a jump host's login: closing it closes that
+    one too (paramiko warns that a client left open can hang the process at its end)."""
+
+    jump: paramiko.SSHClient | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self.jump is not None:
+            self.jump.close()
+            self.jump = None
+
+
 def connect(target: Endpoint, *, known_hosts: Path, first_contact: str = "refuse", key_filename: str | None = None,
             jump: Endpoint | None = None, proxy_command: str | None = None, timeout: float = 10) -> paramiko.SSHClient:
-    """An authenticated client whose host key (and the jump host's) is the pinned one."""
+    """An authenticated client whose host key (and the jump host's) is the pinned one.
+    Raises a HostKeyError subclass naming the host that failed; with a jump host whose
+    key is refused, nothing is sent towards the target."""
     if jump is not None and proxy_command is not None:
-        raise ConfigError("--jump", jump.name, "is given with --proxy-command", "one of them")
+        raise _both(jump.name)
+    # Loaded here, not by paramiko from key_filename: its loader tries each key type and
+    # reports the last one's parse error in place of the host's refusal of our key.
+    try:
+        pkey = paramiko.PKey.from_path(key_filename) if key_filename else None  # any type, by its header
+    except (OSError, paramiko.SSHException) as exc:
+        raise ConfigError("--ssh-key", str(key_filename), f"cannot be read ({exc})",
+                          "an unencrypted private key file") from None
     jump_client = None
     try:
         if jump is not None:
@@ -183,30 +282,33 @@ def connect(target: Endpoint, *, known_hosts: Path, first_contact: str = "refuse
         if jump_client is not None:
             jump_client.close()
         via = f" via {jump.name}" if jump else ""
-        raise HostKeyError(f"{target.name}: cannot reach {target.address}:{target.port}{via} ({exc})") from None
-    client = paramiko.SSHClient()
+        raise Unreachable(f"{target.name}: cannot reach {target.address}:{target.port}{via} ({exc})", target,
+                          str(exc)) from None
+    client = _Client()
+    client.jump = jump_client  # the channel rides on the jump's transport: closed together
     client.get_host_keys().update(_load(known_hosts))
-    client.set_missing_host_key_policy(_Unknown(known_hosts, first_contact))
+    client.set_missing_host_key_policy(_Unknown(known_hosts, first_contact, target))
     try:
         # Port 22 here only names the entry (the socket is ours): keys are kept by name.
-        client.connect(target.name, port=22, sock=sock, username=target.user, key_filename=key_filename,
-                       allow_agent=key_filename is None, look_for_keys=key_filename is None, timeout=timeout,
+        client.connect(target.name, port=22, sock=sock, username=target.user, pkey=pkey,
+                       allow_agent=pkey is None, look_for_keys=pkey is None, timeout=timeout,
                        banner_timeout=timeout, auth_timeout=timeout)
     except BaseException as exc:
         client.close()
-        if jump_client is not None:
-            jump_client.close()
         if isinstance(exc, paramiko.BadHostKeyException):
-            raise HostKeyError(f"{target.name}: host key CHANGED: {known_hosts} pins "
-                               f"{fingerprint(exc.expected_key)}, the host offers {exc.key.get_name()} "
-                               f"{fingerprint(exc.key)}; refusing to log in (if the host was rebuilt, pin its new "
-                               "key from the console output)") from None
+            raise ChangedKey(f"{target.name}: host key CHANGED: {known_hosts} pins "
+                             f"{fingerprint(exc.expected_key)}, the host offers {exc.key.get_name()} "
+                             f"{fingerprint(exc.key)}; refusing to log in (if the host was rebuilt, pin its new "
+                             "key from the console output)", target, exc.key, exc.expected_key) from None
         if isinstance(exc, (OSError, paramiko.SSHException)):
-            raise HostKeyError(f"{target.name}: SSH to {target.user}@{target.address}:{target.port} failed "
-                               f"({type(exc).__name__}: {exc})") from None
+            detail = f"{type(exc).__name__}: {exc}"
+            line = f"{target.name}: SSH to {target.user}@{target.address}:{target.port} failed ({detail})"
+            # Closed or silent before sshd spoke (paramiko/transport.py: "Error reading SSH
+            # protocol banner"): a host still booting, not a host that refused us.
+            if isinstance(exc, (OSError, paramiko.ProxyCommandFailure)) or "banner" in str(exc):
+                raise Unreachable(line, target, detail) from None
+            raise LoginFailed(line, target, exc) from None
         raise
-    # The channel rides on the jump's transport: keep it for as long as the client lives.
-    client._agentctl_jump = jump_client  # type: ignore[attr-defined]
     return client
 
 

@@ -82,9 +82,7 @@ def run_verify(project_dir: Path, stack: str, hosts: list[str], ssh_key: Path | 
     if trust.first_contact not in (None, *sshtrust.FIRST_CONTACT):
         raise ConfigError("--first-contact", trust.first_contact, "is not known", " or ".join(sshtrust.FIRST_CONTACT))
     first_contact = trust.first_contact or ("record" if deployment.cloud == "hcloud" else "refuse")
-    jump = sshtrust.parse_endpoint(trust.jump) if trust.jump else None
-    if jump is not None and trust.proxy_command:
-        raise ConfigError("--jump", trust.jump, "is given with --proxy-command", "one of them")
+    jump, _ = sshtrust.admin_path(trust.jump, trust.proxy_command)
     if jump is not None and any(spec.startswith("ssh://") for _, _, spec in targets):
         raise ConfigError("--jump", trust.jump, "works with paramiko:// hosts only",
                           "paramiko://USER@ADDRESS, or ssh:// with --proxy-command")

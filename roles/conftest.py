@@ -22,11 +22,11 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     """Every paramiko login of the suites refuses a host key that is not the pinned one."""
     from agentctl import sshtrust
-    jump = config.getoption("--agentctl-jump")
+    jump, proxy_command = sshtrust.admin_path(config.getoption("--agentctl-jump"),
+                                              config.getoption("--agentctl-proxy-command"))
     sshtrust.use_in_testinfra(config.getoption("--agentctl-host"),
                               known_hosts=Path(config.getoption("--agentctl-known-hosts")),
-                              jump=sshtrust.parse_endpoint(jump) if jump else None,
-                              proxy_command=config.getoption("--agentctl-proxy-command"))
+                              jump=jump, proxy_command=proxy_command)
 
 
 @pytest.fixture(scope="session")

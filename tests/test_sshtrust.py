@@ -3,7 +3,6 @@ host, throwaway keys), paramiko and testinfra as verify uses them."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from agentctl import sshtrust
 from agentctl.sshtrust import Endpoint, HostKeyError
 from tests.conftest import ROOT
-from tests.loopback import SSHD, free_port, start_sshd
+from tests.loopback import SSHD, keygen, relay_command, sshd_hosts
 
 
 pytestmark = [
@@ -22,29 +21,11 @@ pytestmark = [
 ]
 
 
-def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-
-
-def _sshd(tmp: Path, client_pub: str) -> dict:
-    port, proc = start_sshd(tmp, client_pub, "AllowTcpForwarding yes\n")
-    return {"port": port, "proc": proc, "pub": (tmp / "host_key.pub").read_text().split()[:2]}
-
-
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory):
     """Two sshd: `scout` (the target) and `proxy` (the jump host)."""
-    tmp = tmp_path_factory.mktemp("ssh")
-    _keygen(tmp / "client_key")
-    pub = (tmp / "client_key.pub").read_text()
-    servers = {}
-    for name in ("scout", "proxy"):
-        (tmp / name).mkdir()
-        servers[name] = _sshd(tmp / name, pub)
-    yield {"key": str(tmp / "client_key"), **servers}
-    for s in servers.values():
-        s["proc"].terminate()
-        s["proc"].wait(timeout=5)
+    with sshd_hosts(tmp_path_factory.mktemp("ssh"), ("scout", "proxy")) as servers:
+        yield servers
 
 
 def _target(hosts, name="scout") -> Endpoint:
@@ -57,7 +38,7 @@ def _run(client, command="echo ok") -> str:
 
 
 def _other_key(tmp_path) -> list[tuple[str, str]]:
-    _keygen(tmp_path / "impostor")
+    keygen(tmp_path / "impostor")
     return [tuple((tmp_path / "impostor.pub").read_text().split()[:2])]
 
 
@@ -143,32 +124,10 @@ def test_jump_host_carries_the_connection_and_both_keys_are_checked(hosts, tmp_p
         sshtrust.connect(_target(hosts), known_hosts=known, key_filename=hosts["key"], jump=jump)
 
 
-RELAY = """
-import os, select, socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-open_fds = [0, s.fileno()]
-while s.fileno() in open_fds:
-    for fd in select.select(open_fds, [], [])[0]:
-        data = os.read(fd, 65536)
-        if fd == 0:
-            if data:
-                s.sendall(data)
-            else:
-                s.shutdown(socket.SHUT_WR)
-                open_fds.remove(0)
-        elif not data:
-            open_fds.remove(fd)
-        else:
-            while data:
-                data = data[os.write(1, data):]
-"""
-
-
 def test_proxy_command_carries_the_connection_like_eice_open_tunnel(hosts, tmp_path):
     known = tmp_path / "known_hosts"
     sshtrust.pin(known, "scout", [tuple(hosts["scout"]["pub"])])
-    (tmp_path / "relay.py").write_text(RELAY)  # what `aws ec2-instance-connect open-tunnel` does: stdio <-> TCP
-    command = f"{sys.executable} {tmp_path / 'relay.py'} %h %p"
+    command = relay_command(tmp_path)
     client = sshtrust.connect(_target(hosts), known_hosts=known, key_filename=hosts["key"], proxy_command=command)
     assert _run(client) == "ok"
     client.close()
@@ -222,7 +181,7 @@ def test_verify_refuses_an_unknown_key_where_the_cloud_publishes_keys(hosts, tmp
 def test_lab_pins_each_hosts_keys_from_its_root_and_lab_ssh_checks_them(tmp_path):
     from agentctl.lab import hosts as lab_hosts, lab
 
-    _keygen(tmp_path / "k")
+    keygen(tmp_path / "k")
     ssh_dir = lab_hosts.root_of(tmp_path, "scout") / "etc" / "ssh"
     ssh_dir.mkdir(parents=True)
     (ssh_dir / "ssh_host_ed25519_key.pub").write_text((tmp_path / "k.pub").read_text())
@@ -237,7 +196,7 @@ def test_lab_pins_each_hosts_keys_from_its_root_and_lab_ssh_checks_them(tmp_path
 
 def test_console_keys_survive_ec2s_line_wrapping(tmp_path):
     """EC2 wraps its console output (seen: a key and its comment over three lines, CR LF)."""
-    _keygen(tmp_path / "a")
+    keygen(tmp_path / "a")
     subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(tmp_path / "b")], check=True)
     keys = [tuple((tmp_path / f"{n}.pub").read_text().split()[:2]) for n in ("a", "b")]
     wrapped = "".join(f"{t} {d} root@ip-10-0-2-11" for t, d in keys[:1])

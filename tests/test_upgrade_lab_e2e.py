@@ -130,7 +130,7 @@ def test_a_host_that_does_not_answer_is_bad_input(lab):
         assert hosts.run_in(ns, "systemctl", "start", "ssh.service").returncode == 0
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("agentctl:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr
-    assert "does not answer SSH" in errors[0] and errors[0].endswith("expected a host that answers SSH"), errors
+    assert "is unreachable" in errors[0] and errors[0].endswith("expected a host that answers SSH"), errors
     assert snapshots(lab) == []
 
 

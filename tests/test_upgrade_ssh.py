@@ -13,6 +13,7 @@ import pytest
 
 from agentctl.errors import ConfigError
 from agentctl.upgrade.ssh import AdminSsh
+from tests.loopback import Front
 
 
 class _Server(paramiko.ServerInterface):
@@ -73,8 +74,9 @@ def server():
         t.close()
 
 
-def pin(path: Path, port: int, key: paramiko.PKey) -> Path:
-    path.write_text(f"[127.0.0.1]:{port} {key.get_name()} {key.get_base64()}\n")
+def pin(path: Path, key: paramiko.PKey, name: str = "scout") -> Path:
+    """The key pinned by the stack's host name, as `agentctl hostkeys` and verify pin it."""
+    path.write_text(f"{name} {key.get_name()} {key.get_base64()}\n")
     return path
 
 
@@ -86,7 +88,7 @@ def key_file(tmp_path: Path, key: paramiko.PKey) -> Path:
 
 def test_pinned_key_connects_and_runs(tmp_path, server):
     port, host_key, client_key = server
-    with AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, host_key), key_file(tmp_path, client_key),
+    with AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", host_key), key_file(tmp_path, client_key),
                   port=port) as ssh:
         result = ssh.run("cat /etc/agentctl/runtime-version")
     assert (result.rc, result.out, result.err) == (3, "ran: cat /etc/agentctl/runtime-version", "warn")
@@ -95,12 +97,12 @@ def test_pinned_key_connects_and_runs(tmp_path, server):
 def test_a_changed_host_key_is_refused_in_one_line(tmp_path, server):
     port, _, client_key = server
     other = paramiko.ECDSAKey.generate()
-    other_line = pin(tmp_path / "kh", port, other)
+    other_line = pin(tmp_path / "kh", other)
     with pytest.raises(ConfigError) as err:
         AdminSsh("scout", "127.0.0.1", other_line, key_file(tmp_path, client_key), port=port).connect()
     line = str(err.value)
     assert "\n" not in line and line.startswith("--host: scout:")
-    assert "changed" in line or "not found in known_hosts" in line
+    assert "changed" in line or "is not pinned" in line
 
 
 def test_a_changed_key_of_the_same_type_names_both_fingerprints(tmp_path, server):
@@ -109,17 +111,21 @@ def test_a_changed_key_of_the_same_type_names_both_fingerprints(tmp_path, server
     if same_type is None:
         pytest.skip("this paramiko cannot generate the server's key type")
     with pytest.raises(ConfigError, match="host key of 127.0.0.1 changed") as err:
-        AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, same_type), key_file(tmp_path, client_key),
+        AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", same_type), key_file(tmp_path, client_key),
                  port=port).connect()
     assert same_type.fingerprint in str(err.value) and host_key.fingerprint in str(err.value)
 
 
 def test_an_unpinned_host_is_refused_never_accepted(tmp_path, server):
-    port, _, client_key = server
-    (tmp_path / "kh").write_text("")
-    with pytest.raises(ConfigError, match="not found in known_hosts"):
+    port, host_key, client_key = server
+    # Pinned by address only: the stack knows hosts by name (a key for 127.0.0.1 vouches for
+    # no host of the stack), as verify looks them up.
+    (tmp_path / "kh").write_text(f"[127.0.0.1]:{port} {host_key.get_name()} {host_key.get_base64()}\n")
+    before = (tmp_path / "kh").read_text()
+    with pytest.raises(ConfigError, match="the host key of 127.0.0.1 is not pinned") as err:
         AdminSsh("scout", "127.0.0.1", tmp_path / "kh", key_file(tmp_path, client_key), port=port).connect()
-    assert (tmp_path / "kh").read_text() == ""  # nothing learned
+    assert str(err.value).startswith("--host: scout:") and "pinned under scout" in str(err.value)
+    assert (tmp_path / "kh").read_text() == before  # nothing learned
     with pytest.raises(ConfigError, match="no pinned host keys"):
         AdminSsh("scout", "127.0.0.1", tmp_path / "missing", key_file(tmp_path, client_key), port=port).connect()
 
@@ -138,59 +144,32 @@ def test_an_unreachable_host_is_bad_input(tmp_path):
 def test_a_wrong_client_key_is_refused(tmp_path, server):
     port, host_key, _ = server
     with pytest.raises(ConfigError, match="refused our key"):
-        AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, host_key),
+        AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", host_key),
                  key_file(tmp_path, paramiko.ECDSAKey.generate()), port=port).connect()
 
 
-@pytest.fixture
-def closer():
-    """A listener that closes every connection at once: a host whose sshd is not up yet
-    behind the lab's relay (the client reads no banner)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(5)
-
-    def close_all():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            conn.close()
-    threading.Thread(target=close_all, daemon=True).start()
-    yield listener.getsockname()[1]
-    listener.close()
-
-
-def test_a_host_still_booting_is_waited_for(tmp_path, server, closer):
+def test_a_host_still_booting_is_waited_for(tmp_path, server):
     port, host_key, client_key = server
-    tries: list[int] = []
-
-    def sock():  # the first two connections meet a host still booting
-        tries.append(1)
-        return socket.create_connection(("127.0.0.1", closer if len(tries) < 3 else port))
-    impatient = AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, host_key), key_file(tmp_path, client_key),
-                         port=port, timeout=3)
-    impatient.sock_factory = sock
-    with pytest.raises(ConfigError, match="does not answer SSH .*Error reading SSH protocol banner") as err:
+    booting = Front(to=port, close_first=2)  # the first two connections meet a host still booting
+    impatient = AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", host_key), key_file(tmp_path, client_key),
+                         port=booting.port, timeout=3)
+    with pytest.raises(ConfigError, match="is unreachable .*Error reading SSH protocol banner"):
         impatient.connect()
-    assert str(err.value).endswith("expected a host that answers SSH")
-    assert len(tries) == 1
-    tries.clear()
-    ssh = AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, host_key), key_file(tmp_path, client_key),
-                   port=port, timeout=3)
-    ssh.sock_factory = sock
+    assert booting.accepted == 1
+    ssh = AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", host_key), key_file(tmp_path, client_key),
+                   port=booting.port, timeout=3)
     with ssh.patient(60) as ready:
         assert ready.run("true").rc == 3
-    assert len(tries) == 3
+    assert booting.accepted == 3
+    booting.close()
 
 
 def test_patience_never_retries_a_changed_host_key(tmp_path, server):
     port, _, client_key = server
     other = paramiko.ECDSAKey.generate()
     started = time.monotonic()
-    with pytest.raises(ConfigError, match="changed|not found in known_hosts"):
-        AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", port, other), key_file(tmp_path, client_key),
+    with pytest.raises(ConfigError, match="changed|is not pinned"):
+        AdminSsh("scout", "127.0.0.1", pin(tmp_path / "kh", other), key_file(tmp_path, client_key),
                  port=port).patient(120).connect()
     assert time.monotonic() - started < 20  # refused at the first answer, not after the patience
 

@@ -37,8 +37,7 @@ class Route:
         return f"paramiko://{self.target.user}@{self.target.address}:{self.target.port}"
 
     def jump_spec(self) -> str | None:
-        j = self.jump
-        return None if j is None else f"{j.name}={j.user}@{j.address}:{j.port}"
+        return None if self.jump is None else self.jump.spec()
 
 
 def _destination(text: str, default_port: int = 22) -> tuple[str, str, int]:

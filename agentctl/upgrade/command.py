@@ -15,19 +15,21 @@ import shlex
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
 from rich.table import Table
 
+from agentctl import sshtrust
 from agentctl.errors import AgentctlError, ConfigError
 from agentctl.model import Agent, Deployment, PackagePin
 from agentctl.stackfile import NAMESPACE, load, stack_path
 from agentctl.upgrade import engine, stackedit
 from agentctl.upgrade.host import HostRuntime, verify_child
 from agentctl.upgrade.journal import host_dir
-from agentctl.upgrade.ssh import AdminSsh, known_hosts_path
+from agentctl.upgrade.ssh import AdminSsh
 
 REPORT = "role-suite.log"  # every acceptance's whole role suite output, beside the journals
 # The lab's ProxyCommand: stdin/stdout to an address's SSH port, run in the admin
@@ -110,28 +112,12 @@ def _lab_parts(project_dir: Path, stack: str, d: Deployment, host: str, state_di
     if not (st.stack == stack and st.converged):
         raise ConfigError("--stack", stack, f"has no lab up in {state_dir}", "`agentctl lab up` first")
     agent_ip, proxy_ip = lab.host_ip(d, host), d.proxy_ip
-    # paramiko looks host keys up by address: the lab pinned them by name at `lab up`.
-    pinned = lab.known_hosts(state_dir)
-    by_addr = known_hosts_path(project_dir, stack)
-    by_addr.parent.mkdir(parents=True, exist_ok=True)
-    names = {host: agent_ip, d.proxy.name: proxy_ip}
-    lines = []
-    for line in pinned.read_text().splitlines() if pinned.is_file() else []:
-        parts = line.split()
-        if len(parts) >= 3 and parts[0] in names:
-            lines.append(" ".join([names[parts[0]], *parts[1:]]))
-    by_addr.write_text("\n".join(lines) + "\n")
+    pinned = lab.known_hosts(state_dir)  # by host name, pinned at `lab up`: what verify checks too
     key = lab.ssh_key(state_dir)
 
     def ssh(address: str, name: str) -> Callable[[], AdminSsh]:
-        import paramiko
-
-        def make() -> AdminSsh:
-            a = AdminSsh(name, address, by_addr, key_file=key, timeout=20)
-            a.sock_factory = lambda: paramiko.ProxyCommand(shlex.join(  # paramiko shlex.splits it
-                ["ip", "netns", "exec", topology.ADMIN_NS, *lab_relay(address)]))
-            return a
-        return make
+        relay = shlex.join(["ip", "netns", "exec", topology.ADMIN_NS, *lab_relay(address)])
+        return lambda: AdminSsh(name, address, pinned, key_file=key, timeout=20, proxy_command=relay)
 
     backend = LabBackend(state_dir, Path(st.image), stack, lab_stop(state_dir), lab_start(state_dir))
     verify = verify_child(["ip", "netns", "exec", topology.ADMIN_NS], [
@@ -152,12 +138,48 @@ def d_pin(d: Deployment, host: str) -> PackagePin:
     return next(a for a in d.agents if a.name == host).runtime.package_pin
 
 
-def _cloud_parts(project_dir: Path, stack: str, d: Deployment, host: str, address: str | None,
-                 proxy_address: str | None, ssh_key: Path | None):
-    if not address or not proxy_address:
-        raise ConfigError("--address", host, "is needed on a cloud (the agent's admin address) with "
-                          "--proxy-address (the proxy host's)", "the addresses `agentctl verify` uses")
-    kh = known_hosts_path(project_dir, stack)
+@dataclass(frozen=True)
+class CloudAdmin:
+    """How the operator's machine reaches a cloud stack's hosts as admin: the addresses,
+    and `agentctl verify`'s admin path for the agent (a jump host, or a ProxyCommand)."""
+
+    address: str  # the agent's admin address (behind a jump host: as the jump host sees it)
+    proxy: sshtrust.Endpoint  # the proxy host's login: the upgrade grant is opened there
+    jump: sshtrust.Endpoint | None = None
+    proxy_command: str | None = None
+
+
+def cloud_admin(d: Deployment, address: str | None, proxy_address: str | None, jump: str | None,
+                proxy_command: str | None) -> CloudAdmin:
+    """The flags, checked as verify checks them (exit 2, one line) before anything runs."""
+    via_jump, via_command = sshtrust.admin_path(jump, proxy_command)
+    if not address:
+        raise ConfigError("--address", "(missing)", "is needed on a cloud: the agent's admin address",
+                          "the ADDRESS of `agentctl verify --host NAME=paramiko://admin@ADDRESS`")
+    if proxy_address:
+        proxy = sshtrust.Endpoint(d.proxy.name, "admin", proxy_address)
+    elif via_jump is not None and via_jump.name == d.proxy.name:
+        proxy = via_jump  # Hetzner: the proxy host is the jump host, one login and one pin
+    else:
+        raise ConfigError("--proxy-address", "(missing)", "is needed on a cloud: the proxy host's admin address "
+                          "(the upgrade grant is opened there)",
+                          f"its address, or --jump {d.proxy.name}=admin@ADDRESS when it is the jump host")
+    return CloudAdmin(address, proxy, via_jump, via_command)
+
+
+def cloud_verify_argv(project_dir: Path, stack: str, host: str, admin: CloudAdmin, known_hosts: Path,
+                      ssh_key: Path | None) -> list[str]:
+    """The acceptance's `agentctl verify` for the agent: the same keys, the same path."""
+    return [sys.executable, "-m", "agentctl.cli", "verify", "--stack", stack,
+            "--project-dir", str(project_dir.resolve()), "--host", f"{host}=paramiko://admin@{admin.address}",
+            "--known-hosts", str(known_hosts), "--first-contact", "refuse",
+            *(["--ssh-key", str(ssh_key)] if ssh_key else []),
+            *(["--jump", admin.jump.spec()] if admin.jump else []),
+            *(["--proxy-command", admin.proxy_command] if admin.proxy_command else [])]
+
+
+def _cloud_parts(project_dir: Path, stack: str, d: Deployment, host: str, admin: CloudAdmin, ssh_key: Path | None):
+    kh = sshtrust.known_hosts_file(project_dir, stack)
     if d.cloud == "aws":
         import boto3
         from agentctl.upgrade.backends.aws import AwsBackend
@@ -169,26 +191,35 @@ def _cloud_parts(project_dir: Path, stack: str, d: Deployment, host: str, addres
         if not token:
             raise ConfigError("HCLOUD_TOKEN", "(environment)", "is not set", "a Hetzner Cloud API token")
         backend = HcloudBackend(Client(token=token), stack)
-    verify = verify_child([], [sys.executable, "-m", "agentctl.cli", "verify", "--stack", stack,
-                               "--project-dir", str(project_dir.resolve()),
-                               "--host", f"{host}=paramiko://admin@{address}", "--known-hosts", str(kh),
-                               "--first-contact", "refuse", *(["--ssh-key", str(ssh_key)] if ssh_key else [])],
+    verify = verify_child([], cloud_verify_argv(project_dir, stack, host, admin, kh, ssh_key),
                           host_dir(project_dir, stack, host) / REPORT)
-
-    def ssh(addr: str, name: str) -> Callable[[], AdminSsh]:
-        return lambda: AdminSsh(name, addr, kh, key_file=ssh_key)
-    return backend, ssh(address, host), ssh(proxy_address, d.proxy.name), verify, \
-        index_versions(d_pin(d, host))
+    p = admin.proxy
+    # The agent by its admin path; the proxy host directly (on Hetzner it is the jump host).
+    return (backend,
+            lambda: AdminSsh(host, admin.address, kh, key_file=ssh_key, jump=admin.jump,
+                             proxy_command=admin.proxy_command),
+            lambda: AdminSsh(p.name, p.address, kh, key_file=ssh_key, port=p.port, user=p.user),
+            verify, index_versions(d_pin(d, host)))
 
 
 def snapshot_upgrade(*, project_dir: Path, stack: str, host: str, to: str | None, checks: list[str], keep: int,
                      resume: bool, rollback: bool, yes: bool, json_out: bool, state_dir: Path | None,
-                     address: str | None, proxy_address: str | None, ssh_key: Path | None) -> int:
+                     address: str | None, proxy_address: str | None, ssh_key: Path | None,
+                     jump: str | None = None, proxy_command: str | None = None) -> int:
     err = Console(stderr=True, highlight=False)
     if keep < 1:
         raise ConfigError("--keep", str(keep), "keeps no snapshot", "1 or more (default 3)")
     d = load(project_dir, stack)
     agent = _agent(d, stack, host)
+    if d.cloud == "lab":
+        sshtrust.admin_path(jump, proxy_command)  # the same checks, the same words
+        for flag, value in (("--jump", jump), ("--proxy-command", proxy_command)):
+            if value is not None:
+                raise ConfigError(flag, value, f"is for a cloud stack; {stack} is a lab stack, reached through "
+                                  "the lab's admin namespace", f"no {flag} on a lab stack")
+        admin = None
+    else:
+        admin = cloud_admin(d, address, proxy_address, jump, proxy_command)
     pin = agent.runtime.package_pin
     if to is not None and not (resume or rollback):
         from agentctl.model import exact_version
@@ -207,7 +238,7 @@ def snapshot_upgrade(*, project_dir: Path, stack: str, host: str, to: str | None
         from agentctl.lab.state import DEFAULT_STATE_DIR
         parts = _lab_parts(project_dir, stack, d, host, state_dir or DEFAULT_STATE_DIR)
     else:
-        parts = _cloud_parts(project_dir, stack, d, host, address, proxy_address, ssh_key)
+        parts = _cloud_parts(project_dir, stack, d, host, admin, ssh_key)
     backend, agent_ssh, proxy_ssh, verify, versions = parts
     folder = host_dir(project_dir, stack, host)
     journal_ref: dict = {}

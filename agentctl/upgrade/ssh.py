@@ -1,27 +1,23 @@
-"""SSH to an agent host as `admin` for snapshot-upgrade, host key verified, never accepted.
+"""SSH to a host as `admin` for snapshot-upgrade, host key verified, never accepted.
 
-paramiko's SSHClient with RejectPolicy (paramiko/client.py: a key not in the loaded
-host keys raises SSHException; a different key for a known name raises
-BadHostKeyException), over a known_hosts file kept in the stack's local state,
-`.agentctl/<stack>/known_hosts`. Every failure to reach or trust the host is bad input
-for the command (exit 2, one line, nothing snapshotted yet). This is the only module
-of snapshot-upgrade that opens SSH, so it can later take its host keys from the
-project's host-key pinning instead.
+The login is `agentctl verify`'s (agentctl/sshtrust.py `connect`): keys looked up by the
+stack's host NAME in the stack's known_hosts (`.agentctl/<stack>/known_hosts`; the lab's
+own pins in the lab), first contact never recorded, and the same admin paths: a jump
+host (`--jump`, whose key is checked the same way first) or a ProxyCommand
+(`--proxy-command`; the lab's relay into its admin namespace). Every failure to reach or
+trust a host is bad input for the command (exit 2, one line, naming the flag of the host
+that failed: `--jump` or `--host`), nothing snapshotted yet.
 """
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
 
+from agentctl import sshtrust
 from agentctl.errors import ConfigError
-
-
-def known_hosts_path(project_dir: Path, stack: str) -> Path:
-    return Path(project_dir) / ".agentctl" / stack / "known_hosts"
 
 
 @dataclass
@@ -40,13 +36,12 @@ class _NotYet(Exception):
 
 class AdminSsh:
     def __init__(self, host: str, address: str, known_hosts: Path, key_file: Path | None = None, port: int = 22,
-                 user: str = "admin", timeout: float = 15):
-        self.host, self.address, self.port, self.user = host, address, port, user
+                 user: str = "admin", timeout: float = 15, jump: sshtrust.Endpoint | None = None,
+                 proxy_command: str | None = None):
+        self.host, self.target = host, sshtrust.Endpoint(host, user, address, port)
         self.known_hosts, self.key_file, self.timeout = Path(known_hosts), key_file, timeout
+        self.jump, self.proxy_command = jump, proxy_command
         self.client: paramiko.SSHClient | None = None
-        # What carries the connection when the address is not directly reachable (the
-        # lab: a relay in the lab's admin namespace, paramiko.ProxyCommand).
-        self.sock_factory = None
         self.patience = 0.0  # seconds to keep trying a host that does not answer yet
 
     def patient(self, seconds: float) -> "AdminSsh":
@@ -55,9 +50,6 @@ class AdminSsh:
         refused login fail at once, as ever."""
         self.patience = seconds
         return self
-
-    def _bad(self, problem: str, expected: str) -> ConfigError:
-        return ConfigError("--host", self.host, problem, expected)
 
     def connect(self) -> "AdminSsh":
         deadline = time.monotonic() + self.patience
@@ -71,46 +63,47 @@ class AdminSsh:
 
     def _connect(self) -> "AdminSsh":
         if not self.known_hosts.is_file():
-            raise self._bad(f"no pinned host keys ({self.known_hosts} does not exist)",
-                            "the host's key in that known_hosts file")
-        pkey = None
-        if self.key_file is not None:
-            try:
-                pkey = paramiko.PKey.from_path(self.key_file)  # any key type, by its own header
-            except (OSError, paramiko.SSHException) as exc:
-                raise ConfigError("--ssh-key", str(self.key_file), f"cannot be read ({exc})",
-                                  "an unencrypted private key file") from None
-        client = paramiko.SSHClient()
-        client.load_host_keys(str(self.known_hosts))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            raise ConfigError("--host", self.host, f"no pinned host keys ({self.known_hosts} does not exist)",
+                              "the host's key in that known_hosts file")
         try:
-            client.connect(self.address, port=self.port, username=self.user, timeout=self.timeout,
-                           banner_timeout=self.timeout, auth_timeout=self.timeout,
-                           pkey=pkey, sock=self.sock_factory() if self.sock_factory else None,
-                           allow_agent=self.key_file is None, look_for_keys=self.key_file is None)
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise self._bad(f"the host key of {self.address} changed (it offers {exc.key.get_name()} "
-                            f"{exc.key.fingerprint}, {self.known_hosts} pins {exc.expected_key.fingerprint})",
-                            "the pinned key; if the host was really rebuilt, re-pin it deliberately") from None
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            raise self._bad(f"{self.user}@{self.address} refused our key ({exc})", "an admin key the host accepts") from None
-        except paramiko.SSHException as exc:
-            client.close()
-            # paramiko/transport.py: "Error reading SSH protocol banner" (a listener, or the
-            # lab's relay, that closes before sshd speaks: no sshd there, or not yet);
-            # RejectPolicy's "not found in known_hosts" is never retried
-            if "banner" in str(exc):
-                raise _NotYet(self._bad(f"{self.address}:{self.port} does not answer SSH ({exc})",
-                                        "a host that answers SSH")) from None
-            raise self._bad(f"{self.address}: {exc}", f"its key pinned in {self.known_hosts}") from None
-        except (OSError, socket.timeout) as exc:
-            client.close()
-            raise _NotYet(self._bad(f"{self.address}:{self.port} is unreachable ({exc})",
-                                    "a host that answers SSH")) from None
-        self.client = client
+            self.client = sshtrust.connect(
+                self.target, known_hosts=self.known_hosts, first_contact="refuse",
+                key_filename=str(self.key_file) if self.key_file is not None else None,
+                jump=self.jump, proxy_command=self.proxy_command, timeout=self.timeout)
+        except sshtrust.Unreachable as exc:
+            raise _NotYet(self._refused(exc)) from None
+        except sshtrust.HostKeyError as exc:
+            raise self._refused(exc) from None
         return self
+
+    def _refused(self, exc: sshtrust.HostKeyError) -> ConfigError:
+        """sshtrust's failure as bad input, in the words of the flag naming that host."""
+        at = exc.endpoint or self.target
+        flag, value = ("--jump", self.jump.spec()) if self.jump is not None and at == self.jump else \
+            ("--host", self.host)
+        kh = self.known_hosts
+        if isinstance(exc, sshtrust.ChangedKey):
+            return ConfigError(flag, value, f"the host key of {at.address} changed (it offers {exc.offered.get_name()} "
+                               f"{sshtrust.fingerprint(exc.offered)}, {kh} pins "
+                               f"{sshtrust.fingerprint(exc.pinned)} for {at.name})",
+                               "the pinned key; if the host was really rebuilt, re-pin it deliberately")
+        if isinstance(exc, sshtrust.UnknownKey):
+            return ConfigError(flag, value, f"the host key of {at.address} is not pinned ({kh} has none for "
+                               f"{at.name}; it offers {exc.offered.get_name()} {sshtrust.fingerprint(exc.offered)})",
+                               f"its key pinned under {at.name} (agentctl hostkeys, or agentctl verify's first "
+                               "contact); snapshot-upgrade never records one")
+        if isinstance(exc, sshtrust.Unreachable):
+            via = ""
+            if at == self.target and self.jump is not None:
+                via = f" through {self.jump.name}"
+            elif at == self.target and self.proxy_command:
+                via = " through --proxy-command"
+            return ConfigError(flag, value, f"{at.address}:{at.port} is unreachable{via} ({exc.detail})",
+                               "a host that answers SSH")
+        if isinstance(exc, sshtrust.LoginFailed) and isinstance(exc.cause, paramiko.AuthenticationException):
+            return ConfigError(flag, value, f"{at.user}@{at.address} refused our key ({exc.cause})",
+                               "an admin key the host accepts")
+        return ConfigError(flag, value, str(exc), f"its key pinned in {kh}, and an admin login it accepts")
 
     def run(self, command: str, timeout: float = 600) -> Result:
         assert self.client is not None, "connect() first"
@@ -120,7 +113,7 @@ class AdminSsh:
 
     def close(self) -> None:
         if self.client is not None:
-            self.client.close()
+            self.client.close()  # and the jump host's login it rides on
             self.client = None
 
     def __enter__(self) -> "AdminSsh":
