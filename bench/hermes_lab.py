@@ -21,18 +21,17 @@ from pathlib import Path
 
 from agentctl.ca import ensure_ca
 from agentctl.lab import topology
-
-CHAT_NS, CHAT_IP = f"{topology.PREFIX}net-chat", "198.18.0.12"
-MODEL_IP = "198.18.0.11"
+from agentctl.lab.internet import ca_cert_path, chat_operator, fake_log
+from agentctl.model import Deployment
 
 # One client process per measurement: N POSTs on one kept-alive connection, each timed.
 CLIENT = r"""
 import http.client, json, ssl, sys, time
-via, ca, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+via, ca, n, model_ip = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 ctx = ssl.create_default_context(cafile=ca)
 if via == "direct":
-    conn = http.client.HTTPSConnection("198.18.0.11", 443, context=ctx)
-    ctx.check_hostname = False  # the fake's certificate names api.anthropic.com; the address is fixed here
+    conn = http.client.HTTPSConnection(model_ip, 443, context=ctx)
+    ctx.check_hostname = False  # the fake's certificate names api.anthropic.com; the address is given here
 else:
     host, port = via.split(":")
     conn = http.client.HTTPSConnection(host, int(port), context=ctx)
@@ -53,48 +52,45 @@ print(json.dumps(out))
 """
 
 
-def per_call(state_dir: Path, stack: str, proxy_ns: str, agent_ns: str, proxy_addr: str, n: int = 50) -> dict:
-    """Median seconds per POST: straight to the fake, and through the proxy."""
-    def run(ns: str, via: str, ca: Path) -> list[float]:
-        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT, via, str(ca), str(n)],
+def per_call(d: Deployment, stack: str, state_dir: Path, n: int = 50) -> dict:
+    """Median seconds per POST: straight to the fake from the proxy host, and from the
+    agent host through the proxy."""
+    model_ip = next(s.ip for s in topology.internet_servers(d) if s.role == "model")
+
+    def run(host: str, via: str, ca: Path) -> list[float]:
+        ns = topology.host_netns(host)
+        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT, via, str(ca), str(n), model_ip],
                               capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"{ns} {via}: {proc.stderr.strip()[-300:]}")
         return json.loads(proc.stdout)
-    direct = run(proxy_ns, "direct", state_dir / "internet" / "ca" / "ca.crt")
-    proxied = run(agent_ns, proxy_addr, ensure_ca(state_dir, stack).cert_path)  # what agents trust
+    direct = run(d.proxy.name, "direct", ca_cert_path(state_dir))
+    proxied = run(d.agents[0].name, f"{d.proxy_ip}:{d.proxy.listen.tunnel}",
+                  ensure_ca(state_dir, stack).cert_path)  # what agents trust
     return {"direct": statistics.median(direct), "proxied": statistics.median(proxied), "n": n}
 
 
-def _operator(state_dir: Path, verb: str, body: dict | None = None):
-    argv = ["ip", "netns", "exec", CHAT_NS, "curl", "-sS", "-m", "10", "--cacert",
-            str(state_dir / "internet" / "ca" / "ca.crt"), "--resolve", f"api.telegram.org:443:{CHAT_IP}",
-            f"https://api.telegram.org/_operator/{verb}"]
-    if body is not None:
-        argv += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
-    return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30).stdout)
-
-
-def message_to_answer(state_dir: Path, operator_id: int, n: int = 5, timeout: float = 120) -> dict:
+def message_to_answer(d: Deployment, state_dir: Path, n: int = 5, timeout: float = 120) -> dict:
     """Median seconds from the operator's message to Hermes' answer, and model calls per message."""
-    model_log = state_dir / "internet" / "model.jsonl"
+    model_log = fake_log(state_dir, "model")
     times, calls = [], []
-    _ask(state_dir, operator_id, "warm up", timeout, needle="ECHO:")  # Hermes' onboarding rides on the first turn
+    _ask(d, state_dir, "warm up", timeout, needle="ECHO:")  # Hermes' onboarding rides on the first turn
     for i in range(n):
         before = len(model_log.read_text().splitlines())
-        times.append(_ask(state_dir, operator_id, f"bench{i}x{int(time.time())}", timeout))
+        times.append(_ask(d, state_dir, f"bench{i}x{int(time.time())}", timeout))
         calls.append(len(model_log.read_text().splitlines()) - before)
     return {"median": statistics.median(times), "min": min(times), "max": max(times),
             "calls": statistics.median(calls), "n": n}
 
 
-def _ask(state_dir: Path, operator_id: int, text: str, timeout: float, needle: str = "") -> float:
+def _ask(d: Deployment, state_dir: Path, text: str, timeout: float, needle: str = "") -> float:
     needle = needle or f"ECHO: {text}"
-    since = len(_operator(state_dir, "sent"))
+    operator = d.agents[0].runtime.hermes.telegram.allowed_users[0]
+    since = len(chat_operator(d, state_dir, "sent"))
     t0 = time.monotonic()
-    _operator(state_dir, "send", {"text": text, "user_id": operator_id})
+    chat_operator(d, state_dir, "send", {"text": text, "user_id": operator})
     while time.monotonic() - t0 < timeout:
-        if any(needle in (m.get("text") or "") for m in _operator(state_dir, "sent")[since:]):
+        if any(needle in (m.get("text") or "") for m in chat_operator(d, state_dir, "sent")[since:]):
             return time.monotonic() - t0
         time.sleep(0.02)
     raise RuntimeError(f"no answer to {text!r} in {timeout:.0f} s")

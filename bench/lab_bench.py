@@ -37,14 +37,11 @@ def timed(args: list[str], env: dict, timeout: float = 900) -> tuple[float, int,
 def message_costs(stack: str, state: Path) -> list[str]:
     """Table rows: message to answer, and what the proxy adds per model call."""
     import hermes_lab  # beside this script
-    from agentctl.lab import topology
     from agentctl.stackfile import load
 
     d = load(ROOT, stack)
-    agent = d.agents[0]
-    m = hermes_lab.message_to_answer(state, agent.runtime.hermes.telegram.allowed_users[0])
-    c = hermes_lab.per_call(state, stack, topology.host_netns(d.proxy.name), topology.host_netns(agent.name),
-                            f"{d.proxy_ip}:{d.proxy.listen.tunnel}")
+    m = hermes_lab.message_to_answer(d, state)
+    c = hermes_lab.per_call(d, stack, state)
     added = (c["proxied"] - c["direct"]) * 1000
     rows = [f"| message to answer, median of {m['n']} (min-max) | {m['median']:.2f} s ({m['min']:.2f}-{m['max']:.2f}) | |",
             f"| model calls per message, median | {m['calls']:g} | |",

@@ -28,7 +28,6 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -36,14 +35,14 @@ from pathlib import Path
 import pytest
 
 from agentctl import hermes
-from agentctl.lab import hosts, topology
-from agentctl.lab.internet import fake_log, request_log
+from agentctl.lab import hosts
+from agentctl.stackfile import load
+from agentctl.lab.internet import chat_operator, fake_log, request_log
 from tests.labrun import ROOT, lab_cli, needs_lab
 
 pytestmark = needs_lab
 STACK, HOST = "lab-hermes", "hermes"
 OPERATOR = 424242  # Pulumi.lab-hermes.yaml telegram.allowedUsers
-CHAT_NS, CHAT_IP = f"{topology.PREFIX}net-chat", "198.18.0.12"
 AUDIT = "var/log/agentctl-proxy/audit.jsonl"
 WORK = "/home/agentuser"  # the agent's working folder: writable by the unit, snapshotted
 
@@ -63,7 +62,7 @@ def lab(tmp_path_factory):
     cli = lab_cli(state_dir)
     up = cli("up", "--stack", STACK, "--project-dir", str(project))
     assert up.returncode == 0, up.stdout + up.stderr
-    lab = {"project": project, "state_dir": state_dir, "cli": cli}
+    lab = {"project": project, "state_dir": state_dir, "cli": cli, "d": load(project, STACK)}
     # Hermes' first turn in a new chat carries its onboarding text; get it out of the way
     since = len(sent(lab))
     say(lab, "hello")
@@ -75,14 +74,7 @@ def lab(tmp_path_factory):
 # --- the operator's side of the chat (fake_telegram.py's /_operator/ API) --------------
 
 def operator(lab, verb: str, body: dict | None = None):
-    ca = lab["state_dir"] / "internet" / "ca" / "ca.crt"
-    argv = ["ip", "netns", "exec", CHAT_NS, "curl", "-sS", "-m", "10", "--cacert", str(ca),
-            "--resolve", f"api.telegram.org:443:{CHAT_IP}", f"https://api.telegram.org/_operator/{verb}"]
-    if body is not None:
-        argv += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return chat_operator(lab["d"], lab["state_dir"], verb, body)
 
 
 def say(lab, text: str) -> None:
@@ -312,5 +304,4 @@ def test_lab_verify_runs_every_hermes_check_and_escape_holds(lab, tmp_path):
 
 
 def _agent(lab):
-    from agentctl.stackfile import load
-    return load(lab["project"], STACK).agents[0]
+    return lab["d"].agents[0]

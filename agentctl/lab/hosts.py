@@ -224,15 +224,8 @@ def stop_host(pid: int, ns: str, timeout: float = 45) -> None:
     network namespace) would run on, hold the host's root and answer for a host that
     is meant to be down. Kill those too, and wait until they are gone."""
     stop(pid, timeout)
-    deadline = time.monotonic() + 15
-    while (left := netns.pids_in(ns)) and time.monotonic() < deadline:
-        for p in left:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)
-    if left := netns.pids_in(ns):
+    _, left = netns.kill_all(ns, 15)
+    if left:
         raise LabHostError(f"lab host in {ns} did not stop: processes {left} are left")
 
 

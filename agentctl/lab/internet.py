@@ -64,6 +64,11 @@ def issue_leaf(ca_cert: Path, ca_key: Path, names: list[str], ips: list[str], ou
     return crt, k
 
 
+def ca_cert_path(state_dir: Path) -> Path:
+    """The lab internet CA's certificate (ensure_internet_ca makes it at `lab up`)."""
+    return state_dir / "internet" / "ca" / "ca.crt"
+
+
 def request_log(state_dir: Path) -> Path:
     return state_dir / "internet" / "requests.jsonl"
 
@@ -108,6 +113,24 @@ def _fake_args(deployment: Deployment, role: str) -> list[str]:
         return [f"--placeholder={hermes.PLACEHOLDER_MODEL_KEY}"]
     users = [u for a in deployment.agents if a.runtime.hermes for u in a.runtime.hermes.telegram.allowed_users]
     return [f"--placeholder={hermes.PLACEHOLDER_BOT_TOKEN}", *([f"--operator-id={users[0]}"] if users else [])]
+
+
+def chat_operator(deployment: Deployment, state_dir: Path, verb: str, body: dict | None = None):
+    """Play the operator on the lab's fake chat (fake_telegram.py's /_operator/ API:
+    send, press, sent, calls), from inside the chat's own lab namespace, the fake's
+    certificate checked against the lab internet CA. The parsed JSON answer."""
+    chat = next(s for s in topology.internet_servers(deployment) if s.role == "chat")
+    node = next(n for n in topology.nodes(deployment) if n.ip == chat.ip)
+    name = chat.names[0]
+    argv = ["ip", "netns", "exec", node.netns, "curl", "-sS", "-m", "10",
+            "--cacert", str(ca_cert_path(state_dir)), "--resolve", f"{name}:443:{chat.ip}",
+            f"https://{name}/_operator/{verb}"]
+    if body is not None:
+        argv += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise LabNetworkError(f"lab chat operator {verb}: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
 
 
 def _wait_ready(folder: Path, nodes: list[topology.Node], timeout: float = 15) -> None:

@@ -9,7 +9,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -245,7 +244,7 @@ def _prepare_proxy(d: Deployment, root: Path, ca_key: Path, state_dir: Path, whe
         hosts.write_file(root, path, value, 0o600)
     if d.proxy.upstream_ca_bundle:
         hosts.write_file(root, d.proxy.upstream_ca_bundle,
-                         (state_dir / "internet" / "ca" / "ca.crt").read_bytes(), 0o644)
+                         internet.ca_cert_path(state_dir).read_bytes(), 0o644)
     staged = root / "tmp" / wheel.name
     shutil.copy(wheel, staged)
     proc = subprocess.run(["chroot", str(root), f"{PROXY_VENV}/bin/pip", "install", "--quiet", "--no-deps",
@@ -278,13 +277,8 @@ def down(state_dir: Path, progress: Progress = print) -> DownReport:
     # Anything still running inside a lab namespace was started there by the lab
     # (a namespace only the lab creates): kill it by id.
     for ns in netns.lab_namespaces_present():
-        for pid in netns.pids_in(ns):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                stopped.append(f"pid {pid} in {ns}")
-            except ProcessLookupError:
-                pass
-    _wait_gone(netns.lab_namespaces_present())
+        killed, _ = netns.kill_all(ns, 10)
+        stopped += [f"pid {pid} in {ns}" for pid in killed]
     unmounted = state.unmount_all(state_dir)
     gone = netns.delete_all()
     shutil.rmtree(state_dir / "hosts", ignore_errors=True)
@@ -294,12 +288,6 @@ def down(state_dir: Path, progress: Progress = print) -> DownReport:
     leftovers = ([f"namespace {n}" for n in netns.lab_namespaces_present()]
                  + [f"mount {m}" for m in state.lab_mounts(state_dir)])
     return DownReport(stopped, unmounted, gone, leftovers)
-
-
-def _wait_gone(namespaces: list[str], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(netns.pids_in(ns) for ns in namespaces):
-        time.sleep(0.1)
 
 
 @dataclass

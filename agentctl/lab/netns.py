@@ -8,7 +8,10 @@ namespace, so no lab interface ever exists in the machine's namespace, even brie
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from agentctl.errors import AgentctlError
@@ -134,6 +137,24 @@ def pids_in(ns: str) -> list[int]:
         return []
     proc = sh("ip", "netns", "pids", ns, check=False)
     return [int(p) for p in proc.stdout.split()]
+
+
+def kill_all(ns: str, timeout: float) -> tuple[list[int], list[int]]:
+    """SIGKILL every process in the lab namespace `ns`, again for any that turns up,
+    until none is left or `timeout` passes: only the lab starts processes there.
+    (the processes signalled, those still left)."""
+    killed: list[int] = []
+    deadline = time.monotonic() + timeout
+    while (left := pids_in(ns)) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            if pid not in killed:
+                killed.append(pid)
+        time.sleep(0.1)
+    return killed, pids_in(ns)
 
 
 def nft_counter(name: str = "dropped") -> int:
