@@ -294,6 +294,8 @@ def connect(target: Endpoint, *, known_hosts: Path, first_contact: str = "refuse
                        allow_agent=pkey is None, look_for_keys=pkey is None, timeout=timeout,
                        banner_timeout=timeout, auth_timeout=timeout)
     except BaseException as exc:
+        transport = client.get_transport()
+        handshake_done = transport is not None and transport.initial_kex_done
         client.close()
         if isinstance(exc, paramiko.BadHostKeyException):
             raise ChangedKey(f"{target.name}: host key CHANGED: {known_hosts} pins "
@@ -303,9 +305,12 @@ def connect(target: Endpoint, *, known_hosts: Path, first_contact: str = "refuse
         if isinstance(exc, (OSError, paramiko.SSHException)):
             detail = f"{type(exc).__name__}: {exc}"
             line = f"{target.name}: SSH to {target.user}@{target.address}:{target.port} failed ({detail})"
-            # Closed or silent before sshd spoke (paramiko/transport.py: "Error reading SSH
-            # protocol banner"): a host still booting, not a host that refused us.
-            if isinstance(exc, (OSError, paramiko.ProxyCommandFailure)) or "banner" in str(exc):
+            # Closed or silent before the SSH handshake was done: a host still booting (or
+            # down), not a host that refused us, and nothing of it was trusted. Through a
+            # relay that loses its connection paramiko says so in more than one way
+            # (paramiko/transport.py: "Error reading SSH protocol banner", or the session
+            # gone before auth: "No existing session", seen in the lab with sshd stopped).
+            if isinstance(exc, (OSError, paramiko.ProxyCommandFailure)) or not handshake_done:
                 raise Unreachable(line, target, detail) from None
             raise LoginFailed(line, target, exc) from None
         raise
