@@ -36,6 +36,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=3, help="upgrade + rollback cycles (and verify runs) to measure")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats {args.repeats}: expected 1 or more")
     state = Path(tempfile.mkdtemp(prefix="agentctl-upgrade-bench-"))
     project = Path(tempfile.mkdtemp(prefix="agentctl-upgrade-bench-project-"))
     for name in ("Pulumi.yaml", "Pulumi.lab.yaml"):
