@@ -75,9 +75,12 @@ def test_an_edit_is_rolled_back_as_the_agent_user(host):
     host.agent("printf 'v2\\n' > src/app.py && printf '*\\n' > .gitignore && "
                "printf '* filter=evil\\n' > .gitattributes")
     second = host.snap("take")
-    assert second.returncode == 0 and second.stdout.split()[-1] != first_id, second.stderr
+    second_id = second.stdout.split()[-1]
+    assert second.returncode == 0 and second_id != first_id, second.stderr
     assert "src/app.py" in host.snap("diff", first_id).stdout
-    assert host.snap("take").stdout == ""  # nothing changed: no new snapshot
+    # nothing changed (the timer's take got there first): no new snapshot, and the id of
+    # the one that holds the tree, for the operator to restore later
+    assert host.snap("take").stdout == f"agentctl-snapshot: unchanged since {second_id}\n"
     assert len(host.snap("list").stdout.splitlines()) == 2
 
     restored = host.snap("restore", first_id, "src")
