@@ -17,7 +17,7 @@ SSH_CIPHERS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes12
 # and hmac-sha2-256, the encrypt-and-MAC forms (the MAC over the plaintext), which
 # ssh-audit flags. Clients need no MAC with the AEAD ciphers listed first, and the ETM
 # forms otherwise (OpenSSH since 6.2; the role suites' paramiko connects with this set).
-# ssh-baseline's MAC control reports this one difference; this comment is the waiver.
+# ssh-baseline's MAC controls report this one difference (waived: roles/baseline-waivers.yaml).
 SSH_MACS = ["hmac-sha2-512-etm@openssh.com", "hmac-sha2-256-etm@openssh.com", "umac-128-etm@openssh.com"]
 DEV_SEC_MACS = [*SSH_MACS, "hmac-sha2-512", "hmac-sha2-256"]
 # Not part of dev-sec's lists (it checks the HostKey files, rsa ecdsa ed25519): ours
@@ -25,6 +25,9 @@ DEV_SEC_MACS = [*SSH_MACS, "hmac-sha2-512", "hmac-sha2-256"]
 SSH_HOST_KEY_ALGORITHMS = ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256"]
 
 SSH_USERS = ["admin", "operator"]
+
+# sshd's effective configuration for an admin login (what the role suites read).
+SSHD_T = "sshd -T -C user=admin,host=verifier,addr=192.0.2.1"
 
 # fail2ban's sshd jail: this many failures within FAIL2BAN_FINDTIME bans for
 # FAIL2BAN_BANTIME (longer for a repeat offender: bantime.increment).

@@ -143,8 +143,8 @@ def test_stage_verify_passes_with_a_valid_report(env, tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "(lab): passed" in summary and "| scout | agent | 10.77.2.11 | up |" in summary
     assert [c.get("name") for c in suites["scores"]] == [
-        "proxy: lynis hardening index", "proxy: ssh-audit finds nothing to fail",
-        "scout: lynis hardening index", "scout: ssh-audit finds nothing to fail"]
+        "proxy: lynis hardening index", "proxy: ssh-audit finds nothing but the classic-kex warnings",
+        "scout: lynis hardening index", "scout: ssh-audit finds nothing but the classic-kex warnings"]
     assert "### Scores" in summary and re.search(r"\| scout \| \d+ \| [^|]+ \| exit \d+: 0 fail", summary), summary
 
 
