@@ -15,7 +15,7 @@ from agentctl.resources import ROLES
 from agentctl_proxy.schema import yamlload
 
 WAIVERS = ROLES / "baseline-waivers.yaml"
-CONTROL = r"^(sshd|ssh|os|sysctl|package)-[0-9]{2}$"  # linux-baseline's and ssh-baseline's ids
+CONTROL = r"^(sshd|ssh|os|sysctl|package)-[0-9]{2}[ab]?$"  # linux-baseline's and ssh-baseline's ids
 Role = Literal["proxy", "agent"]
 
 
@@ -54,6 +54,18 @@ def load_waivers(path: Path = WAIVERS) -> dict[str, Waiver]:
 def waived(waivers: dict[str, Waiver], control: str, role: str) -> Waiver | None:
     w = waivers.get(control)
     return w if w is not None and role in w.roles else None
+
+
+def verdict(waivers: dict[str, Waiver], role: str, control: str, ok: bool, detail: str) -> None:
+    """A role-suite test's end: fail a broken control unless it is waived; skip a waived
+    one with its reason; fail a waiver whose control passes (stale)."""
+    import pytest  # the role suites only; the CLI reads waivers without it
+    waiver = waived(waivers, control, role)
+    if ok and waiver:
+        pytest.fail(f"{control} passes: its waiver in {WAIVERS.name} is stale")
+    if not ok and waiver:
+        pytest.skip(f"{control} waived: {waiver.reason}")
+    assert ok, f"{control}: {detail}"
 
 
 def report(waivers: dict[str, Waiver], roles: set[str]) -> list[str]:

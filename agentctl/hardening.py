@@ -39,8 +39,23 @@ FAIL2BAN_BANTIME = "1h"
 # which login sessions get through pam_umask). Converge sets each exactly once.
 # USERGROUPS_ENAB no: Linux-PAM >= 1.5.3 (Ubuntu 24.04) reads it in pam_umask and then
 # copies the owner bits to the group bits for user-private groups, making 027 into 007.
-LOGIN_DEFS = {"UMASK": "027", "USERGROUPS_ENAB": "no", "PASS_MAX_DAYS": "365", "PASS_MIN_DAYS": "1", "HOME_MODE": "0750",
+LOGIN_DEFS = {"UMASK": "027", "USERGROUPS_ENAB": "no", "PASS_MAX_DAYS": "365", "PASS_MIN_DAYS": "1", "PASS_WARN_AGE": "7",
+              "LOGIN_RETRIES": "5", "LOGIN_TIMEOUT": "60", "HOME_MODE": "0750",
               "SHA_CRYPT_MIN_ROUNDS": "50000", "SHA_CRYPT_MAX_ROUNDS": "100000"}
+
+# Kernel modules a cloud host never uses, each kernel attack surface if loaded on
+# demand: storage buses, uncommon network protocols, and filesystems (dev-sec os-10).
+# Written `install X /bin/true`, the form dev-sec's os-10 and lynis' NETW-3200 both
+# read as disabled (lynis does not recognise /bin/false). vfat stays: a UEFI-booted
+# host mounts its EFI system partition with it. squashfs stays on Ubuntu, whose
+# snaps are squashfs images.
+BLACKLISTED_MODULES = ["usb-storage", "firewire-core", "firewire-ohci", "thunderbolt", "dccp", "sctp", "rds", "tipc",
+                       "cramfs", "freevxfs", "jffs2", "hfs", "hfsplus", "udf"]
+BLACKLISTED_MODULES_BY_DISTRO = {"debian-12": [*BLACKLISTED_MODULES, "squashfs"], "ubuntu-24.04": BLACKLISTED_MODULES}
+
+# cron's files and folders, root's alone (dev-sec os-13), where they exist.
+CRON_PATHS = ["/etc/crontab", "/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly", "/etc/cron.monthly",
+              "/etc/cron.d"]
 
 # Destructive commands the operator may not run through sudo. A guard against
 # accidents, not a boundary: see the sudoers comment.

@@ -20,7 +20,8 @@ SPEC = re.compile(r"^(paramiko|ssh)://(?P<user>[a-z_][a-z0-9_-]*)@(?P<addr>[A-Za
 
 
 def suites(role: str) -> list[Path]:
-    return [ROLES / "base" / "verify_base.py", ROLES / "base" / "verify_ssh_baseline.py", ROLES / role / f"verify_{role}.py"]
+    return [ROLES / "base" / "verify_base.py", ROLES / "base" / "verify_ssh_baseline.py",
+            ROLES / "base" / "verify_linux_baseline.py", ROLES / role / f"verify_{role}.py"]
 
 
 def parse_hosts(specs: list[str], names: dict[str, str]) -> list[tuple[str, str, str]]:

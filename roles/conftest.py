@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agentctl import baseline
 from agentctl.model import Deployment
 from agentctl.stackfile import load
 
@@ -77,3 +78,15 @@ def ssh_target(pytestconfig):
 @pytest.fixture(scope="session")
 def ssh_key_file(pytestconfig):
     return pytestconfig.getoption("--ssh-identity-file")
+
+
+@pytest.fixture(scope="session")
+def waivers():
+    """roles/baseline-waivers.yaml: the dev-sec controls these hosts fail on purpose."""
+    return baseline.load_waivers()
+
+
+@pytest.fixture
+def judge(waivers, role):
+    """judge(control, ok, detail): a baseline control's verdict (agentctl.baseline.verdict)."""
+    return lambda control, ok, detail: baseline.verdict(waivers, role, control, ok, detail)

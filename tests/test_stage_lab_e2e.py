@@ -124,7 +124,9 @@ def test_escape_holds(env):
 def test_verify_passes_on_every_host(env):
     proc = env["cli"]("verify")
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
-    assert proc.stdout.count(" passed") >= 2 and " failed" not in proc.stdout
+    # pytest's summary per host ("N passed", never "N failed"); waiver reasons are prose
+    assert len(re.findall(r"^\d+ passed", proc.stdout, re.M)) >= 2, proc.stdout[-3000:]
+    assert not re.search(r"\b\d+ failed\b", proc.stdout), proc.stdout[-6000:]
 
 
 def test_stage_verify_passes_with_a_valid_report(env, tmp_path):

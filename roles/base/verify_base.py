@@ -266,10 +266,12 @@ def _interfaces(host, family):
 
 @pytest.mark.parametrize("family,key", [("ipv4", "accept_redirects"), ("ipv4", "send_redirects"),
                                         ("ipv4", "secure_redirects"), ("ipv4", "accept_source_route"),
-                                        ("ipv6", "accept_redirects"), ("ipv6", "accept_source_route")])
+                                        ("ipv6", "accept_redirects"), ("ipv6", "accept_source_route"),
+                                        ("ipv6", "accept_ra"), ("ipv6", "autoconf")])
 def test_no_icmp_redirects_or_source_routes_on_any_interface(host, family, key):
     """Checked on each interface, eth0 included: the kernel ORs `all` with the
-    interface for IPv4 and reads only the interface for IPv6."""
+    interface for IPv4 and reads only the interface for IPv6 (router advertisements
+    and autoconfiguration too: no host here has IPv6)."""
     interfaces = _interfaces(host, family)
     assert "lo" in interfaces and len(interfaces) > 1, interfaces
     on = {i: v for i in interfaces if (v := host.sysctl(f"net.{family}.conf.{i}.{key}")) != 0}
@@ -292,9 +294,11 @@ def test_no_core_dumps(host):
     assert host.run("bash -c 'ulimit -Hc'").stdout.strip() == "0"
 
 
-@pytest.mark.parametrize("module", ["usb-storage", "dccp", "sctp", "rds", "tipc"])
+@pytest.mark.parametrize("module", hardening.BLACKLISTED_MODULES)
 def test_unused_kernel_modules_cannot_load(host, module):
-    assert f"install {module} /bin/false" in host.file("/etc/modprobe.d/agentctl-blacklist.conf").content_string
+    """In the form dev-sec's os-10 and lynis read as disabled; loading is judged only
+    where the host has its own kernel."""
+    assert f"install {module} /bin/true" in host.file("/etc/modprobe.d/agentctl-blacklist.conf").content_string
 
 
 @pytest.mark.parametrize("key", sorted(hardening.LOGIN_DEFS))

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from agentctl import baseline, hardening
+from agentctl import hardening
 
 # control -> (sshd -T keyword, the values dev-sec accepts); None: the keyword must be absent
 SERVER = {
@@ -77,26 +77,6 @@ CLIENT = {
     "ssh-20": ("permitlocalcommand", ["no"]),
     "ssh-21": ("useroaming", ["no"]),
 }
-
-
-@pytest.fixture(scope="module")
-def waivers():
-    return baseline.load_waivers()
-
-
-def verdict(waivers, role: str, control: str, ok: bool, detail: str) -> None:
-    """Fail a broken control unless it is waived; fail a waiver whose control passes."""
-    waiver = baseline.waived(waivers, control, role)
-    if ok and waiver:
-        pytest.fail(f"{control} passes: its waiver in {baseline.WAIVERS.name} is stale")
-    if not ok and waiver:
-        pytest.skip(f"{control} waived: {waiver.reason}")
-    assert ok, f"{control}: {detail}"
-
-
-@pytest.fixture
-def judge(waivers, role):
-    return lambda control, ok, detail: verdict(waivers, role, control, ok, detail)
 
 
 @pytest.fixture(scope="module")
