@@ -68,7 +68,9 @@ def loadavg() -> str:
 # ------------------------------------------------------------------ client side
 
 
-def _read_response(sock) -> None:
+def read_response(sock) -> None:
+    """One HTTP/1.1 response off a keep-alive socket (Content-Length framed); a
+    status other than 200 is an error."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -122,7 +124,7 @@ def load(t: Target, keepalive: bool, seconds: float | None = None, count: int | 
             if not keepalive:
                 sock = t.open()
             sock.sendall(t.request)
-            _read_response(sock)
+            read_response(sock)
             if not keepalive:
                 sock.close()
             mine.append(time.perf_counter() - t0)

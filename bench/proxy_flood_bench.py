@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "proxy" / "tests"))
 from upstream import Upstream, free_port  # noqa: E402
 
 from proxy_start import extract, start_proxy  # noqa: E402
+from proxy_bench import read_response  # noqa: E402
 
 from agentctl_proxy.ca import init_ca  # noqa: E402
 
@@ -98,7 +99,7 @@ class Good:
             t0 = time.perf_counter()
             try:
                 sock.sendall(self.request)
-                _read_response(sock)
+                read_response(sock)
             except (OSError, RuntimeError):
                 errors += 1
                 sock.close()
@@ -109,21 +110,6 @@ class Good:
         lat.sort()
         return {"n": len(lat), "errors": errors, "p50": lat[len(lat) // 2] * 1000,
                 "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000}
-
-
-def _read_response(sock) -> None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(x.split(b":")[1] for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")))
-    while len(body) < length:
-        body += sock.recv(65536)
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(head[:80])
 
 
 # ------------------------------------------------------------------------ the flood
