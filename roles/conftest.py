@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agentctl import baseline
+from agentctl import baseline, hardening
 from agentctl.model import Deployment
 from agentctl.stackfile import load
 
@@ -90,3 +90,15 @@ def waivers():
 def judge(waivers, role):
     """judge(control, ok, detail): a baseline control's verdict (agentctl.baseline.verdict)."""
     return lambda control, ok, detail: baseline.verdict(waivers, role, control, ok, detail)
+
+
+@pytest.fixture(scope="session")
+def sshd_out(root) -> str:
+    """`sshd -T` for an admin login: sshd's effective configuration, drop-ins included
+    (read once; the base and ssh-baseline suites both judge it)."""
+    return root.check_output(hardening.SSHD_T)
+
+
+@pytest.fixture(scope="session")
+def sshd(sshd_out) -> dict[str, str]:
+    return hardening.parse_sshd_effective(sshd_out)

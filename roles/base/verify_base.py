@@ -86,11 +86,6 @@ def test_sudoers_valid_and_logged(root):
 
 # --- sshd ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def sshd(root) -> dict[str, str]:
-    return hardening.parse_sshd_effective(root.check_output(hardening.SSHD_T))
-
-
 @pytest.mark.parametrize("key,value", [
     ("passwordauthentication", "no"), ("kbdinteractiveauthentication", "no"), ("permitrootlogin", "no"),
     ("pubkeyauthentication", "yes"), ("permitemptypasswords", "no"), ("x11forwarding", "no"),

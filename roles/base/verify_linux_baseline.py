@@ -151,10 +151,11 @@ def test_os_06_no_blacklisted_setuid_files(judge, root):
 
 
 def test_os_07_unique_uids_and_gids(judge, host):
+    dups = []
     for name, path in (("uid", "/etc/passwd"), ("gid", "/etc/group")):
         ids = [line.split(":")[2] for line in host.file(path).content_string.splitlines() if line]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        judge("os-07", not dup, f"{name}s used twice: {dup}")
+        dups += [f"{name} {i} used twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
+    judge("os-07", not dups, "; ".join(dups))
 
 
 def test_os_09_no_rhosts_or_netrc(judge, root):

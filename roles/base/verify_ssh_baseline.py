@@ -79,16 +79,6 @@ CLIENT = {
 }
 
 
-@pytest.fixture(scope="module")
-def sshd_out(root) -> str:
-    return root.check_output(hardening.SSHD_T)
-
-
-@pytest.fixture(scope="module")
-def sshd_t(sshd_out) -> dict[str, str]:
-    return hardening.parse_sshd_effective(sshd_out)
-
-
 def _every(sshd_out: str, keyword: str) -> list[str]:
     """Every value of a keyword sshd -T prints once per value (listenaddress, hostkey)."""
     return [line.split(None, 1)[1] for line in sshd_out.splitlines() if line.startswith(f"{keyword} ")]
@@ -108,8 +98,8 @@ def keyword_holds(effective: dict[str, str], keyword: str, accepted: list[str] |
 
 
 @pytest.mark.parametrize("control", SERVER)
-def test_sshd_baseline(judge, sshd_t, control):
-    judge(control, *keyword_holds(sshd_t, *SERVER[control]))
+def test_sshd_baseline(judge, sshd, control):
+    judge(control, *keyword_holds(sshd, *SERVER[control]))
 
 
 @pytest.mark.parametrize("control", CLIENT)
