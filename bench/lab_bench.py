@@ -3,10 +3,15 @@
 (`--stack lab-hermes`: bench/results/lab-hermes.md, with what a message costs, from
 bench/hermes_lab.py).
 
-Run as root: python3 bench/lab_bench.py [--skip-cold] [--stack lab-hermes]. The cold
-run uses a private cache folder, so the shared cache is left as it is. Targets (2 cores):
-warm up < 45 s, cold up < 180 s, verify < 60 s; the Hermes lab: warm up < 90 s, what the
-proxy adds per model call < 50 ms."""
+`--hosts vm`: the same lab on QEMU VMs (bench/results/lab-vm.md): the VM image built
+cold and warm, `lab up --hosts vm`, `verify --score`, `escape`, `down`, with the container
+lab's warm `up` in the same run as the baseline.
+
+Run as root: python3 bench/lab_bench.py [--skip-cold] [--stack lab-hermes] [--hosts vm].
+The cold run uses a private cache folder, so the shared cache is left as it is. Targets
+(2 cores): warm up < 45 s, cold up < 180 s, verify < 60 s; the Hermes lab: warm up < 90 s,
+what the proxy adds per model call < 50 ms; VMs under TCG: warm up < 240 s, the whole
+up/verify --score/escape/down cycle < 600 s."""
 from __future__ import annotations
 
 import argparse
@@ -54,14 +59,51 @@ def message_costs(stack: str, state: Path) -> list[str]:
     return rows
 
 
+def _table(args, rows) -> list[str]:
+    flags = (f" --stack {args.stack}" if args.stack != "lab" else "") + (" --hosts vm" if args.hosts == "vm" else "")
+    lines = ["# Lab benchmark" + (" (hosts as QEMU VMs)" if args.hosts == "vm" else ""), "",
+             f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
+             f"Produced by `python3 bench/lab_bench.py{flags}`.", "",
+             "| step | seconds | exit | target | last line |", "| --- | ---: | ---: | --- | --- |"]
+    return lines + [f"| {n} | {s:.1f} | {rc} | {t} | {tail.replace('|', '/')[:90]} |" for n, s, rc, t, tail in rows]
+
+
+def vm_cycle(args, state: Path, env: dict, rows: list, step, out: Path) -> int:
+    """The VM rows, against the container lab's warm `up` measured in the same run."""
+    step("container lab up, warm (baseline)", ["up"])
+    step("lab down", ["down"])
+    if not args.skip_cold:
+        cold_cache = tempfile.mkdtemp(prefix="agentctl-lab-cache-")
+        step("VM lab up, cold (VM image build)", ["up", "--hosts", "vm"], extra_env={"AGENTCTL_LAB_CACHE": cold_cache},
+             timeout=1800)
+        step("lab down", ["down"])
+        subprocess.run(["rm", "-rf", cold_cache])
+    step("VM lab up, warm (may build the shared VM image once)", ["up", "--hosts", "vm"], timeout=1800)
+    step("lab down", ["down"])
+    first = len(rows)
+    step("VM lab up, warm", ["up", "--hosts", "vm"], "< 240 s", timeout=1800)
+    step("VM lab verify --score", ["verify", "--score"], timeout=1800)
+    step("VM lab escape", ["escape"])
+    step("lab down", ["down"])
+    cycle = sum(r[1] for r in rows[first:])
+    base = next(r[1] for r in rows if r[0].startswith("container lab up"))
+    rows.append(("whole VM cycle (up, verify --score, escape, down)", cycle, 0, "< 600 s", ""))
+    rows.append(("warm VM up / warm container up", rows[first][1] / base, 0, "", "ratio, not seconds"))
+    out.write_text("\n".join(_table(args, rows)) + "\n")
+    print(f"wrote {out}")
+    subprocess.run(["rm", "-rf", str(state)])
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--skip-cold", action="store_true", help="only the warm-cache runs")
     p.add_argument("--verify-timeout", type=float, default=300)
     p.add_argument("--stack", default="lab", help="lab or lab-hermes (the real Hermes)")
+    p.add_argument("--hosts", default="container", choices=["container", "vm"])
     args = p.parse_args()
     hermes = args.stack == "lab-hermes"
-    out = RESULTS / f"{args.stack}.md"
+    out = RESULTS / f"{args.stack}{'-vm' if args.hosts == 'vm' else ''}.md"
     stack = ["--stack", args.stack]
     state = Path(tempfile.mkdtemp(prefix="agentctl-lab-bench-"))
     env = dict(os.environ, AGENTCTL_LAB_STATE=str(state))
@@ -73,6 +115,8 @@ def main() -> int:
         print(f"{name}: {secs:.1f} s (exit {rc}) {tail}", flush=True)
 
     timed(["down"], env)
+    if args.hosts == "vm":
+        return vm_cycle(args, state, env, rows, step, out)
     if not args.skip_cold:
         cold_cache = tempfile.mkdtemp(prefix="agentctl-lab-cache-")
         step("lab up, cold (image build" + (", Hermes' wheels fetched)" if hermes else ")"), ["up", *stack],
@@ -88,12 +132,7 @@ def main() -> int:
     costs = message_costs(args.stack, state) if hermes else []
     step("lab down", ["down"])
 
-    lines = ["# Lab benchmark", "",
-             f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
-             "Produced by `python3 bench/lab_bench.py" + (f" --stack {args.stack}" if args.stack != "lab" else "")
-             + "`.", "",
-             "| step | seconds | exit | target | last line |", "| --- | ---: | ---: | --- | --- |"]
-    lines += [f"| {n} | {s:.1f} | {rc} | {t} | {tail.replace('|', '/')[:90]} |" for n, s, rc, t, tail in rows]
+    lines = _table(args, rows)
     if costs:
         lines += ["", "What a message costs (bench/hermes_lab.py; the fake model answers at once):", "",
                   "| measure | value | target |", "| --- | ---: | --- |", *costs]

@@ -36,12 +36,12 @@ def lab_argv(state_dir: Path, *args: str) -> list[str]:
     return argv if args[0] == "ssh" else argv + ["--state-dir", str(state_dir)]
 
 
-def lab_cli(state_dir: Path):
+def lab_cli(state_dir: Path, timeout: float = 900):
     env = dict(os.environ, AGENTCTL_LAB_STATE=str(state_dir))
 
     def cli(*args: str, check: int | None = None) -> subprocess.CompletedProcess:
         proc = subprocess.run(lab_argv(state_dir, *args), cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=900)
+                              timeout=timeout)
         if check is not None:
             assert proc.returncode == check, proc.stdout + proc.stderr
         return proc
@@ -67,3 +67,20 @@ def killed_up(state_dir: Path, timeout: float = 900) -> bool:
             proc.wait()
             return True
     return False
+
+
+def escape_failures(cli) -> tuple[int, list[dict]]:
+    """`lab escape --json`: its exit code and every attempt that did not hold."""
+    import json
+    proc = cli("escape", "--json")
+    return proc.returncode, [r for r in json.loads(proc.stdout) if not r["ok"]]
+
+
+def booted_lab(state_dir: Path, *up_args: str, timeout: float = 900):
+    """A module fixture's body: `lab up` with up_args, the lab's handles, `lab down` after."""
+    before = root_network()
+    cli = lab_cli(state_dir, timeout)
+    up = cli("up", *up_args)
+    yield {"cli": cli, "up": up, "state_dir": state_dir, "before": before}
+    cli("down")
+

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from tests.labrun import lab_cli, needs_lab, root_network
+from tests.labrun import booted_lab, escape_failures, needs_lab, root_network
 
 RELEASE = "http://archive.ubuntu.com/ubuntu/dists/noble/Release"
 
@@ -26,12 +26,7 @@ pytestmark = [*needs_lab, pytest.mark.skipif(not _archive_answers(), reason=f"{R
 
 @pytest.fixture(scope="module")
 def ubuntu_lab(tmp_path_factory):
-    state_dir = tmp_path_factory.mktemp("labstate-ubuntu")
-    before = root_network()
-    cli = lab_cli(state_dir)
-    up = cli("up", "--distro", "ubuntu-24.04")
-    yield {"cli": cli, "up": up, "state_dir": state_dir, "before": before}
-    cli("down")
+    yield from booted_lab(tmp_path_factory.mktemp("labstate-ubuntu"), "--distro", "ubuntu-24.04")
 
 
 def test_up_converges_after_the_first_boot_reboot(ubuntu_lab):
@@ -69,9 +64,8 @@ def test_verify_passes(ubuntu_lab):
 
 
 def test_escape_holds(ubuntu_lab):
-    proc = ubuntu_lab["cli"]("escape", "--json")
-    failed = [r for r in json.loads(proc.stdout) if not r["ok"]]
-    assert proc.returncode == 0 and not failed, json.dumps(failed, indent=1)
+    rc, failed = escape_failures(ubuntu_lab["cli"])
+    assert rc == 0 and not failed, json.dumps(failed, indent=1)
 
 
 def test_down_leaves_the_machine_as_it_was(ubuntu_lab):

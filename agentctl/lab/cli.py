@@ -3,6 +3,7 @@ destroy), with rich progress for the long steps."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape as escape_markup
 from rich.table import Table
 
-from agentctl.lab import image, state
+from agentctl.lab import image, state, vm
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="The local lab: the whole deployment on this machine (systemd-nspawn, no route out).")
@@ -54,13 +55,22 @@ def _bad_flag(message: str) -> None:
 def up(stack: str = StackOpt, project_dir: Path = ProjectDirOpt, state_dir: Path = StateDirOpt,
        cache_dir: Path = CacheDirOpt,
        distro: Optional[str] = typer.Option(None, "--distro", help="Override the stack's distro: debian-12 or ubuntu-24.04"),
-       timeout: float = typer.Option(240, "--timeout", help="Seconds to wait for each host's cloud-init")) -> None:
+       hosts: str = typer.Option("container", "--hosts",
+                                 help="container (systemd-nspawn, fast) or vm (QEMU: the hosts' own kernels)"),
+       timeout: Optional[float] = typer.Option(None, "--timeout",
+                                               help="Seconds to wait for each host's cloud-init "
+                                                    "(default 240; 900 for VMs)")) -> None:
     """Build the image if missing, create the networks, boot and converge every host."""
     from agentctl.lab import lab
     if distro is not None and distro not in image.DISTROS:
         _bad_flag(f"--distro {distro!r} is not known; expected one of {', '.join(image.DISTROS)}")
+    if hosts not in lab.HOST_KINDS:
+        _bad_flag(f"--hosts {hosts!r} is not known; expected container or vm")
+    if hosts == "vm" and shutil.which(vm.QEMU) is None:
+        _bad_flag(f"--hosts vm needs {vm.QEMU} (Debian: apt install qemu-system-x86; ./dev setup installs it)")
     with steps() as progress:
-        result = lab.up(project_dir, stack, state_dir, cache_dir, progress, distro=distro, boot_timeout=timeout)
+        result = lab.up(project_dir, stack, state_dir, cache_dir, progress, distro=distro, boot_timeout=timeout,
+                        host_kind=hosts)
     if result.already_up:
         out.print(f"lab {stack} is already up (image {result.image.name}); `agentctl lab down` first to rebuild")
         return

@@ -203,8 +203,7 @@ def run_escape(project_dir: Path, stack: str, state_dir: Path, agent_name: str |
     proxy_url = f"http://{d.proxy_ip}:{d.proxy.listen.tunnel}"
     for agent in agents:
         ns = topology.host_netns(agent.name)
-        hosts.write_file(hosts.root_of(state_dir, agent.name), PROBE,
-                         (internet.ASSETS / "escape_probe.py").read_text(), 0o755)
+        hosts.put_file(state_dir, agent.name, PROBE, (internet.ASSETS / "escape_probe.py").read_text(), 0o755)
         plan = attempts(d, agent, secrets.token_hex(6))
         offset = internet.log_size(state_dir)
         audit_offset = _audit_size(d)

@@ -1,4 +1,5 @@
-"""Lab hosts: systemd-nspawn containers booted on an overlay of the lab image.
+"""Lab hosts: systemd-nspawn containers booted on an overlay of the lab image, or
+QEMU VMs made from one (vm.py, `lab up --hosts vm`).
 
 Each host's root is an overlayfs (the image read-only below, the host's own upper
 layer above), mounted by the lab rather than by nspawn's `--overlay`, so the lab can
@@ -15,9 +16,10 @@ import time
 from pathlib import Path
 
 from agentctl.errors import AgentctlError
-from agentctl.lab import netns, state
+from agentctl.lab import netns, state, topology, vm
 
 SEED_DIR = "var/lib/cloud/seed/nocloud"
+RESULT = "/run/cloud-init/result.json"  # written by cloud-init when its last stage ends
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -63,6 +65,22 @@ def mount_overlay(image: Path, state_dir: Path, name: str) -> Path:
     return root
 
 
+def disk_of(state_dir: Path, name: str) -> Path:
+    return host_dir(state_dir, name) / "disk.raw"
+
+
+def to_disk(state_dir: Path, name: str) -> Path:
+    """A VM host: its prepared overlay becomes its disk, and the overlay goes (the VM
+    writes only to its disk from here on)."""
+    base = host_dir(state_dir, name)
+    disk = disk_of(state_dir, name)
+    vm.make_disk(base / "root", disk)
+    subprocess.run(["umount", str(base / "root")], capture_output=True, check=True)
+    for sub in ("upper", "work", "root"):
+        shutil.rmtree(base / sub, ignore_errors=True)
+    return disk
+
+
 def write_file(root: Path, path: str, content: str | bytes, mode: int = 0o644, owner: tuple[int, int] = (0, 0)) -> Path:
     target = root / path.lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +91,19 @@ def write_file(root: Path, path: str, content: str | bytes, mode: int = 0o644, o
     os.chmod(target, mode)
     os.chown(target, *owner)
     return target
+
+
+def put_file(state_dir: Path, name: str, path: str, content: str, mode: int = 0o644) -> None:
+    """A root-owned file into a running host: into its overlay for a container, through
+    the guest agent for a VM (whose disk is its own)."""
+    ns = topology.host_netns(name)
+    if not vm.is_vm(ns):
+        write_file(root_of(state_dir, name), path, content, mode)
+        return
+    script = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
+    proc = run_in(ns, "sh", "-c", script, "put_file", path, f"{mode:o}", input=content, timeout=60)
+    if proc.returncode != 0:
+        raise LabHostError(f"lab host {name}: writing {path} failed: {proc.stderr.strip()[-200:]}")
 
 
 def write_seed(root: Path, user_data: str, meta_data: str) -> None:
@@ -125,7 +156,9 @@ def boot(state_dir: Path, name: str, ns: str) -> int:
 
 def leader(ns: str) -> int | None:
     """The container's init: the process in the host's namespace that is PID 1 in its
-    own PID namespace."""
+    own PID namespace; for a VM host, its QEMU."""
+    if vm.agent_socket(ns).exists():
+        return vm.qemu_pid(ns)
     for pid in netns.pids_in(ns):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
@@ -162,7 +195,12 @@ def enter_cmd(ns: str, *cmd: str, user: str | None = None) -> list[str]:
     if comm in ("", "systemd-shutdow"):
         # Entering now would only keep the host from finishing its reboot.
         raise LabHostError(f"lab host in {ns} is shutting down")
-    base = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "--", "env", "-i", PATH_ENV, "LANG=C.UTF-8"]
+    return ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "--", *as_user(list(cmd), user)]
+
+
+def as_user(cmd: list[str], user: str | None) -> list[str]:
+    """`cmd` in a clean environment, as root or as `user` with no capabilities left."""
+    base = ["env", "-i", PATH_ENV, "LANG=C.UTF-8"]
     if user:
         base += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--inh-caps=-all",
                  "--bounding-set=-all", "--no-new-privs", "--", "env", f"HOME=/home/{user}", f"USER={user}"]
@@ -171,6 +209,9 @@ def enter_cmd(ns: str, *cmd: str, user: str | None = None) -> list[str]:
 
 def run_in(ns: str, *cmd: str, user: str | None = None, timeout: float = 120,
            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run `cmd` inside the host: nsenter for a container, the guest agent for a VM."""
+    if vm.is_vm(ns):
+        return vm.run(ns, as_user(list(cmd), user), timeout, input)
     return subprocess.run(enter_cmd(ns, *cmd, user=user), capture_output=True, text=True, timeout=timeout,
                           input=input)
 
@@ -184,7 +225,10 @@ def wait_cloud_init(ns: str, timeout: float = 180) -> tuple[bool, str]:
         try:
             # Poll; never block inside the host (no `--wait`): a process we keep in
             # there holds up its reboot, as systemd-shutdown waits for every process.
-            proc = run_in(ns, "cloud-init", "status", "--long", timeout=15)
+            # `cloud-init status` only once cloud-init has written its result: a
+            # Python start every poll would slow a VM's converge (TCG) to a crawl.
+            proc = run_in(ns, "sh", "-c", f"test -e {RESULT} || {{ echo 'status: running'; exit 0; }}; "
+                                          "cloud-init status --long", timeout=30)
             text = (proc.stdout + proc.stderr).strip()
             if "status: done" in text:
                 # Done, unless converge asked for its reboot: the host may already be
@@ -197,7 +241,7 @@ def wait_cloud_init(ns: str, timeout: float = 180) -> tuple[bool, str]:
                 return False, text
         except (subprocess.TimeoutExpired, LabHostError):
             pass  # systemd inside has not started yet, or the host is rebooting
-        time.sleep(0.5)
+        time.sleep(2 if vm.is_vm(ns) else 0.5)
     return False, f"cloud-init not done after {timeout:.0f} s: {text[-300:]}"
 
 

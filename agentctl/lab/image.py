@@ -41,12 +41,18 @@ LAB_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "iproute2",
 # 12.x that proxy/pyproject.toml allows.
 PROXY_VENV_PINS = {"3.11": ["mitmproxy==11.0.2", "bcrypt<5"], "3.12": []}
 
+# What a VM host needs on top (`lab up --hosts vm`): the distribution's kernel (booted
+# directly by QEMU, so no boot loader) and QEMU's guest agent, the lab's way into a
+# VM as nsenter is into a container: a virtio serial port only root on the machine
+# and root in the guest can open, no network path.
+VM_PACKAGES = ["qemu-guest-agent"]
+
 DISTROS = {
-    "debian-12": {"suite": "bookworm", "python": "3.11", "mirrors": [
+    "debian-12": {"suite": "bookworm", "python": "3.11", "kernel": "linux-image-amd64", "mirrors": [
         "deb http://deb.debian.org/debian bookworm main",
         "deb http://deb.debian.org/debian bookworm-updates main",
         "deb http://deb.debian.org/debian-security bookworm-security main"], "keyring": None},
-    "ubuntu-24.04": {"suite": "noble", "python": "3.12", "mirrors": [
+    "ubuntu-24.04": {"suite": "noble", "python": "3.12", "kernel": "linux-image-virtual", "mirrors": [
         "deb http://archive.ubuntu.com/ubuntu noble main universe",
         "deb http://archive.ubuntu.com/ubuntu noble-updates main universe",
         "deb http://security.ubuntu.com/ubuntu noble-security main universe"],
@@ -69,10 +75,12 @@ class ImageBuildError(AgentctlError):
     exit_code = 1
 
 
-def package_list(project_dir: Path) -> list[str]:
-    """The union of every role's packages and the lab's own, sorted (the key must not
-    depend on file order)."""
+def package_list(project_dir: Path, distro: str = "debian-12", vm: bool = False) -> list[str]:
+    """The union of every role's packages and the lab's own (and a VM's), sorted (the
+    key must not depend on file order)."""
     names = set(LAB_PACKAGES)
+    if vm:
+        names.update([DISTROS[distro]["kernel"], *VM_PACKAGES])
     for path in sorted((Path(project_dir) / "roles").glob("*/packages.txt")):
         names.update(read_package_file(path))
     return sorted(names)
@@ -122,19 +130,22 @@ def image_path(cache_dir: Path, key: str) -> Path:
 
 
 def ensure_image(project_dir: Path, distro: str = "debian-12", cache_dir: Path = DEFAULT_CACHE_DIR,
-                 progress: Progress = lambda _msg: None, today: datetime.date | None = None) -> Path:
-    """Return the cached rootfs for this package list and week, building it if missing."""
-    packages, reqs = package_list(project_dir), proxy_requirements(project_dir, distro)
-    key = cache_key(distro, packages, reqs, today or datetime.date.today())
+                 progress: Progress = lambda _msg: None, today: datetime.date | None = None,
+                 vm: bool = False) -> Path:
+    """Return the cached rootfs for this package list and week, building it if missing.
+    A VM's rootfs is an image of its own (`<distro>-vm-...`), so neither evicts the other."""
+    packages, reqs = package_list(project_dir, distro, vm), proxy_requirements(project_dir, distro)
+    key = cache_key(f"{distro}-vm" if vm else distro, packages, reqs, today or datetime.date.today())
     target = image_path(cache_dir, key)
     if (target / "etc" / "os-release").exists():
         return target
-    build_image(target, distro, packages, reqs, progress)
+    build_image(target, distro, packages, reqs, progress, vm)
     prune_old_images(Path(cache_dir), keep=target)
     return target
 
 
-def build_image(target: Path, distro: str, packages: list[str], reqs: list[str], progress: Progress) -> None:
+def build_image(target: Path, distro: str, packages: list[str], reqs: list[str], progress: Progress,
+                vm: bool = False) -> None:
     """Build into a temporary folder beside the target and rename it into place, so a
     killed build never leaves something that looks like a finished image."""
     if distro not in DISTROS:
@@ -163,7 +174,7 @@ def build_image(target: Path, distro: str, packages: list[str], reqs: list[str],
                  "pip download")
         progress(f"mmdebstrap {spec['suite']} ({len(packages)} packages)")
         hook = work / "customize.sh"
-        hook.write_text(_customize_script(reqs))
+        hook.write_text(_customize_script(reqs, vm))
         cmd = ["mmdebstrap", "--mode=root", "--variant=apt", "--quiet",
                "--include=" + ",".join(packages),
                "--customize-hook=copy-in " + str(wheels) + " /tmp",
@@ -219,8 +230,12 @@ def prune_old_images(cache_dir: Path, keep: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _customize_script(reqs: list[str]) -> str:
+def _customize_script(reqs: list[str], vm: bool = False) -> str:
     quoted = " ".join("'" + r.replace("'", "") + "'" for r in reqs)
+    # The lab has no time server. A container has no hardware clock or real consoles
+    # either; a VM has both (its serial console is the lab's console.log).
+    masked = "systemd-timesyncd.service" if vm else \
+        "systemd-timesyncd.service getty@tty1.service serial-getty@console.service"
     return f"""#!/bin/sh
 set -eu
 root="$1"
@@ -243,8 +258,8 @@ chroot "$root" locale-gen >/dev/null
 chroot "$root" python3 -m venv {PROXY_VENV}
 chroot "$root" {PROXY_VENV}/bin/pip install --quiet --no-index --find-links /tmp/wheels {quoted}
 rm -rf "$root/tmp/wheels"
-# A container has no hardware clock or real consoles; these units only fail there.
-for unit in systemd-timesyncd.service getty@tty1.service serial-getty@console.service; do
+# Units that can only fail on a lab host.
+for unit in {masked}; do
   ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done
 echo agentctl-lab > "$root/etc/hostname"

@@ -19,7 +19,7 @@ from typing import Callable
 
 from agentctl.ca import ensure_ca
 from agentctl.errors import AgentctlError, ConfigError
-from agentctl.lab import hosts, image, internet, netns, packages, state, topology
+from agentctl.lab import hosts, image, internet, netns, packages, state, topology, vm
 from agentctl.model import Deployment
 from agentctl.secrets import CA_KEY_PATH, secret_file_path
 from agentctl.stackfile import load
@@ -113,30 +113,46 @@ def host_names(d: Deployment) -> list[str]:
     return [d.proxy.name] + [a.name for a in d.agents]
 
 
+HOST_KINDS = ("container", "vm")
+
+
 def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress: Progress = print,
-       distro: str | None = None, extra_rules: list[str] = (), boot_timeout: float = 240) -> UpResult:
+       distro: str | None = None, extra_rules: list[str] = (), boot_timeout: float | None = None,
+       host_kind: str = "container") -> UpResult:
+    """host_kind: "container" (systemd-nspawn, the default) or "vm" (QEMU, vm.py)."""
     require_root()
     d = load_lab(project_dir, stack)
+    use_vm = host_kind == "vm"
+    boot_timeout = boot_timeout or (900 if use_vm else 240)
     t0 = time.monotonic()
     st = state.load(state_dir)
-    if st.stack == stack and not extra_rules and is_up(d, state_dir):
+    if st.stack == stack and st.hosts == host_kind and not extra_rules and is_up(d, state_dir):
         return UpResult(Path(st.image), [], time.monotonic() - t0, already_up=True)
     if netns.lab_namespaces_present() or state.lab_mounts(state_dir) or state.live_processes(st):
         progress("cleaning up what an earlier run left")
         down(state_dir, progress=lambda _m: None)
 
-    img = image.ensure_image(project_dir, distro or d.distro, cache_dir, progress)
+    img = image.ensure_image(project_dir, distro or d.distro, cache_dir, progress, vm=use_vm)
     progress("building agentctl-proxy from this checkout")
     proxy_wheel = _proxy_wheel(project_dir, state_dir)
     progress("building the lab package index's wheels (agentctl-lab-agent"
              + "".join(f", {p.requirement}" for p in packages.lab_index_pins(d)) + ")")
     wheel_dirs = packages.wheel_dirs(cache_dir, d, image.DISTROS[distro or d.distro]["python"])
     st = state.LabState(stack=stack, project_dir=str(Path(project_dir).resolve()), image=str(img),
-                        wheel_dirs=[str(w) for w in wheel_dirs])
+                        wheel_dirs=[str(w) for w in wheel_dirs], hosts=host_kind)
     state.save(state_dir, st)
+    if use_vm:
+        kernel = vm.copy_kernel(img, state_dir / "vm-kernel")
+        progress("QEMU: probing whether KVM boots this kernel")
+        accel, why = vm.accelerator(*kernel)
+        progress(f"QEMU: {'KVM' if accel == 'kvm' else 'TCG, software emulation (slow)'}: {why}")
 
     progress("creating the lab networks (switch, security groups, lab internet)")
-    netns.create(d, list(extra_rules))
+    netns.create(d, list(extra_rules), vm_hosts=use_vm)
+    if use_vm:
+        for node in topology.nodes(d):
+            if node.kind == "host":
+                vm.plug_node(node)
     # Before anything runs in the lab: no lab namespace may have a way out.
     leaks = netns.routes_out_of_lab(d)
     if leaks:
@@ -150,18 +166,30 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
     ca = ensure_ca(state_dir, stack)
     from agentctl.render import render_hosts
     rendered = render_hosts(ld, ca.cert_pem, stack=stack, project=_project_name(project_dir))
+    node_of = {n.name: n for n in topology.nodes(d)}
     for host in rendered:
         root = hosts.mount_overlay(img, state_dir, host.name)
         hosts.write_seed(root, host.user_data, host.meta_data)
-        hosts.allow_net_sysctls(root)
+        if use_vm:
+            vm.prepare_guest(root, d, node_of[host.name])
+        else:
+            hosts.allow_net_sysctls(root)
         hosts.write_file(root, "/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {host.name}\n"
                                              "::1 localhost ip6-localhost ip6-loopback\n")
         if host.role == "proxy":
             _prepare_proxy(d, root, ca.key_path, state_dir, proxy_wheel)
+    if use_vm:
+        progress(f"making {len(rendered)} VM disks (mke2fs -d)")
+        with ThreadPoolExecutor(max_workers=len(rendered)) as pool:
+            list(pool.map(lambda h: hosts.to_disk(state_dir, h.name), rendered))
 
-    progress(f"booting {len(rendered)} hosts (systemd-nspawn) and waiting for cloud-init")
+    progress(f"booting {len(rendered)} hosts ({'QEMU ' + accel if use_vm else 'systemd-nspawn'}) "
+             "and waiting for cloud-init")
     for host in rendered:
-        hosts.boot(state_dir, host.name, topology.host_netns(host.name))
+        if use_vm:
+            vm.boot(state_dir, host.name, node_of[host.name], hosts.disk_of(state_dir, host.name), kernel, accel)
+        else:
+            hosts.boot(state_dir, host.name, topology.host_netns(host.name))
 
     def converge(host) -> HostResult:
         ns = topology.host_netns(host.name)
@@ -191,8 +219,13 @@ def pin_host_keys(state_dir: Path, names: list[str]) -> None:
 
     known_hosts(state_dir).unlink(missing_ok=True)
     for name in names:
-        keys = [tuple(pub.read_text().split()[:2]) for pub in sorted(
-            (hosts.root_of(state_dir, name) / "etc" / "ssh").glob("ssh_host_*_key.pub"))]
+        ns = topology.host_netns(name)
+        if vm.is_vm(ns):  # the keys are on the VM's own disk
+            out = hosts.run_in(ns, "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub", timeout=15).stdout
+            keys = [tuple(line.split()[:2]) for line in sorted(out.splitlines()) if line.strip()]
+        else:
+            keys = [tuple(pub.read_text().split()[:2]) for pub in sorted(
+                (hosts.root_of(state_dir, name) / "etc" / "ssh").glob("ssh_host_*_key.pub"))]
         if keys:
             sshtrust.pin(known_hosts(state_dir), name, keys)
 
@@ -281,7 +314,9 @@ def down(state_dir: Path, progress: Progress = print) -> DownReport:
         stopped += [f"pid {pid} in {ns}" for pid in killed]
     unmounted = state.unmount_all(state_dir)
     gone = netns.delete_all()
+    vm.cleanup()
     shutil.rmtree(state_dir / "hosts", ignore_errors=True)
+    shutil.rmtree(state_dir / "vm-kernel", ignore_errors=True)
     st.processes, st.up_at, st.converged = {}, None, False
     if state_dir.exists():
         state.save(state_dir, st)

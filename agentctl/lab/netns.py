@@ -49,21 +49,23 @@ def netns_exec(ns: str, *cmd: str, check: bool = True, input: str | None = None)
     return sh("ip", "netns", "exec", ns, *cmd, check=check, input=input)
 
 
-def create(deployment: Deployment, extra_rules: list[str] = ()) -> None:
+def create(deployment: Deployment, extra_rules: list[str] = (), vm_hosts: bool = False) -> None:
     """Create the switch, every node's namespace and link, and load the switch rules.
-    The rules go in before forwarding is switched on, so nothing passes unfiltered."""
+    The rules go in before forwarding is switched on, so nothing passes unfiltered.
+    vm_hosts: the hosts' node namespaces are left without address or route (the VM
+    plugged in there holds them, vm.plug_node)."""
     sh("ip", "netns", "add", SWITCH_NS)
     sh("ip", "-n", SWITCH_NS, "link", "set", "lo", "up")
     netns_exec(SWITCH_NS, "sysctl", "-q", "-w", "net.ipv4.conf.all.proxy_arp=1")
     netns_exec(SWITCH_NS, "sysctl", "-q", "-w", "net.ipv4.conf.default.proxy_arp=1")
     netns_exec(SWITCH_NS, "nft", "-f", "-", input=topology.switch_ruleset(deployment, list(extra_rules)))
     for node in topology.nodes(deployment):
-        _add_node(deployment, node)
+        _add_node(deployment, node, bare=vm_hosts and node.kind == "host")
     netns_exec(SWITCH_NS, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
     netns_exec(SWITCH_NS, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")
 
 
-def _add_node(deployment: Deployment, node: Node) -> None:
+def _add_node(deployment: Deployment, node: Node, bare: bool = False) -> None:
     sh("ip", "netns", "add", node.netns)
     sh("ip", "-n", node.netns, "link", "set", "lo", "up")
     sh("ip", "-n", SWITCH_NS, "link", "add", node.switch_if, "type", "veth",
@@ -74,6 +76,8 @@ def _add_node(deployment: Deployment, node: Node) -> None:
     sh("ip", "-n", SWITCH_NS, "addr", "add", f"{SWITCH_LINK_LOCAL}/64", "dev", node.switch_if, "nodad")
     sh("ip", "-n", SWITCH_NS, "link", "set", node.switch_if, "up")
     sh("ip", "-n", SWITCH_NS, "route", "add", f"{node.ip}/32", "dev", node.switch_if)
+    if bare:
+        return
     # Node end: an address in its subnet, as on a cloud. The switch answers ARP for the
     # whole subnet (proxy_arp), so even two hosts of one subnet talk through the switch
     # and its rules; and a host's own hardening (arp_announce=2, rp_filter=1) sees the
@@ -105,10 +109,15 @@ def routes_out_of_lab(deployment: Deployment) -> list[str]:
         for r in routes(ns):
             if not topology.route_is_inside_lab(deployment, r.get("dst", "")):
                 bad.append(f"{ns}: route {r.get('dst')} via {r.get('gateway', r.get('dev'))}")
-        links = json.loads(sh("ip", "-n", ns, "-j", "link", "show").stdout or "[]")
+        links = json.loads(sh("ip", "-n", ns, "-d", "-j", "link", "show").stdout or "[]")
         for link in links:
             # A veth whose peer is in another namespace shows `link_netnsid`; the peer of
-            # every lab link must be in a lab namespace, which `ip netns` names.
+            # every lab link must be in a lab namespace, which `ip netns` names. A VM
+            # host's bridge and tap have no peer: a tap's other end is the VM's QEMU,
+            # and what the bridge joins is itself one of these links.
+            kind = link.get("linkinfo", {}).get("info_kind")
+            if kind in ("bridge", "tun") and ns.startswith(topology.host_netns("")):
+                continue
             if link.get("link_type") == "ether" and "link_netnsid" not in link:
                 bad.append(f"{ns}: link {link['ifname']} has no peer namespace")
         if not peer_namespaces_are_lab(ns):

@@ -30,6 +30,8 @@ class LabState:
     # The folders the lab package index (pypi.lab.test) serves: the versions there are
     # the ones a lab host can install (snapshot-upgrade's preflight reads them).
     wheel_dirs: list[str] = field(default_factory=list)
+    # "container" (systemd-nspawn) or "vm" (QEMU): what `lab up --hosts` booted.
+    hosts: str = "container"
 
 
 def path(state_dir: Path) -> Path:

@@ -111,6 +111,10 @@ def _lab_parts(project_dir: Path, stack: str, d: Deployment, host: str, state_di
     st = state.load(state_dir)
     if not (st.stack == stack and st.converged):
         raise ConfigError("--stack", stack, f"has no lab up in {state_dir}", "`agentctl lab up` first")
+    if st.hosts != "container":
+        # The lab's snapshots are copies of a container's overlay layer; a VM's disk is not one.
+        raise ConfigError("--stack", stack, f"is up on {st.hosts} hosts in {state_dir}",
+                          "container hosts for snapshot-upgrade on the lab (`agentctl lab up` without --hosts vm)")
     agent_ip, proxy_ip = lab.host_ip(d, host), d.proxy_ip
     pinned = lab.known_hosts(state_dir)  # by host name, pinned at `lab up`: what verify checks too
     key = lab.ssh_key(state_dir)
