@@ -77,3 +77,48 @@ def test_the_disk_keeps_owners_modes_capabilities_and_links(tmp_path):
     assert "security.capability" in debugfs("ea_list /usr/bin/ping")
     assert re.search(r"Links: 2", debugfs("stat /usr/bin/ping"))
     assert "Fast link dest: \"ping\"" in debugfs("stat /usr/bin/p")
+
+
+def _agentctl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import sys
+    return subprocess.run([sys.executable, "-m", "agentctl.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def test_an_unknown_host_kind_is_refused_in_one_line():
+    proc = _agentctl("lab", "up", "--hosts", "kvm")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "agentctl lab: --hosts 'kvm' is not known; expected container or vm"], proc.stderr
+
+
+def test_snapshot_upgrade_refuses_a_vm_lab_in_one_line(tmp_path):
+    """The lab's snapshots are copies of a container's overlay layer; a VM's disk is not one."""
+    (tmp_path / "state.json").write_text('{"stack": "lab", "converged": true, "hosts": "vm", "image": "/x"}')
+    proc = _agentctl("snapshot-upgrade", "--stack", "lab", "--host", "scout", "--to", "1.1.0", "--yes",
+                     env={"AGENTCTL_LAB_STATE": str(tmp_path)})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert "is up on vm hosts" in line and "container hosts for snapshot-upgrade" in line, line
+
+
+def test_a_bridge_or_tap_passes_the_no_route_check_only_in_a_host_namespace(monkeypatch, lab_stack):
+    """A VM host's node namespace holds a bridge and a tap, which have no peer namespace;
+    anywhere else (the admin namespace, an internet node) such a link is a way out."""
+    import json as _json
+
+    from agentctl.lab import netns
+    links = [{"ifname": "eth0", "link_type": "ether", "link_netnsid": 0, "linkinfo": {"info_kind": "veth"}},
+             {"ifname": "br0", "link_type": "ether", "linkinfo": {"info_kind": "bridge"}},
+             {"ifname": "tap0", "link_type": "ether", "linkinfo": {"info_kind": "tun"}}]
+
+    def fake_sh(*args, **_kw):
+        out = _json.dumps(links) if "link" in args else "[]"
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+    monkeypatch.setattr(netns, "sh", fake_sh)
+    monkeypatch.setattr(netns, "peer_namespaces_are_lab", lambda ns: True)
+    monkeypatch.setattr(netns, "lab_namespaces_present", lambda: [topology.host_netns("scout")])
+    assert netns.routes_out_of_lab(lab_stack) == []
+    monkeypatch.setattr(netns, "lab_namespaces_present", lambda: [topology.ADMIN_NS])
+    assert netns.routes_out_of_lab(lab_stack) == [f"{topology.ADMIN_NS}: link br0 has no peer namespace",
+                                                  f"{topology.ADMIN_NS}: link tap0 has no peer namespace"]
