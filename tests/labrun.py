@@ -2,6 +2,7 @@
 read the machine's own network state (which the lab must never change)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -71,7 +72,6 @@ def killed_up(state_dir: Path, timeout: float = 900) -> bool:
 
 def escape_failures(cli) -> tuple[int, list[dict]]:
     """`lab escape --json`: its exit code and every attempt that did not hold."""
-    import json
     proc = cli("escape", "--json")
     return proc.returncode, [r for r in json.loads(proc.stdout) if not r["ok"]]
 

@@ -7,6 +7,7 @@ nothing left behind."""
 import json
 import re
 import shutil
+import subprocess
 
 import pytest
 
@@ -44,7 +45,6 @@ def test_hosts_run_their_own_kernel(vm_lab, host):
 
 def test_node_namespaces_hold_no_address_and_no_route(vm_lab):
     """The VM owns the host's address; its node namespace is only a cable (bridge + tap)."""
-    import subprocess
     for host in ("proxy", "scout"):
         ns = topology.host_netns(host)
         addrs = subprocess.run(["ip", "-n", ns, "-j", "addr"], capture_output=True, text=True, check=True).stdout

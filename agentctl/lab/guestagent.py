@@ -89,14 +89,6 @@ def _call(sock_path: Path, command: str, arguments: dict, timeout: float = 10) -
     return reply.get("return", {})
 
 
-def ping(sock_path: Path, timeout: float = 5) -> bool:
-    try:
-        _call(sock_path, "guest-ping", {}, timeout)
-        return True
-    except GuestAgentError:
-        return False
-
-
 def run(sock_path: Path, argv: list[str], timeout: float = 120, input: str | None = None,
         connect_timeout: float = 10) -> subprocess.CompletedProcess:
     """Run argv in the guest as root; like subprocess.run(capture_output=True, text=True).

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from agentctl.errors import AgentctlError
-from agentctl.lab import netns, state, topology, vm
+from agentctl.lab import guestagent, netns, state, topology, vm
 
 SEED_DIR = "var/lib/cloud/seed/nocloud"
 RESULT = "/run/cloud-init/result.json"  # written by cloud-init when its last stage ends
@@ -130,11 +130,26 @@ ExecStart=/bin/sh -c 'mount --bind /proc/sys/net /proc/sys/net && mount -o remou
 def allow_net_sysctls(root: Path) -> None:
     unit = "etc/systemd/system/agentctl-lab-netsysctl.service"
     write_file(root, unit, NET_SYSCTL_UNIT)
-    wants = root / "etc/systemd/system/sysinit.target.wants"
+    enable_unit(root, "sysinit.target", "agentctl-lab-netsysctl.service", "../agentctl-lab-netsysctl.service")
+
+
+def prepare_vm(root: Path, deployment, node) -> None:
+    """What a VM host's own system needs from the lab: its network, set from inside by
+    systemd-networkd (a container's is set from outside, netns._add_node)."""
+    write_file(root, "etc/systemd/network/10-agentctl-lab.network", vm.network_file(deployment, node))
+    for unit, target in (("systemd-networkd.service", "multi-user.target"),
+                         ("systemd-networkd.socket", "sockets.target"),
+                         ("systemd-networkd-wait-online.service", "network-online.target")):
+        enable_unit(root, target, unit, f"/lib/systemd/system/{unit}")
+
+
+def enable_unit(root: Path, target: str, unit: str, dest: str) -> None:
+    """`systemctl enable` done on a root that is not running: the target's wants link."""
+    wants = root / "etc/systemd/system" / f"{target}.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    link = wants / "agentctl-lab-netsysctl.service"
+    link = wants / unit
     if not link.is_symlink():
-        link.symlink_to("../agentctl-lab-netsysctl.service")
+        link.symlink_to(dest)
 
 
 def boot(state_dir: Path, name: str, ns: str) -> int:
@@ -211,7 +226,10 @@ def run_in(ns: str, *cmd: str, user: str | None = None, timeout: float = 120,
            input: str | None = None) -> subprocess.CompletedProcess:
     """Run `cmd` inside the host: nsenter for a container, the guest agent for a VM."""
     if vm.is_vm(ns):
-        return vm.run(ns, as_user(list(cmd), user), timeout, input)
+        try:
+            return guestagent.run(vm.agent_socket(ns), as_user(list(cmd), user), timeout=timeout, input=input)
+        except guestagent.GuestAgentError as exc:
+            raise LabHostError(f"lab VM in {ns}: {exc}") from None
     return subprocess.run(enter_cmd(ns, *cmd, user=user), capture_output=True, text=True, timeout=timeout,
                           input=input)
 

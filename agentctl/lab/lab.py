@@ -149,10 +149,6 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
 
     progress("creating the lab networks (switch, security groups, lab internet)")
     netns.create(d, list(extra_rules), vm_hosts=use_vm)
-    if use_vm:
-        for node in topology.nodes(d):
-            if node.kind == "host":
-                vm.plug_node(node)
     # Before anything runs in the lab: no lab namespace may have a way out.
     leaks = netns.routes_out_of_lab(d)
     if leaks:
@@ -171,7 +167,7 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
         root = hosts.mount_overlay(img, state_dir, host.name)
         hosts.write_seed(root, host.user_data, host.meta_data)
         if use_vm:
-            vm.prepare_guest(root, d, node_of[host.name])
+            hosts.prepare_vm(root, d, node_of[host.name])
         else:
             hosts.allow_net_sysctls(root)
         hosts.write_file(root, "/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {host.name}\n"

@@ -20,6 +20,7 @@ from agentctl.lab.topology import SWITCH_LINK_LOCAL, SWITCH_NS, Node
 from agentctl.model import Deployment
 
 NETNS_DIR = Path("/run/netns")
+VM_BRIDGE, VM_TAP = "br0", "tap0"  # a VM host's node namespace: its link and QEMU's tap, bridged
 
 
 class LabNetworkError(AgentctlError):
@@ -52,8 +53,8 @@ def netns_exec(ns: str, *cmd: str, check: bool = True, input: str | None = None)
 def create(deployment: Deployment, extra_rules: list[str] = (), vm_hosts: bool = False) -> None:
     """Create the switch, every node's namespace and link, and load the switch rules.
     The rules go in before forwarding is switched on, so nothing passes unfiltered.
-    vm_hosts: the hosts' node namespaces are left without address or route (the VM
-    plugged in there holds them, vm.plug_node)."""
+    vm_hosts: each host's node namespace is only a cable for the VM that holds the
+    host's address (_plug_vm)."""
     sh("ip", "netns", "add", SWITCH_NS)
     sh("ip", "-n", SWITCH_NS, "link", "set", "lo", "up")
     netns_exec(SWITCH_NS, "sysctl", "-q", "-w", "net.ipv4.conf.all.proxy_arp=1")
@@ -77,6 +78,7 @@ def _add_node(deployment: Deployment, node: Node, bare: bool = False) -> None:
     sh("ip", "-n", SWITCH_NS, "link", "set", node.switch_if, "up")
     sh("ip", "-n", SWITCH_NS, "route", "add", f"{node.ip}/32", "dev", node.switch_if)
     if bare:
+        _plug_vm(node)
         return
     # Node end: an address in its subnet, as on a cloud. The switch answers ARP for the
     # whole subnet (proxy_arp), so even two hosts of one subnet talk through the switch
@@ -89,6 +91,20 @@ def _add_node(deployment: Deployment, node: Node, bare: bool = False) -> None:
         sh("ip", "-n", SWITCH_NS, "-6", "route", "add", f"{node.ip6}/128", "dev", node.switch_if)
     for route in topology.node_routes(deployment, node):
         sh("ip", "-n", node.netns, "route", "add", *route.split())
+
+
+def _plug_vm(node: Node) -> None:
+    """The node namespace as a VM host's cable: its link to the switch and the VM's tap
+    on one bridge; no address, no route and no IPv6 of its own."""
+    ns = node.netns
+    netns_exec(ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
+    netns_exec(ns, "sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1")
+    sh("ip", "-n", ns, "link", "add", VM_BRIDGE, "type", "bridge")
+    sh("ip", "-n", ns, "tuntap", "add", "dev", VM_TAP, "mode", "tap")
+    for link in (node.if_name, VM_TAP):
+        sh("ip", "-n", ns, "link", "set", link, "master", VM_BRIDGE)
+        sh("ip", "-n", ns, "link", "set", link, "up")
+    sh("ip", "-n", ns, "link", "set", VM_BRIDGE, "up")
 
 
 def routes(ns: str) -> list[dict]:

@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 from agentctl.errors import AgentctlError
-from agentctl.lab import guestagent, netns, state, topology
+from agentctl.lab import netns, state, topology
 
 QEMU = "qemu-system-x86_64"
 RUN_DIR = Path("/run/agentctl-lab-vm")  # unix socket paths must stay under 108 bytes
 DISK_SIZE = "8G"  # sparse: only what the host writes takes space
 MEMORY_MB = 1536
-BRIDGE, TAP = "br0", "tap0"
 
 
 class LabVMError(AgentctlError):
@@ -74,21 +73,6 @@ def network_file(deployment, node: topology.Node) -> str:
     return "\n".join(lines)
 
 
-def prepare_guest(root: Path, deployment, node: topology.Node) -> None:
-    """What the VM's own system needs from the lab: its network (systemd-networkd, as
-    the container's was set from outside) and nothing else."""
-    from agentctl.lab import hosts
-    hosts.write_file(root, "etc/systemd/network/10-agentctl-lab.network", network_file(deployment, node))
-    for unit, target in (("systemd-networkd.service", "multi-user.target"),
-                         ("systemd-networkd.socket", "sockets.target"),
-                         ("systemd-networkd-wait-online.service", "network-online.target")):
-        wants = root / "etc/systemd/system" / f"{target}.wants"
-        wants.mkdir(parents=True, exist_ok=True)
-        link = wants / unit
-        if not link.is_symlink():
-            link.symlink_to(f"/lib/systemd/system/{unit}")
-
-
 def make_disk(root: Path, disk: Path) -> None:
     """The host's prepared tree as an ext4 disk image (owners, modes, xattrs such as
     file capabilities, and hard links are kept by mke2fs -d)."""
@@ -112,8 +96,7 @@ def kernel_of(image: Path) -> tuple[Path, Path]:
 
 
 def copy_kernel(image: Path, dest: Path) -> tuple[Path, Path]:
-    """A copy QEMU reads at every (re)boot: the image's files may be pruned meanwhile.
-    The kernel image is root-only in the image (Debian installs it 0600)."""
+    """A copy QEMU reads at every (re)boot: the image's files may be pruned meanwhile."""
     dest.mkdir(parents=True, exist_ok=True)
     kernel, initrd = kernel_of(image)
     out = dest / "vmlinuz", dest / "initrd.img"
@@ -150,20 +133,6 @@ def _last(text: str) -> str:
     return lines[-1].removeprefix(f"{QEMU}: ")[:160] if lines else "no console output"
 
 
-def plug_node(node: topology.Node) -> None:
-    """The node namespace as a VM host's cable: its link to the switch and the VM's tap
-    on one bridge; no address, no route and no IPv6 of its own."""
-    ns = node.netns
-    netns.netns_exec(ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
-    netns.netns_exec(ns, "sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1")
-    netns.sh("ip", "-n", ns, "link", "add", BRIDGE, "type", "bridge")
-    netns.sh("ip", "-n", ns, "tuntap", "add", "dev", TAP, "mode", "tap")
-    for link in (node.if_name, TAP):
-        netns.sh("ip", "-n", ns, "link", "set", link, "master", BRIDGE)
-        netns.sh("ip", "-n", ns, "link", "set", link, "up")
-    netns.sh("ip", "-n", ns, "link", "set", BRIDGE, "up")
-
-
 def boot(state_dir: Path, name: str, node: topology.Node, disk: Path, kernel: tuple[Path, Path],
          accel: str) -> int:
     """Start the VM in the host's node namespace; its serial console goes to console.log."""
@@ -177,7 +146,7 @@ def boot(state_dir: Path, name: str, node: topology.Node, disk: Path, kernel: tu
            "-nographic", "-nodefaults", "-serial", "stdio", "-monitor", "none",
            "-kernel", str(kernel[0]), "-initrd", str(kernel[1]), "-append", KERNEL_CMDLINE,
            "-drive", f"file={disk},if=virtio,format=raw,cache=unsafe",
-           "-netdev", f"tap,id=net0,ifname={TAP},script=no,downscript=no",
+           "-netdev", f"tap,id=net0,ifname={netns.VM_TAP},script=no,downscript=no",
            "-device", f"virtio-net-pci,netdev=net0,mac={mac_address(node.ip)}",
            # A hardware watchdog the guest's systemd can arm, as clouds offer.
            "-device", "i6300esb", "-action", "watchdog=reset",
@@ -194,14 +163,6 @@ def boot(state_dir: Path, name: str, node: topology.Node, disk: Path, kernel: tu
                              f"see {disk.parent / 'console.log'}")
         time.sleep(0.05)
     return proc.pid
-
-
-def run(ns: str, argv: list[str], timeout: float, input: str | None) -> subprocess.CompletedProcess:
-    try:
-        return guestagent.run(agent_socket(ns), argv, timeout=timeout, input=input)
-    except guestagent.GuestAgentError as exc:
-        from agentctl.lab.hosts import LabHostError
-        raise LabHostError(f"lab VM in {ns}: {exc}") from None
 
 
 def cleanup() -> None:
