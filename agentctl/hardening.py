@@ -53,6 +53,24 @@ BLACKLISTED_MODULES = ["usb-storage", "firewire-core", "firewire-ohci", "thunder
                        "cramfs", "freevxfs", "jffs2", "hfs", "hfsplus", "udf"]
 BLACKLISTED_MODULES_BY_DISTRO = {"debian-12": [*BLACKLISTED_MODULES, "squashfs"], "ubuntu-24.04": BLACKLISTED_MODULES}
 
+# auditd.conf where dev-sec's package-08 (auditd_conf) differs from Debian's and
+# Ubuntu's defaults: raw records, and old logs kept, never rotated away. The disk cannot
+# fill for it: under 75 MB free auditd warns in syslog, under 50 MB it suspends logging.
+AUDITD_CONF = {"log_format": "RAW", "max_log_file_action": "keep_logs", "flush": "INCREMENTAL_ASYNC",
+               "space_left": "75", "space_left_action": "SYSLOG", "action_mail_acct": "root",
+               "admin_space_left": "50", "admin_space_left_action": "SUSPEND",
+               "disk_full_action": "SUSPEND", "disk_error_action": "SUSPEND"}
+
+# The kernel's own mounts that dev-sec os-14..16 want tightened, with the options each
+# gets (fstab, applied again at every boot by systemd-remount-fs). Nothing on these
+# hosts executes from /dev or /dev/shm.
+API_MOUNTS = {"/dev": ("devtmpfs", "nosuid,noexec"), "/dev/shm": ("tmpfs", "nosuid,nodev,noexec")}
+
+# The hardware watchdog systemd arms (seconds): PID 1 silent this long resets the
+# machine; a reboot that hangs this long is forced.
+HARDWARE_WATCHDOG_SEC = 60
+REBOOT_WATCHDOG_SEC = 600
+
 # cron's files and folders, root's alone (dev-sec os-13), where they exist.
 CRON_PATHS = ["/etc/crontab", "/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly", "/etc/cron.monthly",
               "/etc/cron.d"]

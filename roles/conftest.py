@@ -2,6 +2,7 @@
 this host's place in it. Run through `agentctl verify`, which passes the options."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,31 @@ def root(pytestconfig):
 @pytest.fixture(scope="session")
 def in_container(root) -> bool:
     return root.run("systemd-detect-virt --container --quiet").rc == 0
+
+
+@pytest.fixture(scope="session")
+def own_kernel(in_container):
+    """own_kernel(what): skip where `what` belongs to the machine's kernel, inside a
+    container (the lab's default hosts); the VM lab and the cloud hosts judge it."""
+    def need(what: str) -> None:
+        if in_container:
+            pytest.skip(f"{what}: the machine's kernel's inside a container; judged on a host with its own")
+    return need
+
+
+@pytest.fixture(scope="session")
+def audited(root):
+    """audited(key, command): run `command` through sudo and return the audit records
+    `key` holds for that very process (its pid: the shell execs it), interpreted; an
+    earlier run's records cannot match."""
+    def run(key: str, command: str, wait: float = 10) -> str:
+        pid = root.check_output(f"sh -c 'echo $$; exec {command}'").split()[0]
+        deadline = time.monotonic() + wait  # auditd writes its log a moment after the kernel sends
+        while (found := root.run(f"ausearch --input-logs -i -k {key} -p {pid} -ts recent")).rc != 0:
+            assert time.monotonic() < deadline, f"no audit record with key {key} for pid {pid}: {found.stderr}"
+            time.sleep(0.5)
+        return found.stdout
+    return run
 
 
 @pytest.fixture(scope="session")

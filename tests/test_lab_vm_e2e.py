@@ -1,13 +1,14 @@
 """The lab on QEMU virtual machines (`agentctl lab up --hosts vm`): what a container
 cannot show, each host with its own kernel. One up / verify --score / escape / down
 cycle, as the README's VM tier runs it; the role suites judge the kernel-side controls
-themselves (their `_own_kernel` checks), this module checks what the lab itself must do
-with VMs: the accelerator said, the guest agent as the only way in, no route out, and
-nothing left behind."""
+themselves (their `own_kernel` fixture), this module checks what the lab itself must do
+with VMs: the accelerator said, the guest agent as the only way in, no route out, a hung
+PID 1 reset by the hardware watchdog, and nothing left behind."""
 import json
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -61,12 +62,43 @@ def test_verify_score_passes(vm_lab):
     # the issue's target on hosts with their own kernel: lynis >= 85 on both roles
     indexes = dict(re.findall(r"│ (proxy|scout)\s*│ (\d+)\s*│", proc.stdout))
     assert set(indexes) == {"proxy", "scout"}, proc.stdout[-3000:]
+    print("lynis hardening index:", indexes)  # the README's figures (pytest -rP shows it)
     assert all(int(i) >= 85 for i in indexes.values()), indexes
 
 
 def test_escape_holds(vm_lab):
     rc, failed = escape_failures(vm_lab["cli"])
     assert rc == 0 and not failed, json.dumps(failed, indent=1)
+
+
+AFTER_REBOOT = ("cat /proc/sys/kernel/random/boot_id; findmnt -no OPTIONS /dev/shm; "
+                "sudo -n auditctl -l | grep -c 'key=privilege\\|-k privilege'; "
+                "systemctl is-active agentctl-watchdog.timer agentctl-agent.service")
+
+
+def test_a_hung_init_is_reset_by_the_watchdog_and_the_host_comes_back(vm_lab):
+    """PID 1 frozen (its cgroup's freezer) stops petting the i6300esb systemd armed; QEMU
+    resets the machine, and it boots into the same hardened state without cloud-init
+    converging again: fstab's /dev/shm options, auditd's rules, the timers, the agent."""
+    before = vm_lab["cli"]("ssh", "scout", AFTER_REBOOT)
+    assert before.returncode == 0, before.stdout + before.stderr
+    boot_id = before.stdout.split()[0]
+    console = vm_lab["state_dir"] / "hosts" / "scout" / "console.log"
+    boots = console.read_text(errors="replace").count("Linux version")
+    vm_lab["cli"]("ssh", "scout", "sudo -n sh -c 'echo 1 > /sys/fs/cgroup/init.scope/cgroup.freeze'", check=0)
+    deadline = time.monotonic() + 900
+    while console.read_text(errors="replace").count("Linux version") == boots:
+        assert time.monotonic() < deadline, "the watchdog did not reset the machine"
+        time.sleep(5)
+    while True:  # back: the agent answers again, or the deadline is hit with what it said
+        after = vm_lab["cli"]("ssh", "scout", AFTER_REBOOT, check=0)
+        if after.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(10)
+    assert after.returncode == 0, after.stdout + after.stderr
+    new_boot_id, shm, rules, timer, agent = after.stdout.split()
+    assert new_boot_id != boot_id
+    assert "noexec" in shm.split(",") and int(rules) >= 2 and timer == agent == "active", after.stdout
 
 
 def test_down_leaves_the_machine_as_it_was(vm_lab):

@@ -28,7 +28,7 @@ from agentctl.render import read_package_file
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("AGENTCTL_LAB_CACHE", "/var/cache/agentctl/lab"))
 # Bump when the build steps below change in a way the key would not see.
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 PROXY_VENV = "/opt/agentctl-proxy/venv"
 
 # What the lab itself needs on top of the roles: an init, cloud-init, tools the
@@ -233,9 +233,10 @@ def prune_old_images(cache_dir: Path, keep: Path) -> None:
 def _customize_script(reqs: list[str], vm: bool = False) -> str:
     quoted = " ".join("'" + r.replace("'", "") + "'" for r in reqs)
     # The lab has no time server. A container has no hardware clock or real consoles
-    # either; a VM has both (its serial console is the lab's console.log).
+    # either, nor an audit subsystem of its own (auditd would start before cloud-init
+    # and fail); a VM has all three (its serial console is the lab's console.log).
     masked = "systemd-timesyncd.service" if vm else \
-        "systemd-timesyncd.service getty@tty1.service serial-getty@console.service"
+        "systemd-timesyncd.service getty@tty1.service serial-getty@console.service auditd.service"
     return f"""#!/bin/sh
 set -eu
 root="$1"

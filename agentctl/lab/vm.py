@@ -148,8 +148,9 @@ def boot(state_dir: Path, name: str, node: topology.Node, disk: Path, kernel: tu
            "-drive", f"file={disk},if=virtio,format=raw,cache=unsafe",
            "-netdev", f"tap,id=net0,ifname={netns.VM_TAP},script=no,downscript=no",
            "-device", f"virtio-net-pci,netdev=net0,mac={mac_address(node.ip)}",
-           # A hardware watchdog the guest's systemd can arm, as clouds offer.
-           "-device", "i6300esb", "-action", "watchdog=reset",
+           # A hardware watchdog the guest's systemd can arm, as clouds offer. q35's own
+           # (iTCO) resets too, so whichever the guest numbers watchdog0 works.
+           "-device", "i6300esb", "-action", "watchdog=reset", "-global", "ICH9-LPC.noreboot=false",
            "-device", "virtio-rng-pci",
            "-chardev", f"socket,id=qga0,path={agent_socket(node.netns)},server=on,wait=off",
            "-device", "virtio-serial", "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]

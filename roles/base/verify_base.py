@@ -273,11 +273,10 @@ def test_no_icmp_redirects_or_source_routes_on_any_interface(host, family, key):
     assert not on, f"{key} still on: {on}"
 
 
-def test_kernel_sysctls_applied(host, in_container):
-    if in_container:
-        pytest.skip("kernel.* sysctls belong to the machine's kernel and are read-only inside a container")
-    for key, value in _sysctl_file(host, "/etc/sysctl.d/91-agentctl-kernel.conf"):
-        assert host.sysctl(key) == int(value), key
+def test_kernel_sysctls_applied(root, own_kernel):
+    own_kernel("kernel.* sysctls")  # read as root: some (net.core.bpf_jit_harden) are root's alone
+    for key, value in _sysctl_file(root, "/etc/sysctl.d/91-agentctl-kernel.conf"):
+        assert root.sysctl(key) == int(value), key
 
 
 def test_legal_banner(host):
@@ -313,6 +312,13 @@ def test_login_sessions_get_the_umask(host):
     assert host.run("umask").stdout.strip() == "0" + hardening.LOGIN_DEFS["UMASK"]
 
 
+def test_no_unit_failed(host):
+    """A unit that failed on a converged host is a fault someone must look at (a unit
+    that cannot work where the host runs is masked or conditioned, not left failing)."""
+    failed = host.run("systemctl --failed --no-legend --plain").stdout.strip()
+    assert not failed, failed
+
+
 def test_watchdog_timer_enabled(host):
     timer = host.service("agentctl-watchdog.timer")
     assert timer.is_enabled and timer.is_running
@@ -320,3 +326,41 @@ def test_watchdog_timer_enabled(host):
 
 def test_watchdog_watches_the_role_service(root, role):
     assert watched_service(role) in root.file("/usr/local/sbin/agentctl-watchdog").content_string
+
+
+# --- audit --------------------------------------------------------------------------
+
+AUDIT_RULES = "/etc/audit/rules.d/90-agentctl.rules"
+
+
+def test_auditd_runs_with_our_rules_loaded(root, own_kernel):
+    """Every rule of ours is in the kernel: as many loaded rules with each key as the
+    file has lines with it (auditctl -l prints a watch on a folder as a dir= rule)."""
+    own_kernel("the audit subsystem")
+    assert root.service("auditd").is_running
+    ours = [line for line in root.file(AUDIT_RULES).content_string.splitlines() if line.startswith(("-w", "-a"))]
+    loaded = root.check_output("auditctl -l").splitlines()
+    for key in sorted({line.rsplit("-k ", 1)[1] for line in ours}):
+        want = sum(line.endswith(f"-k {key}") for line in ours)
+        assert sum(line.endswith(f"key={key}") or line.endswith(f"-k {key}") for line in loaded) == want, key
+
+
+def test_a_change_to_sudoers_is_logged_with_who_made_it(root, own_kernel, audited):
+    """A chmod through sudo (to the mode it has) is an attribute change auditd records,
+    with the admin's login uid: sudo does not hide who it was."""
+    own_kernel("the audit subsystem")
+    found = audited("privilege", "chmod \"$(stat -c %a /etc/sudoers.d)\" /etc/sudoers.d")
+    assert "auid=admin" in found, found
+
+
+def test_hardware_watchdog_armed(root, own_kernel):
+    """systemd pets the machine's watchdog (system.conf.d); the VM lab's e2e test hangs
+    PID 1 and sees the machine come back."""
+    own_kernel("the hardware watchdog")
+    if not root.file("/dev/watchdog0").exists:
+        pytest.skip("this machine has no hardware watchdog")
+    usec = root.check_output("busctl get-property org.freedesktop.systemd1 /org/freedesktop/systemd1 "
+                             "org.freedesktop.systemd1.Manager RuntimeWatchdogUSec")
+    assert usec == f"t {hardening.HARDWARE_WATCHDOG_SEC * 1_000_000}"
+    state = root.file("/sys/class/watchdog/watchdog0/state")
+    assert not state.exists or state.content_string.strip() == "active"

@@ -66,3 +66,14 @@ def test_chrony_serving(host, deployment, in_container):
         pytest.skip("chronyd needs CAP_SYS_TIME, which a container never gets: the clock is the machine's")
     assert host.service("chrony").is_running
     assert host.socket(f"udp://{deployment.proxy_ip}:123").is_listening
+
+
+def test_a_person_reading_a_secret_is_audited(root, own_kernel, audited):
+    """The proxy's own reads have no login uid and are not logged; an admin's read
+    through sudo is, by name. Reads nothing out: head -c0 only opens the file."""
+    own_kernel("the audit subsystem")
+    secret = root.check_output("find /etc/agentctl-proxy/secrets -type f -print -quit").strip()
+    if not secret:
+        pytest.skip("no secret installed on this proxy")
+    found = audited("agentctl-secret-read", f"head -c0 {secret}")
+    assert "auid=admin" in found, found
