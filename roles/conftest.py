@@ -73,7 +73,7 @@ def own_kernel(in_container):
     container (the lab's default hosts); the VM lab and the cloud hosts judge it."""
     def need(what: str) -> None:
         if in_container:
-            pytest.skip(f"{what}: the machine's kernel's inside a container; judged on a host with its own")
+            pytest.skip(f"{what}: the machine's own inside a container; judged on a host with its own kernel")
     return need
 
 
