@@ -45,7 +45,7 @@ def test_mac_addresses_are_stable_and_distinct(lab_stack):
 def test_the_vm_image_is_its_own_image_with_a_kernel_and_the_guest_agent():
     week = datetime.date(2026, 12, 7)
     plain, with_vm = image.package_list(ROOT), image.package_list(ROOT, "debian-12", vm=True)
-    assert set(with_vm) - set(plain) == {"linux-image-amd64", "qemu-guest-agent"}
+    assert set(with_vm) - set(plain) == {"linux-image-amd64", "qemu-guest-agent", "initramfs-tools"}
     assert "linux-image-virtual" in image.package_list(ROOT, "ubuntu-24.04", vm=True)
     key = image.cache_key("debian-12-vm", with_vm, [], week)
     assert key.startswith("debian-12-vm-2026w50-") and key != image.cache_key("debian-12", plain, [], week)

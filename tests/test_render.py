@@ -366,7 +366,8 @@ def test_agent_unit_is_sandboxed_and_fenced_to_the_proxy(hosts, stack, name):
 
 
 def _commands(script: str, program: str) -> list[list[str]]:
-    """Every simple command of a rendered script that runs `program`, as argv (shlex)."""
+    """Every simple command of a rendered script that runs `program`, as argv (shlex),
+    without the environment assignments that may precede it (`VAR=value program ...`)."""
     logical = re.sub(r"\\\n", " ", script)
     found = []
     for line in logical.splitlines():
@@ -374,6 +375,8 @@ def _commands(script: str, program: str) -> list[list[str]]:
             words = shlex.split(line, comments=True)
         except ValueError:  # a line inside a multi-line quoted argument
             continue
+        while words and re.match(r"[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+            words = words[1:]
         if words[:1] == [program]:
             found.append(words)
     return found

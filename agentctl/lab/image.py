@@ -45,7 +45,9 @@ PROXY_VENV_PINS = {"3.11": ["mitmproxy==11.0.2", "bcrypt<5"], "3.12": []}
 # directly by QEMU, so no boot loader) and QEMU's guest agent, the lab's way into a
 # VM as nsenter is into a container: a virtio serial port only root on the machine
 # and root in the guest can open, no network path.
-VM_PACKAGES = ["qemu-guest-agent"]
+# initramfs-tools: Debian's kernel depends on it; Ubuntu 24.04's does not, and without
+# it (mmdebstrap installs no Recommends) no initrd is made at all.
+VM_PACKAGES = ["qemu-guest-agent", "initramfs-tools"]
 
 DISTROS = {
     "debian-12": {"suite": "bookworm", "python": "3.11", "kernel": "linux-image-amd64", "mirrors": [
@@ -237,6 +239,10 @@ def _customize_script(reqs: list[str], vm: bool = False) -> str:
     # and fail); a VM has all three (its serial console is the lab's console.log).
     masked = "systemd-timesyncd.service" if vm else \
         "systemd-timesyncd.service getty@tty1.service serial-getty@console.service auditd.service"
+    # The kernel's install hook makes the initrd only if initramfs-tools was there first.
+    initrd = ("""for k in "$root"/boot/vmlinuz-*; do v=${k##*/vmlinuz-}; """
+              """[ -e "$root/boot/initrd.img-$v" ] || chroot "$root" update-initramfs -c -k "$v" >/dev/null; done\n"""
+              if vm else "")
     return f"""#!/bin/sh
 set -eu
 root="$1"
@@ -263,7 +269,7 @@ rm -rf "$root/tmp/wheels"
 for unit in {masked}; do
   ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done
-echo agentctl-lab > "$root/etc/hostname"
+{initrd}echo agentctl-lab > "$root/etc/hostname"
 : > "$root/etc/machine-id"
 apt-get -o Dir="$root" clean 2>/dev/null || rm -rf "$root"/var/cache/apt/archives/*.deb
 """
