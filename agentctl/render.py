@@ -112,9 +112,10 @@ def _common(d: Deployment, *, name: str, role: str, private_ip: str, stack: str,
     return {
         "role": role, "host": name, "stack": stack,
         "converge_result": converge_result_marker(role, name), "converge_ok": CONVERGE_OK,
-        "converge_failed": CONVERGE_FAILED, "project": project, "cloud": d.cloud, "distro": d.distro,
+        "converge_failed": CONVERGE_FAILED, "reboot_required": REBOOT_REQUIRED,
+        "project": project, "cloud": d.cloud, "distro": d.distro,
         "private_ip": private_ip, "proxy_ip": d.proxy_ip, "proxy_url": proxy_url,
-        "agent_subnet": str(d.agent_subnet), "ca_cert_pem": ca_cert_pem,
+        "proxy_port": d.proxy.listen.tunnel, "agent_subnet": str(d.agent_subnet), "ca_cert_pem": ca_cert_pem,
         "ssh_users": hardening.SSH_USERS,
         "ssh": {"kex": hardening.SSH_KEX, "ciphers": hardening.SSH_CIPHERS, "macs": hardening.SSH_MACS,
                 "host_key_algorithms": hardening.SSH_HOST_KEY_ALGORITHMS},
@@ -267,7 +268,7 @@ def _cloud_config(d: Deployment, role: str, name: str, ctx: dict[str, Any]) -> s
         # in the init stage; packages and runcmd run in the final stage).
         doc["bootcmd"] = [["bash", "-c", _env(role).get_template("proxy-resolvers.sh.j2").render(ctx)]]
     doc["runcmd"] = [["/usr/local/sbin/agentctl-converge"]]
-    doc["power_state"] = {"mode": "reboot", "delay": "now", "condition": "test -e /run/agentctl/reboot-required",
+    doc["power_state"] = {"mode": "reboot", "delay": "now", "condition": f"test -e {REBOOT_REQUIRED}",
                           "message": "agentctl: reboot once so sshd starts with the hardened config"}
     doc["final_message"] = converged_marker(role, name) + "$UPTIME s"
     header = f"#cloud-config\n# agentctl {role} host '{name}' of stack '{ctx['stack']}'. Rendered: do not edit.\n"
@@ -306,6 +307,11 @@ def _render_proxy(d: Deployment, ca_cert_pem: str, *, stack: str, project: str) 
 
 
 CONVERGE_OK, CONVERGE_FAILED = "succeeded", "failed"
+
+
+# converge touches it when this boot must end in one reboot (templates/converge.sh.j2);
+# cloud-init's power_state reboots on it, and whatever waits for a host reads it.
+REBOOT_REQUIRED = "/run/agentctl/reboot-required"
 
 
 def converge_result_marker(role: str, name: str) -> str:

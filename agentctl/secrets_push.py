@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import paramiko
 
 from agentctl.errors import AgentctlError
+from agentctl.render import REBOOT_REQUIRED
 from agentctl.secrets import INSTALL_SECRET_BIN
 
 
@@ -68,7 +69,7 @@ def write_command(item: PushFile, *, use_sudo: bool, installer: str = INSTALL_SE
 # boot id tells a host that has not gone down yet from one that came back.
 READY_PROBE = ("if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi; "
                "cat /proc/sys/kernel/random/boot_id; "
-               "if [ -e /run/agentctl/reboot-required ]; then echo reboot-pending; else echo ready; fi")
+               f"if [ -e {REBOOT_REQUIRED} ]; then echo reboot-pending; else echo ready; fi")
 RETRY_SECONDS = 5
 MAX_ATTEMPTS = 5  # connections cut while writing (a reboot, a network blip); each retry rewrites every file
 

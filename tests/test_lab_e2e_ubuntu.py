@@ -45,6 +45,8 @@ def test_host_rebooted_once_for_sshd(ubuntu_lab, host):
     converged = [m.start() for m in re.finditer(r"agentctl: \w+ host \w+ converged after", console)]
     assert len(asked) == 1 and rebooted > asked[0], "converge did not ask for exactly one reboot"
     assert converged and converged[-1] > rebooted, "the host did not converge again after its reboot"
+    # systemd-shutdown waits 90 s for a process left in the host; the lab's wait once was one
+    assert "Waiting for process" not in console[asked[0]:rebooted], console[asked[0]:rebooted][-2000:]
 
 
 def test_proxy_runs_mitmproxy_12_as_on_a_real_ubuntu_host(ubuntu_lab):

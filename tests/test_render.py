@@ -367,7 +367,8 @@ def test_agent_unit_is_sandboxed_and_fenced_to_the_proxy(hosts, stack, name):
 
 def _commands(script: str, program: str) -> list[list[str]]:
     """Every simple command of a rendered script that runs `program`, as argv (shlex),
-    without the environment assignments that may precede it (`VAR=value program ...`)."""
+    without what may run it: environment assignments (`VAR=value program ...`) and the
+    agent's converge's `through_proxy SECONDS program ...`."""
     logical = re.sub(r"\\\n", " ", script)
     found = []
     for line in logical.splitlines():
@@ -377,6 +378,8 @@ def _commands(script: str, program: str) -> list[list[str]]:
             continue
         while words and re.match(r"[A-Za-z_][A-Za-z0-9_]*=", words[0]):
             words = words[1:]
+        if words[:1] == ["through_proxy"]:
+            words = words[2:]
         if words[:1] == [program]:
             found.append(words)
     return found

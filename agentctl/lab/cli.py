@@ -83,6 +83,12 @@ def up(stack: str = StackOpt, project_dir: Path = ProjectDirOpt, state_dir: Path
                       svc if "inactive" not in svc and "failed" not in svc else f"[red]{svc}[/]")
     out.print(table)
     if not result.ok:
+        from agentctl.lab.hosts import console_tail
+        for h in result.hosts:
+            if not h.converged:
+                # the console is what says why; a CI run's state dir is gone by the time anyone looks
+                out.print(f"[bold]{h.name}: the last lines of its console[/]", markup=True)
+                out.print("\n".join(console_tail(state_dir, h.name)), markup=False, highlight=False)
         out.print(f"[red]some hosts did not converge[/]; look at {state_dir}/hosts/<host>/console.log")
         raise typer.Exit(1)
 

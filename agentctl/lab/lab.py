@@ -189,10 +189,10 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
 
     def converge(host) -> HostResult:
         ns = topology.host_netns(host.name)
-        ok, text = hosts.wait_cloud_init(ns, boot_timeout)
+        ok, where = hosts.wait_cloud_init(ns, boot_timeout)
         unit = "agentctl-proxy.service" if host.role == "proxy" else "agentctl-agent.service"
         services = {unit: _unit_state(ns, unit)} if ok else {}
-        return HostResult(host.name, host.role, host.private_ip, ok, text.splitlines()[-1] if text else "", services)
+        return HostResult(host.name, host.role, host.private_ip, ok, where, services)
 
     with ThreadPoolExecutor(max_workers=len(rendered)) as pool:
         results = list(pool.map(converge, rendered))
