@@ -70,12 +70,14 @@ def verify(stack: str = StackOpt, host: List[str] = typer.Option(..., "--host", 
                                                        "refuse, or record its key (default: record on Hetzner only)"),
            known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="Pinned host keys (default: "
                                                       ".agentctl/<stack>/known_hosts)"),
-           junit_dir: Optional[Path] = typer.Option(None, "--junit-dir", help="Write each host's JUnit report to DIR/<host>.xml")) -> None:
+           junit_dir: Optional[Path] = typer.Option(None, "--junit-dir", help="Write each host's JUnit report to DIR/<host>.xml"),
+           distro: Optional[str] = typer.Option(None, "--distro", help="The distro the hosts run when not the "
+                                                "stack's (the lab's `lab up --distro`)")) -> None:
     """Run each host's role suite (testinfra) against converged hosts; SSH host keys must be the pinned ones."""
     from agentctl import sshtrust
     from agentctl.verify import Trust, run_verify
     trust = Trust(known_hosts or sshtrust.known_hosts_file(project_dir, stack), first_contact, jump, proxy_command)
-    raise typer.Exit(run_verify(project_dir, stack, host, ssh_key, trust=trust, junit_dir=junit_dir))
+    raise typer.Exit(run_verify(project_dir, stack, host, ssh_key, trust=trust, junit_dir=junit_dir, distro=distro))
 
 
 @app.command("hostkeys")

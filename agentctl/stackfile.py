@@ -26,7 +26,9 @@ def stack_path(project_dir: Path, stack: str) -> Path:
     return Path(project_dir) / f"Pulumi.{stack}.yaml"
 
 
-def load(project_dir: Path, stack: str) -> Deployment:
+def load(project_dir: Path, stack: str, *, distro: str | None = None) -> Deployment:
+    """The stack's deployment; `distro`: the distro its hosts run when not the stack's
+    (the lab's `lab up --distro`), checked as the stack's own value would be."""
     path = stack_path(project_dir, stack)
     if not path.is_file():
         raise ConfigError(str(path), "", "no such stack file", f"Pulumi.{stack}.yaml in {project_dir}")
@@ -41,7 +43,10 @@ def load(project_dir: Path, stack: str) -> Deployment:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         raise ConfigError(str(path), "", f"is not valid YAML ({where}: {getattr(exc, 'problem', exc)})",
                           "a Pulumi stack file") from None
-    return from_config(_config_section(doc, path), str(path), project=project_name(project_dir), stack=stack)
+    config = _config_section(doc, path)
+    if distro is not None:
+        config = {**config, f"{NAMESPACE}:distro": distro}
+    return from_config(config, str(path), project=project_name(project_dir), stack=stack)
 
 
 def _config_section(doc: Any, path: Path) -> dict[str, Any]:

@@ -9,11 +9,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from agentctl import baseline, sshtrust
 from agentctl.errors import ConfigError
+from agentctl.model import Deployment
 from agentctl.resources import ROLES
 from agentctl.stackfile import load
 SPEC = re.compile(r"^(paramiko|ssh)://(?P<user>[a-z_][a-z0-9_-]*)@(?P<addr>[A-Za-z0-9.:\[\]-]+?)(:(?P<port>\d+))?$")
@@ -71,10 +73,14 @@ def _ssh_config(folder: Path, name: str, trust: Trust) -> Path:
 
 def run_verify(project_dir: Path, stack: str, hosts: list[str], ssh_key: Path | None,
                extra_args: list[str] | None = None, trust: Trust | None = None,
-               junit_dir: Path | None = None) -> int:
+               junit_dir: Path | None = None, distro: str | None = None) -> int:
     """Each host's suite in its own pytest, side by side; with junit_dir, each writes
-    its JUnit report to junit_dir/<host>.xml (pytest's own --junitxml)."""
-    deployment = load(project_dir, stack)
+    its JUnit report to junit_dir/<host>.xml (pytest's own --junitxml). distro: what
+    the hosts run when not the stack's (the lab's `lab up --distro`)."""
+    known = typing.get_args(Deployment.model_fields["distro"].annotation)
+    if distro is not None and distro not in known:
+        raise ConfigError("--distro", distro, "is not a distro agentctl renders for", " or ".join(known))
+    deployment = load(project_dir, stack, distro=distro)
     names = {deployment.proxy.name: "proxy", **{a.name: "agent" for a in deployment.agents}}
     targets = parse_hosts(hosts, names)
     if ssh_key is not None and not Path(ssh_key).is_file():
@@ -103,6 +109,7 @@ def run_verify(project_dir: Path, stack: str, hosts: list[str], ssh_key: Path | 
                 "-c", str(ROLES / "pytest.ini"), f"--hosts={spec}",
                 f"--agentctl-stack={stack}", f"--agentctl-project-dir={Path(project_dir).resolve()}",
                 f"--agentctl-host={name}", f"--agentctl-known-hosts={trust.known_hosts.resolve()}",
+                f"--agentctl-distro={deployment.distro}",
                 *[str(s) for s in suites(role)], *(extra_args or [])]
         if trust.jump:
             args.append(f"--agentctl-jump={trust.jump}")

@@ -15,6 +15,7 @@ from agentctl.stackfile import load
 def pytest_addoption(parser):
     parser.addoption("--agentctl-stack", required=True)
     parser.addoption("--agentctl-project-dir", default=".")
+    parser.addoption("--agentctl-distro", default=None, help="the distro the host runs, when not the stack's")
     parser.addoption("--agentctl-host", required=True, help="host name in the stack")
     parser.addoption("--agentctl-known-hosts", required=True, help="the stack's pinned SSH host keys")
     parser.addoption("--agentctl-jump", default=None, help="[NAME=]USER@ADDRESS[:PORT]")
@@ -33,7 +34,8 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def deployment(pytestconfig) -> Deployment:
-    return load(Path(pytestconfig.getoption("--agentctl-project-dir")), pytestconfig.getoption("--agentctl-stack"))
+    return load(Path(pytestconfig.getoption("--agentctl-project-dir")), pytestconfig.getoption("--agentctl-stack"),
+                distro=pytestconfig.getoption("--agentctl-distro"))
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,18 @@ needs_lab = [
     pytest.mark.skipif(not (shutil.which("systemd-nspawn") and shutil.which("mmdebstrap")),
                        reason="systemd-nspawn and mmdebstrap are needed"),
 ]
+
+
+UBUNTU_RELEASE = "http://archive.ubuntu.com/ubuntu/dists/noble/Release"
+
+
+def ubuntu_archive_answers() -> bool:
+    """An Ubuntu lab image is built from Ubuntu's archive: its tests run when it answers."""
+    try:
+        with urllib.request.urlopen(UBUNTU_RELEASE, timeout=10) as resp:
+            return resp.status == 200 and b"Codename: noble" in resp.read(2048)
+    except OSError:
+        return False
 
 
 def root_network() -> tuple[str, str]:

@@ -4,24 +4,13 @@ back hardened. Runs when Ubuntu's archive answers (the image is built from it)."
 import json
 import re
 import shlex
-import urllib.request
 
 import pytest
 
-from tests.labrun import booted_lab, escape_failures, needs_lab, root_network
+from tests.labrun import UBUNTU_RELEASE, booted_lab, escape_failures, needs_lab, root_network, ubuntu_archive_answers
 
-RELEASE = "http://archive.ubuntu.com/ubuntu/dists/noble/Release"
-
-
-def _archive_answers() -> bool:
-    try:
-        with urllib.request.urlopen(RELEASE, timeout=10) as resp:
-            return resp.status == 200 and b"Codename: noble" in resp.read(2048)
-    except OSError:
-        return False
-
-
-pytestmark = [*needs_lab, pytest.mark.skipif(not _archive_answers(), reason=f"{RELEASE} does not answer")]
+pytestmark = [*needs_lab,
+              pytest.mark.skipif(not ubuntu_archive_answers(), reason=f"{UBUNTU_RELEASE} does not answer")]
 
 
 @pytest.fixture(scope="module")

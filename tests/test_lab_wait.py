@@ -59,6 +59,7 @@ def container(tmp_path, monkeypatch):
         def no_process(*a, **kw):
             raise AssertionError(f"the wait started a process in the host: {a}")
 
+        monkeypatch.setattr(hosts.vm, "is_vm", lambda ns: False)  # whatever lab this machine runs now
         monkeypatch.setattr(hosts, "leader", leader)
         monkeypatch.setattr(hosts, "proc_root", proc_root)
         monkeypatch.setattr(hosts, "_comm", lambda pid: now()["comm"])

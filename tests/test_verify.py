@@ -40,3 +40,21 @@ def test_cli_bad_spec_exits_2_before_connecting():
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "--host: nobody=x:" in proc.stderr
+
+
+def test_cli_unknown_distro_exits_2_before_connecting():
+    proc = subprocess.run([sys.executable, "-m", "agentctl.cli", "verify", "--stack", "lab",
+                           "--host", "scout=paramiko://admin@10.77.2.11", "--distro", "centos-9"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "--distro: centos-9: is not a distro agentctl renders for; expected ubuntu-24.04 or debian-12" in proc.stderr
+
+
+def test_a_distro_override_is_what_the_suites_judge_by():
+    """The lab's `lab up --distro ubuntu-24.04` renders a Debian stack for Ubuntu: its
+    suites must expect Ubuntu's values (security origins, module lists), not the stack's."""
+    from agentctl import hardening
+    from agentctl.stackfile import load
+    d = load(ROOT, "lab", distro="ubuntu-24.04")
+    assert load(ROOT, "lab").distro == "debian-12" and d.distro == "ubuntu-24.04"
+    assert hardening.UPGRADE_ORIGINS[d.distro][0].startswith("origin=${distro_id},archive=")

@@ -134,7 +134,7 @@ def ssh(ctx: typer.Context, host: str = typer.Argument(..., help="A host of the 
         user: str = typer.Option("admin", "--user", help="admin or operator")) -> None:
     """SSH to a lab host as admin, from the lab's admin namespace. Extra args: a command."""
     from agentctl.lab import lab
-    d = lab.load_lab(project_dir, stack)
+    d = lab.load_lab(project_dir, stack, state_dir)
     if user not in ("admin", "operator"):
         _bad_flag(f"--user {user!r}: expected admin or operator (the only SSH users)")
     argv = lab.ssh_argv(d, state_dir, host, list(ctx.args), user=user)

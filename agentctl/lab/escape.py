@@ -189,7 +189,7 @@ def judge(a: Attempt, r: dict, upstream: list[dict], audit: list[dict], secrets_
 
 def run_escape(project_dir: Path, stack: str, state_dir: Path, agent_name: str | None = None) -> list[tuple[str, list[Verdict]]]:
     lab.require_root()
-    d = lab.load_lab(project_dir, stack)
+    d = lab.load_lab(project_dir, stack, state_dir)
     agents = [a for a in d.agents if agent_name in (None, a.name)]
     if not agents:
         from agentctl.errors import ConfigError

@@ -69,13 +69,20 @@ def ca_cert_path(state_dir: Path) -> Path:
     return state_dir / "internet" / "ca" / "ca.crt"
 
 
+def apt_repo_dir(state_dir: Path) -> Path:
+    """The lab's apt mirror (agentctl/lab/aptrepo.py), made at `lab up`."""
+    return state_dir / "internet" / "apt"
+
+
 def request_log(state_dir: Path) -> Path:
     return state_dir / "internet" / "requests.jsonl"
 
 
-def start(deployment: Deployment, state_dir: Path, wheel_dirs: list[Path] = ()) -> dict[str, int]:
+def start(deployment: Deployment, state_dir: Path, wheel_dirs: list[Path] = (),
+          apt_repo: Path | None = None) -> dict[str, int]:
     """Start every lab internet server; return {namespace: pid}. Upstream servers are
-    also the lab's package index (pypi.lab.test), serving every wheel in `wheel_dirs`."""
+    also the lab's package index (pypi.lab.test), serving every wheel in `wheel_dirs`,
+    and its apt mirror (deb.lab.test/debian/, the repository in `apt_repo`)."""
     folder = state_dir / "internet"
     ca_cert, ca_key = ensure_internet_ca(folder / "ca")
     log = request_log(state_dir)
@@ -91,7 +98,8 @@ def start(deployment: Deployment, state_dir: Path, wheel_dirs: list[Path] = ()) 
                     f"--log={fake_log(state_dir, srv.role)}", *_fake_args(deployment, srv.role)]
         else:
             argv = ["lab_internet.py", "--role", srv.role, "--ip", srv.ip, "--cert", str(crt), "--key", str(key),
-                    "--log", str(log), *(f"--wheels={w}" for w in (wheel_dirs if srv.role == "upstream" else ()))]
+                    "--log", str(log), *(f"--wheels={w}" for w in (wheel_dirs if srv.role == "upstream" else ())),
+                    *([f"--apt={apt_repo}"] if apt_repo and srv.role == "upstream" else [])]
         out = open(folder / f"{node.name}.out", "ab")
         proc = subprocess.Popen(
             ["ip", "netns", "exec", node.netns, sys.executable, str(ASSETS / argv[0]), *argv[1:]],

@@ -19,7 +19,7 @@ from typing import Callable
 
 from agentctl.ca import ensure_ca
 from agentctl.errors import AgentctlError, ConfigError
-from agentctl.lab import hosts, image, internet, netns, packages, state, topology, vm
+from agentctl.lab import aptrepo, hosts, image, internet, netns, packages, state, topology, vm
 from agentctl.model import Deployment
 from agentctl.secrets import CA_KEY_PATH, secret_file_path
 from agentctl.stackfile import load
@@ -59,8 +59,13 @@ def require_root() -> None:
         raise LabError("the lab needs root (network namespaces, overlay mounts, systemd-nspawn)")
 
 
-def load_lab(project_dir: Path, stack: str) -> Deployment:
-    d = load(project_dir, stack)
+def load_lab(project_dir: Path, stack: str, state_dir: Path | None = None, *,
+             distro: str | None = None) -> Deployment:
+    """The lab stack's deployment, for the distro its hosts run: `distro`, else the one
+    the lab in `state_dir` was brought up with (`lab up --distro`), else the stack's."""
+    if distro is None and state_dir is not None:
+        distro = state.load(state_dir).distro or None
+    d = load(project_dir, stack, distro=distro)
     if d.cloud != "lab":
         raise ConfigError(f"Pulumi.{stack}.yaml", "agentctl:cloud", f"is {d.cloud!r}", "'lab' for `agentctl lab`")
     try:
@@ -121,25 +126,30 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
        host_kind: str = "container") -> UpResult:
     """host_kind: "container" (systemd-nspawn, the default) or "vm" (QEMU, vm.py)."""
     require_root()
-    d = load_lab(project_dir, stack)
+    d = load_lab(project_dir, stack, distro=distro)
     use_vm = host_kind == "vm"
     boot_timeout = boot_timeout or (900 if use_vm else 240)
     t0 = time.monotonic()
     st = state.load(state_dir)
-    if st.stack == stack and st.hosts == host_kind and not extra_rules and is_up(d, state_dir):
+    if st.stack == stack and st.hosts == host_kind and st.distro == d.distro and not extra_rules and is_up(d, state_dir):
         return UpResult(Path(st.image), [], time.monotonic() - t0, already_up=True)
     if netns.lab_namespaces_present() or state.lab_mounts(state_dir) or state.live_processes(st):
         progress("cleaning up what an earlier run left")
         down(state_dir, progress=lambda _m: None)
 
-    img = image.ensure_image(project_dir, distro or d.distro, cache_dir, progress, vm=use_vm)
+    img = image.ensure_image(project_dir, d.distro, cache_dir, progress, vm=use_vm)
     progress("building agentctl-proxy from this checkout")
     proxy_wheel = _proxy_wheel(project_dir, state_dir)
     progress("building the lab package index's wheels (agentctl-lab-agent"
              + "".join(f", {p.requirement}" for p in packages.lab_index_pins(d)) + ")")
-    wheel_dirs = packages.wheel_dirs(cache_dir, d, image.DISTROS[distro or d.distro]["python"])
+    wheel_dirs = packages.wheel_dirs(cache_dir, d, image.DISTROS[d.distro]["python"])
+    progress("building the lab's apt mirror (a security fix and an ordinary update)")
+    try:
+        apt_repo = aptrepo.build(internet.apt_repo_dir(state_dir), d.distro)
+    except aptrepo.AptRepoError as exc:
+        raise LabError(f"lab apt mirror: {exc}") from None
     st = state.LabState(stack=stack, project_dir=str(Path(project_dir).resolve()), image=str(img),
-                        wheel_dirs=[str(w) for w in wheel_dirs], hosts=host_kind)
+                        wheel_dirs=[str(w) for w in wheel_dirs], hosts=host_kind, distro=d.distro)
     state.save(state_dir, st)
     if use_vm:
         kernel = vm.copy_kernel(img, state_dir / "vm-kernel")
@@ -154,7 +164,7 @@ def up(project_dir: Path, stack: str, state_dir: Path, cache_dir: Path, progress
     if leaks:
         down(state_dir, progress=lambda _m: None)
         raise LabError("lab network leaks out of the lab, torn down: " + "; ".join(leaks))
-    for ns, pid in internet.start(d, state_dir, wheel_dirs).items():
+    for ns, pid in internet.start(d, state_dir, wheel_dirs, apt_repo).items():
         state.record_process(state_dir, pid, f"internet {ns}")
 
     progress("rendering user-data and preparing host overlays")
@@ -334,7 +344,7 @@ class Status:
 
 def status(project_dir: Path, stack: str, state_dir: Path) -> Status:
     require_root()
-    d = load_lab(project_dir, stack)
+    d = load_lab(project_dir, stack, state_dir)
     st = state.load(state_dir)
     info: dict[str, dict[str, str]] = {}
     for name in host_names(d):

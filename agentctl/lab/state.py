@@ -32,6 +32,9 @@ class LabState:
     wheel_dirs: list[str] = field(default_factory=list)
     # "container" (systemd-nspawn) or "vm" (QEMU): what `lab up --hosts` booted.
     hosts: str = "container"
+    # The distro the hosts run and were rendered for (`lab up --distro`, else the stack's):
+    # what verify judges them as.
+    distro: str = ""
 
 
 def path(state_dir: Path) -> Path:

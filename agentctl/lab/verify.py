@@ -27,10 +27,10 @@ SSH_AUDIT = [sys.executable, "-m", "ssh_audit"]
 
 
 def verify_argv(project_dir: Path, stack: str, state_dir: Path, junit_dir: Path | None = None) -> list[str]:
-    d = lab.load_lab(project_dir, stack)
+    d = lab.load_lab(project_dir, stack, state_dir)
     specs = [f"{name}=paramiko://admin@{lab.host_ip(d, name)}" for name in lab.host_names(d)]
     argv = ["ip", "netns", "exec", topology.ADMIN_NS, sys.executable, "-m", "agentctl.cli", "verify",
-            "--stack", stack, "--project-dir", str(Path(project_dir).resolve())]
+            "--stack", stack, "--project-dir", str(Path(project_dir).resolve()), "--distro", d.distro]
     for spec in specs:
         argv += ["--host", spec]
     # Host keys: the ones `lab up` pinned from each host's root; nothing else is accepted.
@@ -125,7 +125,7 @@ def fail2ban_ignoring(ns: str, ip: str, quiet: float = 3, limit: float = 30) -> 
 
 def run(project_dir: Path, stack: str, state_dir: Path, score: bool, out: Console) -> int:
     lab.require_root()
-    d = lab.load_lab(project_dir, stack)
+    d = lab.load_lab(project_dir, stack, state_dir)
     if not lab.is_up(d, state_dir):
         raise lab.LabError(f"lab {stack} is not up (agentctl lab up)")
     t0 = time.monotonic()

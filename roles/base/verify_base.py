@@ -236,6 +236,15 @@ def test_unattended_upgrades_reboot_window(root, deployment):
     assert 'APT::Periodic::Unattended-Upgrade "1";' in dump
 
 
+def test_unattended_upgrades_take_security_origins_only(root, deployment):
+    """The effective lists, after every apt.conf.d file: ours alone (apt appends a list
+    across files, and Debian's 50unattended-upgrades also allows its ordinary updates)."""
+    dump = root.check_output("apt-config dump").splitlines()
+    patterns = [l.split(" ", 1)[1].strip('";') for l in dump if l.startswith("Unattended-Upgrade::Origins-Pattern:: ")]
+    allowed = [l for l in dump if l.startswith("Unattended-Upgrade::Allowed-Origins:: ")]
+    assert patterns == hardening.UPGRADE_ORIGINS[deployment.distro] and not allowed, (patterns, allowed)
+
+
 def _sysctl_file(host, path):
     """(key, value) per setting; a glob key (`net.ipv4.conf.*.x`) stands for every key
     it matches on the host, as sysctl and systemd-sysctl expand it."""

@@ -8,7 +8,8 @@ Standard library only. Two roles:
             so `lab escape` can prove the proxy injected the credential. With
             --wheels, it is also a package index (pypi.lab.test): a PEP 503 simple
             index, with PEP 691 JSON on request, of every wheel in those folders,
-            under /simple/.
+            under /simple/. With --apt, it is also the lab's apt mirror (deb.lab.test)
+            under /debian/.
   evil      what an escaping agent would reach: HTTPS, a DNS-over-HTTPS endpoint and
             a rogue DNS resolver on port 53 that answers every name with its own
             address. Every hit is recorded: a hit here is an escape.
@@ -115,7 +116,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._doh(None)
         if ARGS.wheels and self.path.startswith("/simple/"):
             return self._index()
-        status = 200 if ARGS.role == "evil" or self.path.startswith("/repos/") or self.path.startswith("/debian/") else 404
+        if ARGS.apt and self.path.startswith("/debian/"):
+            return self._apt_file()
+        status = 200 if ARGS.role == "evil" or self.path.startswith("/repos/") else 404
         self._note(status)
         self._send(status, json.dumps({"server": ARGS.role, "path": self.path,
                                        "authorized": self.headers.get("Authorization") is not None}).encode())
@@ -128,6 +131,15 @@ class Handler(BaseHTTPRequestHandler):
             return self._sse(len(body))
         self._note(200 if ARGS.role == "evil" else 404, len(body))
         self._send(200 if ARGS.role == "evil" else 404, b'{"server": "%s"}' % ARGS.role.encode())
+
+    def _apt_file(self) -> None:
+        """/debian/PATH: a file of the lab's apt mirror (agentctl/lab/aptrepo.py)."""
+        root = Path(ARGS.apt).resolve()
+        path = (root / self.path.split("?", 1)[0][len("/debian/"):]).resolve()
+        if root not in path.parents or not path.is_file():
+            self._note(404)
+            return self._send(404, b'{"error": "not in the mirror"}')
+        self._reply(200, path.read_bytes(), "application/octet-stream")
 
     def _index(self) -> None:
         """/simple/, /simple/NAME/ (HTML, or PEP 691 JSON when asked for) and
@@ -249,6 +261,7 @@ def main() -> int:
     p.add_argument("--key", required=True)
     p.add_argument("--log", required=True)
     p.add_argument("--wheels", action="append", default=[], help="serve these folders' wheels under /simple/")
+    p.add_argument("--apt", help="serve this apt repository under /debian/")
     ARGS = p.parse_args()
 
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
