@@ -53,6 +53,12 @@ ROOT_FILES = {".env": "", ".op.env": "", "shell-hooks-allowlist.json": "{}\n"}
 ROOT_DIRS = ("hooks", "plugins", "pairing", "platforms", "platforms/pairing")
 
 
+def root_paths() -> list[str]:
+    """The guardrail files and folders above, as paths: read-only to the agent (its unit's
+    ReadOnlyPaths=, its AppArmor profile)."""
+    return [f"{HOME}/{n}" for n in (*ROOT_FILES, *ROOT_DIRS)]
+
+
 def config(h: Hermes) -> dict[str, Any]:
     """config.yaml, both layers."""
     return {

@@ -31,6 +31,8 @@ from agentctl.userdata import check_user_data_limits
 
 PROXY_BIN = "/opt/agentctl-proxy/venv/bin/agentctl-proxy"
 AGENT_SERVICE = "agentctl-agent.service"
+# The agent unit's AppArmor profile (roles/agent/templates/apparmor-agent.j2).
+AGENT_APPARMOR_PROFILE = "agentctl-agent"
 PROXY_SERVICE = "agentctl-proxy.service"
 # Hermes' home, config and code: where and why in agentctl/hermes.py.
 HERMES_HOME = hermes.HOME
@@ -184,7 +186,8 @@ def _agent_context(d: Deployment, agent: Agent) -> dict[str, Any]:
             "hermes_managed_env": hermes.env_text(hermes.managed_env(h)) if h else "",
             "hermes_managed_dir": hermes.MANAGED_DIR,
             "hermes_root_files": hermes.ROOT_FILES, "hermes_root_dirs": hermes.ROOT_DIRS,
-            "hermes_readonly_paths": " ".join(f"{HERMES_HOME}/{n}" for n in (*hermes.ROOT_FILES, *hermes.ROOT_DIRS)),
+            "hermes_readonly_paths": " ".join(hermes.root_paths()),
+            "hermes_root_paths": hermes.root_paths(), "apparmor_profile": AGENT_APPARMOR_PROFILE,
             "backups_enabled": agent.backups.enabled, "backups": agent.backups, "backup_dir": BACKUP_DIR}
 
 

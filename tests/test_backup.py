@@ -46,9 +46,9 @@ def files():
 def test_backup_units_only_where_enabled(files):
     assert {SCRIPT, SERVICE, TIMER} <= set(files["scout"])
     assert not {SCRIPT, SERVICE, TIMER} & set(files["other"]) and not {SCRIPT, SERVICE, TIMER} & set(files["proxy"])
-    enable = ["systemctl", "enable", "--quiet", "--now", "agentctl-backup.timer"]
-    assert enable in _commands(files["scout"]["/usr/local/sbin/agentctl-converge"], "systemctl")
-    assert enable not in _commands(files["other"]["/usr/local/sbin/agentctl-converge"], "systemctl")
+    enable = ["unit_on", "--now", "agentctl-backup.timer"]
+    assert enable in _commands(files["scout"]["/usr/local/sbin/agentctl-converge"], "unit_on")
+    assert enable not in _commands(files["other"]["/usr/local/sbin/agentctl-converge"], "unit_on")
 
 
 def test_backup_units_parse_and_match_the_config(files, tmp_path):

@@ -97,7 +97,7 @@ def test_the_unit_fits_hermes(scout, stack):
     assert s["CapabilityBoundingSet"] == "" and s["ProtectSystem"] == "strict"
     assert _values(unit, "Service", "IPAddressAllow") == [f"{d.proxy_ip}/32", "localhost"]
     readonly = " ".join(_values(unit, "Service", "ReadOnlyPaths")).split()
-    assert {f"{hermes.HOME}/{n}" for n in (*hermes.ROOT_FILES, *hermes.ROOT_DIRS)} <= set(readonly)
+    assert set(hermes.root_paths()) <= set(readonly)
 
 
 def test_a_command_agent_keeps_its_own_restart_policy(hosts):

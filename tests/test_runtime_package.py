@@ -82,4 +82,4 @@ def test_the_lab_proxy_grants_first_boot_the_index_and_converge_installs_through
     assert script["permissions"] == "0700" and script["owner"] == "root:root"
     converge = files["/usr/local/sbin/agentctl-converge"]["content"]
     assert f"{RUNTIME_INSTALL} 1.0.0" in converge
-    assert converge.index(f"{RUNTIME_INSTALL} 1.0.0") < converge.index("systemctl enable --quiet agentctl-agent")
+    assert converge.index(f"{RUNTIME_INSTALL} 1.0.0") < converge.index("unit_on agentctl-agent.service")

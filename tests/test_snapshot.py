@@ -35,8 +35,8 @@ def test_snapshots_run_on_a_timer_on_every_agent(files):
     service = _unit(files["/etc/systemd/system/agentctl-snapshot.service"])
     assert timer["Timer"]["OnUnitActiveSec"] == SNAPSHOT_INTERVAL
     assert service["Service"]["ExecStart"] == f"{SCRIPT} take"
-    assert ["systemctl", "enable", "--quiet", "--now", "agentctl-snapshot.timer"] in \
-        _commands(files["/usr/local/sbin/agentctl-converge"], "systemctl")
+    assert ["unit_on", "--now", "agentctl-snapshot.timer"] in \
+        _commands(files["/usr/local/sbin/agentctl-converge"], "unit_on")
 
 
 class Host:

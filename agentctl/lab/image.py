@@ -257,9 +257,11 @@ cat > "$root/etc/cloud/cloud.cfg.d/05-agentctl-lab.cfg" <<'EOF'
 datasource_list: [NoCloud, None]
 network: {{config: disabled}}
 EOF
-# cloud-init's locale step needs a generated locale (else it runs locale-gen at boot).
+# cloud-init's locale step runs locale-gen at boot (20 s in a TCG VM) unless the locale
+# is generated and /etc/default/locale names it (cloudinit/distros/debian.py apply_locale).
 sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' "$root/etc/locale.gen"
 chroot "$root" locale-gen >/dev/null
+printf 'LANG=en_US.UTF-8\\n' > "$root/etc/default/locale"
 # The proxy's third-party dependencies, from wheels fetched on the build machine
 # (the lab proxy has no route to PyPI); agentctl-proxy itself is added at `lab up`.
 chroot "$root" python3 -m venv {PROXY_VENV}

@@ -2,13 +2,14 @@
 proxy, it trusts the proxy's CA, and the agent runs sandboxed as agentuser."""
 from __future__ import annotations
 
+import shlex
 import uuid
 
 import pytest
 import yaml
 
 from agentctl import hermes
-from agentctl.render import (BACKUP_DIR, BACKUP_MARKER, HERMES_CONFIG, HERMES_HOME, HERMES_INSTALL, SNAPSHOT_REPO,
+from agentctl.render import (AGENT_APPARMOR_PROFILE, BACKUP_DIR, BACKUP_MARKER, HERMES_CONFIG, HERMES_HOME, HERMES_INSTALL, SNAPSHOT_REPO,
                              SNAPSHOT_WORKTREE)
 
 SERVICE = "agentctl-agent.service"
@@ -96,6 +97,76 @@ def test_time_syncs_from_the_proxy(host, deployment, in_container):
 
 def test_agent_holds_no_proxy_secrets(host):
     assert not host.file("/etc/agentctl-proxy").exists
+
+
+# --- AppArmor: the kernel's own access control around the agent ---------------------
+
+@pytest.fixture(scope="module")
+def apparmor(root, own_kernel):
+    own_kernel("AppArmor")
+    assert root.run("aa-enabled --quiet").rc == 0, "AppArmor is off in this kernel: the agent runs unconfined"
+
+
+def confined(root, command: str, user: str = "root"):
+    """`command` (a shell line) in the agent's profile, as `user`, outside the unit's own
+    sandbox: AppArmor alone stands between it and the host. aa-exec's own exec is not
+    the profile's to judge, so the line runs in a confined sh."""
+    as_user = "" if user == "root" else f"runuser -u {user} -- "
+    # No input and a time limit: a program the profile failed to stop (su) must not hang here.
+    return root.run(f"{as_user}timeout 60 aa-exec -p {AGENT_APPARMOR_PROFILE} -- sh -c {shlex.quote(command)} "
+                    f"< /dev/null")
+
+
+def test_agent_profile_is_loaded_and_enforced(root, apparmor):
+    loaded = root.check_output("cat /sys/kernel/security/apparmor/profiles").splitlines()
+    assert f"{AGENT_APPARMOR_PROFILE} (enforce)" in loaded
+
+
+def test_every_agent_process_runs_in_the_profile(root, apparmor):
+    cgroup = root.check_output(f"systemctl show -p ControlGroup --value {SERVICE}")
+    out = root.check_output(f"for p in $(cat /sys/fs/cgroup{cgroup}/cgroup.procs); do "
+                            f"echo \"$p $(tr -d '\\0' < /proc/$p/attr/current)\"; done")
+    labels = dict(line.split(" ", 1) for line in out.splitlines())
+    assert labels, f"no process in {cgroup}"
+    assert set(labels.values()) == {f"{AGENT_APPARMOR_PROFILE} (enforce)"}, labels
+
+
+UID0_DENIED = {  # what a process of the agent's that gained uid 0 cannot do; each works unconfined
+    "read the password hashes": "cat /etc/shadow",
+    "read sudo's rules": "cat /etc/sudoers",
+    "read an SSH host key": "cat /etc/ssh/ssh_host_ed25519_key",
+    "list root's home": "ls /root",
+    "read an admin's keys": "cat /home/admin/.ssh/authorized_keys",
+    "write the system": "touch /etc/agentctl-apparmor-probe && rm /etc/agentctl-apparmor-probe",
+    "write its guardrails": f": >> {HERMES_CONFIG}",
+    "use a capability": "python3 -c 'import os; os.setuid(65534)'",
+    "open a packet socket": "python3 -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW)'",
+    "open a raw IP socket": "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)'",
+}
+
+
+@pytest.mark.parametrize("what", UID0_DENIED)
+def test_uid0_in_the_agent_profile_cannot(root, apparmor, what):
+    command = UID0_DENIED[what]
+    assert root.run(command).rc == 0, f"the control failed: {command!r} does not work unconfined either"
+    denied = confined(root, command)
+    assert denied.rc != 0, f"{what}: allowed in {AGENT_APPARMOR_PROFILE}"
+    assert ("Permission denied" in denied.stderr or "Operation not permitted" in denied.stderr), denied.stderr
+
+
+@pytest.mark.parametrize("program", ["sudo -n true", "su -c true", "unshare -r true", "nsenter -t 1 -m true"])
+def test_agent_profile_runs_no_program_that_changes_who_it_is(root, apparmor, program):
+    denied = confined(root, program, user="agentuser")
+    assert denied.rc != 0 and f"{program.split()[0]}: Permission denied" in denied.stderr, denied.stderr
+
+
+def test_agent_profile_lets_the_agent_work(root, apparmor):
+    """Its folders writable, its tools runnable: the profile is not a wall around nothing."""
+    work = confined(root, "cd /home/agentuser && echo ok > .apparmor-probe && cat .apparmor-probe && "
+                          "rm .apparmor-probe && python3 -c 'import ssl, sqlite3; print(2)' && git --version "
+                          "&& ls / >/dev/null && rm \"$(mktemp -p /tmp)\"", user="agentuser")
+    assert work.rc == 0, work.stderr
+    assert work.stdout.startswith("ok\n2\ngit version")
 
 
 # --- the agent's guardrails are root's ----------------------------------------------
