@@ -328,6 +328,27 @@ def test_no_unit_failed(host):
     assert not failed, failed
 
 
+# Started at boot, not only running now: a wants link for each unit converge turns on
+# (unit_on, which trusts `systemctl is-enabled` before it enables anything), read from
+# the file system rather than from systemctl.
+BOOT_UNITS = ("fail2ban.service", "sysstat.service", "unattended-upgrades.service", "chrony.service",
+              "ufw.service", "agentctl-watchdog.timer")
+
+
+def _wants_links(root, unit: str) -> list[str]:
+    return root.run(f"find /etc/systemd/system -path '*.wants/{unit}'").stdout.split()
+
+
+@pytest.mark.parametrize("unit", BOOT_UNITS)
+def test_unit_starts_at_boot(root, unit):
+    assert _wants_links(root, unit), f"{unit}: no wants link in /etc/systemd/system, so it does not start at boot"
+
+
+def test_auditd_starts_at_boot(root, own_kernel):
+    own_kernel("the audit subsystem")
+    assert _wants_links(root, "auditd.service"), "auditd.service does not start at boot"
+
+
 def test_watchdog_timer_enabled(host):
     timer = host.service("agentctl-watchdog.timer")
     assert timer.is_enabled and timer.is_running
