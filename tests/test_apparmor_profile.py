@@ -8,26 +8,19 @@ import re
 import subprocess
 
 import pytest
-import yaml
 
 from agentctl import hermes
-from agentctl.render import AGENT_APPARMOR_PROFILE, HERMES_CONFIG, render_hosts
-from agentctl.stackfile import load
+from agentctl.render import AGENT_APPARMOR_PROFILE, HERMES_CONFIG
 
-from .conftest import ROOT
 from .test_render import _unit
 
 PROFILE_PATH = f"/etc/apparmor.d/{AGENT_APPARMOR_PROFILE}"
 
 
-def _agent_files(stack: str) -> dict[str, str]:
-    host = next(h for h in render_hosts(load(ROOT, stack), "CA", stack=stack) if h.role == "agent")
-    return {f["path"]: f["content"] for f in yaml.safe_load(host.user_data)["write_files"]}
-
-
-@pytest.fixture(scope="module", params=["lab", "lab-hermes"])
-def files(request) -> dict[str, str]:
-    return _agent_files(request.param)
+@pytest.fixture(params=["lab", "lab-hermes"])
+def agent(request, hosts):
+    """The stack's agent host, as the session's render parsed it (tests/conftest.py)."""
+    return next(h for (stack, _), h in hosts.items() if stack == request.param and h.rendered.role == "agent")
 
 
 def _compile(profile: str, tmp_path) -> subprocess.CompletedProcess:
@@ -37,15 +30,15 @@ def _compile(profile: str, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run(["apparmor_parser", "-Q", "-K", str(path)], capture_output=True, text=True)
 
 
-def test_the_profile_compiles_with_apparmor_parser(files, tmp_path):
-    proc = _compile(files[PROFILE_PATH], tmp_path)
+def test_the_profile_compiles_with_apparmor_parser(agent, tmp_path):
+    proc = _compile(agent.file(PROFILE_PATH), tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "error" not in proc.stderr.lower(), proc.stderr
 
 
-def test_the_parser_would_refuse_a_broken_profile(files, tmp_path):
+def test_the_parser_would_refuse_a_broken_profile(agent, tmp_path):
     """The control for the test above: apparmor_parser does judge what it is given."""
-    profile = files[PROFILE_PATH]
+    profile = agent.file(PROFILE_PATH)
     line = profile[:profile.index("deny capability,")].count("\n") + 1
     proc = _compile(profile.replace("deny capability,", "deny capabilty,"), tmp_path)
     assert proc.returncode != 0 and "AppArmor parser error" in proc.stderr and f"at line {line}:" in proc.stderr, \
@@ -57,26 +50,26 @@ def _rules(profile: str) -> dict[str, str]:
     return {m[1]: m[2] for m in re.finditer(r"^\s+(/\S+) ([rwlkmix]+),$", profile, re.M)}
 
 
-def test_the_agent_writes_where_its_unit_lets_it_and_nowhere_else(files):
-    unit = _unit(files["/etc/systemd/system/agentctl-agent.service"])["Service"]
-    writable = {p for p, perms in _rules(files[PROFILE_PATH]).items() if "w" in perms}
+def test_the_agent_writes_where_its_unit_lets_it_and_nowhere_else(agent):
+    unit = _unit(agent.file("/etc/systemd/system/agentctl-agent.service"))["Service"]
+    writable = {p for p, perms in _rules(agent.file(PROFILE_PATH)).items() if "w" in perms}
     folders = {p.removesuffix("/{,**}") for p in writable}
     expected = {*unit["ReadWritePaths"].split(), f"/var/lib/{unit['StateDirectory']}",
                 f"/var/log/{unit['LogsDirectory']}", "/tmp", "/var/tmp", "/dev/shm"}
     assert folders == expected | {"/dev/pts/*", "/dev/ptmx"}
 
 
-def test_the_guardrails_are_denied_writes(files):
-    profile = files[PROFILE_PATH]
+def test_the_guardrails_are_denied_writes(agent):
+    profile = agent.file(PROFILE_PATH)
     assert f"  deny {HERMES_CONFIG} wl,\n" in profile
     for path in hermes.root_paths():
         assert f"  deny {path}{{,/**}} wl,\n" in profile
 
 
-def test_the_unit_names_the_profile_and_converge_loads_it_first(files):
-    unit = _unit(files["/etc/systemd/system/agentctl-agent.service"])["Service"]
+def test_the_unit_names_the_profile_and_converge_loads_it_first(agent):
+    unit = _unit(agent.file("/etc/systemd/system/agentctl-agent.service"))["Service"]
     assert unit["AppArmorProfile"] == AGENT_APPARMOR_PROFILE  # no "-": an unloaded profile stops the start
-    converge = files["/usr/local/sbin/agentctl-converge"]
+    converge = agent.file("/usr/local/sbin/agentctl-converge")
     load_at = converge.index(f"apparmor_parser --replace --write-cache {PROFILE_PATH}")
     assert load_at < converge.index("unit_on agentctl-agent.service")
     assert load_at < converge.index("systemctl start agentctl-agent.service")
