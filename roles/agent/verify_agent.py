@@ -340,6 +340,10 @@ def test_backup_keeps_the_state_and_leaves_out_credentials(root, agent):
     if not agent.backups.enabled:
         pytest.skip("backups are off for this agent in the stack")
     probe, secret = "agentctl-backup-probe.txt", ".env"
+    # A run the timer started (15-25 min after boot) would take our start as its own and
+    # finish without the probe: let it end first. Any run that starts later sees the probe.
+    root.check_output("for i in $(seq 600); do [ \"$(systemctl show -p ActiveState --value agentctl-backup.service)\" "
+                      "!= activating ] && exit 0; sleep 1; done; exit 1")
     root.check_output(f"runuser -u agentuser -- sh -c 'echo probe > ~/{probe} && echo TOKEN=probe > ~/{secret}'")
     try:
         before = root.run(f"stat -c %Y {BACKUP_MARKER}").stdout.strip()
