@@ -66,9 +66,43 @@ def test_agent_environment_points_at_the_proxy(unit, deployment):
     assert not [k for k in env if any(w in k.upper() for w in ("TOKEN", "SECRET", "PASSWORD", "API_KEY"))]
 
 
-def test_proxy_ca_in_system_store(host):
-    assert host.run("openssl verify -CAfile /etc/ssl/certs/ca-certificates.crt /etc/agentctl/proxy-ca.crt").rc == 0
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def test_the_proxy_ca_is_the_only_ca_the_host_trusts(host):
+    """Every TLS connection goes through the proxy, which re-signs it: its CA is trusted,
+    and no public CA is, in the bundle or in OpenSSL's folder (a connection that got past
+    the proxy would fail verification)."""
+    assert host.run(f"openssl verify -CAfile {CA_BUNDLE} /etc/agentctl/proxy-ca.crt").rc == 0
     assert host.file("/usr/local/share/ca-certificates/agentctl-proxy-ca.crt").exists
+    assert host.file(CA_BUNDLE).content_string.count("BEGIN CERTIFICATE") == 1
+    public = host.check_output("ls /usr/share/ca-certificates/mozilla/*.crt | head -n 1")
+    refused = host.run(f"openssl verify -CAfile {CA_BUNDLE} -CApath /etc/ssl/certs {public}")
+    assert public and refused.rc != 0 and "self-signed certificate" in refused.stdout + refused.stderr, \
+        refused.stdout + refused.stderr
+    assert host.check_output("find /etc/ssl/certs -type l -lname '/usr/share/ca-certificates/*'") == ""
+
+
+@pytest.mark.destructive
+def test_a_ca_certificates_upgrade_keeps_the_proxy_ca_the_only_one(root):
+    """What dpkg runs when ca-certificates is upgraded (its config script under the debconf
+    frontend, then postinst configure), with a CA the new version adds: it stays out."""
+    name = "mozilla/agentctl-probe-new-ca.crt"
+    new = f"/usr/share/ca-certificates/{name}"
+    root.check_output(f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null "
+                      f"-subj /CN=agentctl-probe-new-ca -days 2 -out {new} 2>/dev/null")
+    try:
+        version = root.check_output("dpkg-query -W -f '${Version}' ca-certificates")
+        for script in ("config", "postinst"):
+            root.check_output(f"DEBIAN_FRONTEND=noninteractive DPKG_MAINTSCRIPT_PACKAGE=ca-certificates "
+                              f"DPKG_MAINTSCRIPT_NAME={script} /usr/share/debconf/frontend "
+                              f"/var/lib/dpkg/info/ca-certificates.{script} configure {version} >/dev/null 2>&1")
+        conf = root.file("/etc/ca-certificates.conf").content_string.splitlines()
+        assert f"!{name}" in conf and not [c for c in conf if c and not c.startswith(("#", "!"))], conf
+        assert root.file(CA_BUNDLE).content_string.count("BEGIN CERTIFICATE") == 1
+    finally:
+        root.run(f"rm -f {new}; sed -i '\\|^!{name}$|d' /etc/ca-certificates.conf; "
+                 "dpkg --triggers-only --pending; update-ca-certificates >/dev/null")
 
 
 def test_dns_points_at_the_proxy(host, deployment):
