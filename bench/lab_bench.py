@@ -28,15 +28,30 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 
-def timed(args: list[str], env: dict, timeout: float = 900) -> tuple[float, int, str]:
+def timed(args: list[str], env: dict, timeout: float = 900) -> tuple[float, int, str, str]:
+    """Seconds, exit code, last line, and the whole output of one `agentctl lab` command."""
     t0 = time.monotonic()
     try:
         proc = subprocess.run([sys.executable, "-m", "agentctl.cli", "lab", *args], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=timeout)
-        rc, tail = proc.returncode, (proc.stdout + proc.stderr).strip().splitlines()[-1:]
+        rc, output = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired:
-        rc, tail = -1, [f"timed out after {timeout:.0f} s"]
-    return time.monotonic() - t0, rc, tail[0] if tail else ""
+        rc, output = -1, f"timed out after {timeout:.0f} s"
+    tail = output.strip().splitlines()[-1:]
+    return time.monotonic() - t0, rc, tail[0] if tail else "", output
+
+
+def score_rows(output: str, hosts: list[str]) -> list[str]:
+    """`lab verify --score`'s table as Markdown rows: each host's lynis hardening index
+    (target >= 85) and ssh-audit's verdict (no fail). Read from the first line of each
+    host's row; rich wraps the long notes onto further lines, which are left out."""
+    rows = []
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) == 4 and cells[0] in hosts:
+            rows.append(f"| {cells[0]} | {cells[1]} | {'yes' if cells[1].isdigit() and int(cells[1]) >= 85 else 'NO'} "
+                        f"| {cells[3].replace('|', '/')} |")
+    return rows
 
 
 def message_costs(stack: str, state: Path) -> list[str]:
@@ -82,14 +97,18 @@ def vm_cycle(args, state: Path, env: dict, rows: list, step, out: Path) -> int:
     step("lab down", ["down"])
     first = len(rows)
     step("VM lab up, warm", ["up", "--hosts", "vm"], "< 240 s", timeout=1800)
-    step("VM lab verify --score", ["verify", "--score"], timeout=1800)
+    output = step("VM lab verify --score", ["verify", "--score"], timeout=1800)
+    scores = score_rows(output, ["proxy", "scout"])  # Pulumi.lab.yaml's hosts
     step("VM lab escape", ["escape"])
     step("lab down", ["down"])
     cycle = sum(r[1] for r in rows[first:])
     base = next(r[1] for r in rows if r[0].startswith("container lab up"))
     rows.append(("whole VM cycle (up, verify --score, escape, down)", cycle, 0, "< 600 s", ""))
     rows.append(("warm VM up / warm container up", rows[first][1] / base, 0, "", "ratio, not seconds"))
-    out.write_text("\n".join(_table(args, rows)) + "\n")
+    lines = _table(args, rows) + ["", "Scores from `verify --score` in this run:", "",
+                                  "| host | lynis hardening index | >= 85 | ssh-audit |", "| --- | ---: | --- | --- |",
+                                  *(scores or ["| (no score rows in the output) | | NO | |"])]
+    out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
     subprocess.run(["rm", "-rf", str(state)])
     return 0
@@ -110,9 +129,10 @@ def main() -> int:
     rows: list[tuple[str, float, int, str, str]] = []
 
     def step(name: str, cmd: list[str], target: str = "", timeout: float = 900, extra_env: dict | None = None):
-        secs, rc, tail = timed(cmd, {**env, **(extra_env or {})}, timeout)
+        secs, rc, tail, output = timed(cmd, {**env, **(extra_env or {})}, timeout)
         rows.append((name, secs, rc, target, tail))
         print(f"{name}: {secs:.1f} s (exit {rc}) {tail}", flush=True)
+        return output
 
     timed(["down"], env)
     if args.hosts == "vm":
