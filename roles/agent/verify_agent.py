@@ -399,6 +399,11 @@ def test_agentuser_cannot_use_sudo(host):
 @pytest.mark.destructive
 def test_watchdog_restarts_a_stopped_agent(root, deployment):
     """Stop the agent, run the watchdog as often as its threshold says; it must be back."""
+    # The timer's own runs (every 2 min) would add to the count mid-test and restart the
+    # agent a check early: it pauses, and a run it already started ends, before the reset.
+    root.check_output("systemctl stop agentctl-watchdog.timer; for i in $(seq 120); do "
+                      "[ \"$(systemctl show -p ActiveState --value agentctl-watchdog.service)\" != activating ] "
+                      "&& break; sleep 0.5; done")
     root.check_output(f"systemctl stop {SERVICE}; install -d /var/lib/agentctl-watchdog; "
                       f"echo 0 > /var/lib/agentctl-watchdog/failures")
     try:
@@ -408,4 +413,4 @@ def test_watchdog_restarts_a_stopped_agent(root, deployment):
         assert root.run(f"for i in $(seq 20); do systemctl is-active --quiet {SERVICE} && exit 0; sleep 0.5; done; "
                         f"exit 1").rc == 0
     finally:
-        root.run(f"systemctl start {SERVICE}")
+        root.run(f"systemctl start {SERVICE}; systemctl start agentctl-watchdog.timer")
