@@ -46,8 +46,8 @@ def test_the_parser_would_refuse_a_broken_profile(agent, tmp_path):
 
 
 def _rules(profile: str) -> dict[str, str]:
-    """path -> permissions, for the allow rules of the profile."""
-    return {m[1]: m[2] for m in re.finditer(r"^\s+(/\S+) ([rwlkmix]+),$", profile, re.M)}
+    """path -> permissions, for the allow rules of the profile (a rule may end in a comment)."""
+    return {m[1]: m[2] for m in re.finditer(r"^\s+(/\S+) ([rwlkmix]+),(?:\s+#.*)?$", profile, re.M)}
 
 
 def test_the_agent_writes_where_its_unit_lets_it_and_nowhere_else(agent):
@@ -56,7 +56,7 @@ def test_the_agent_writes_where_its_unit_lets_it_and_nowhere_else(agent):
     folders = {p.removesuffix("/{,**}") for p in writable}
     expected = {*unit["ReadWritePaths"].split(), f"/var/lib/{unit['StateDirectory']}",
                 f"/var/log/{unit['LogsDirectory']}", "/tmp", "/var/tmp", "/dev/shm"}
-    assert folders == expected | {"/dev/pts/*", "/dev/ptmx"}
+    assert folders == expected | {"/dev/pts/*", "/dev/ptmx", "/dev/tty"}  # and its terminals
 
 
 def test_the_guardrails_are_denied_writes(agent):
