@@ -22,7 +22,7 @@ proves the same and more on Hermes alone):
 - a file Hermes wrote, then overwrote, is rolled back by the operator from a snapshot;
 - `agentctl lab verify` runs every Hermes check of the role suite, and `lab escape` holds.
 
-Twice: on container hosts (the fast tier), and on QEMU virtual machines (`-m vm`), where
+Twice: on container hosts (the lab tier), and on QEMU virtual machines (`-m vm`), where
 the agent unit runs in its AppArmor profile (roles/agent/templates/apparmor-agent.j2),
 which a container's unit drops: every scenario above then also proves that Hermes works,
 and is still held, inside that profile. Files on a host are read through the lab's own

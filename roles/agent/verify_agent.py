@@ -367,6 +367,12 @@ def test_backups_timer_matches_the_stack(host, agent):
     assert timer.is_enabled and timer.is_running
 
 
+def wait_until_idle(root, unit: str, seconds: int) -> None:
+    """Until a oneshot `unit` (which its timer may have started) is no longer running."""
+    root.check_output(f"for i in $(seq {seconds}); do [ \"$(systemctl show -p ActiveState --value {unit})\" "
+                      f"!= activating ] && exit 0; sleep 1; done; exit 1")
+
+
 @pytest.mark.destructive
 def test_backup_keeps_the_state_and_leaves_out_credentials(root, agent):
     """A real backup run: the agent's files are in the archive, its .env is not, and
@@ -376,8 +382,7 @@ def test_backup_keeps_the_state_and_leaves_out_credentials(root, agent):
     probe, secret = "agentctl-backup-probe.txt", ".env"
     # A run the timer started (15-25 min after boot) would take our start as its own and
     # finish without the probe: let it end first. Any run that starts later sees the probe.
-    root.check_output("for i in $(seq 600); do [ \"$(systemctl show -p ActiveState --value agentctl-backup.service)\" "
-                      "!= activating ] && exit 0; sleep 1; done; exit 1")
+    wait_until_idle(root, "agentctl-backup.service", 600)
     root.check_output(f"runuser -u agentuser -- sh -c 'echo probe > ~/{probe} && echo TOKEN=probe > ~/{secret}'")
     try:
         before = root.run(f"stat -c %Y {BACKUP_MARKER}").stdout.strip()
@@ -401,9 +406,8 @@ def test_watchdog_restarts_a_stopped_agent(root, deployment):
     """Stop the agent, run the watchdog as often as its threshold says; it must be back."""
     # The timer's own runs (every 2 min) would add to the count mid-test and restart the
     # agent a check early: it pauses, and a run it already started ends, before the reset.
-    root.check_output("systemctl stop agentctl-watchdog.timer; for i in $(seq 120); do "
-                      "[ \"$(systemctl show -p ActiveState --value agentctl-watchdog.service)\" != activating ] "
-                      "&& break; sleep 0.5; done")
+    root.check_output("systemctl stop agentctl-watchdog.timer")
+    wait_until_idle(root, "agentctl-watchdog.service", 60)
     root.check_output(f"systemctl stop {SERVICE}; install -d /var/lib/agentctl-watchdog; "
                       f"echo 0 > /var/lib/agentctl-watchdog/failures")
     try:
